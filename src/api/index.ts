@@ -1,0 +1,2 @@
+// The API part's public surface.
+export { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from './server.js';

@@ -1,0 +1,143 @@
+// The management API: HTTP + JSON under /v1/, bearer-token authenticated.
+// Bodies are validated with zod and a bad one gets 400 naming the field; every
+// error answers {"error": {"code", "message", "field"?}} with a code from the
+// catalogue in errors.ts.
+
+import crypto from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { z } from 'zod';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
+import type { Logger } from '../util/log.js';
+import { parseSize } from '../util/size.js';
+
+export interface VolumeJson {
+  name: string;
+  lun: number;
+  sizeBytes: number;
+  allocatedBytes: number;
+  role: string;
+  readOnly: boolean;
+  exported: boolean;
+  nbdUri: string | null;
+  sessions: number;
+  createdAt: string;
+}
+
+export interface StatusJson {
+  array: string;
+  version: string;
+  pid: number;
+  uptimeSeconds: number;
+  nbd: string;
+  api: string;
+  volumes: number;
+  extentBytes: number;
+  capacityBytes: number;
+  freeBytes: number;
+  allocatedBytes: number;
+  provisionedBytes: number;
+  drives: Array<{ id: string; path: string; sizeBytes: number }>;
+}
+
+export interface CreateVolumeBody {
+  name: string;
+  sizeBytes: number;
+  lun: number | undefined;
+}
+
+export interface ArrayControl {
+  status(): StatusJson;
+  listVolumes(): VolumeJson[];
+  getVolume(ref: string): VolumeJson;
+  createVolume(body: CreateVolumeBody): Promise<VolumeJson>;
+  deleteVolume(ref: string, force: boolean): Promise<void>;
+}
+
+const createVolumeSchema = z.strictObject({
+  name: z.string(),
+  size: z.union([z.string(), z.number()]),
+  lun: z.number().int().min(0).optional(),
+});
+
+export class ApiServer {
+  private readonly app: FastifyInstance;
+  private readonly token: Buffer;
+
+  constructor(options: { token: string; control: () => ArrayControl; log: Logger }) {
+    this.token = Buffer.from(options.token, 'utf8');
+    this.app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
+    this.app.addHook('onRequest', async (request) => this.authenticate(request));
+    this.app.setErrorHandler((error, _request, reply) => sendError(reply, toTwinstoreError(error), options.log));
+    this.app.setNotFoundHandler((request, reply) => sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log));
+    this.routes(options.control);
+  }
+
+  get fastify(): FastifyInstance {
+    return this.app;
+  }
+
+  private authenticate(request: FastifyRequest): void {
+    const header = request.headers.authorization ?? '';
+    const match = /^Bearer (.+)$/.exec(header);
+    const given = Buffer.from(match?.[1] ?? '', 'utf8');
+    if (given.length !== this.token.length || !crypto.timingSafeEqual(given, this.token)) {
+      throw new TwinstoreError('UNAUTHORIZED', 'missing or wrong API token (Authorization: Bearer <token>)');
+    }
+  }
+
+  private routes(control: () => ArrayControl): void {
+    const app = this.app;
+    app.get('/v1/status', async () => control().status());
+    app.get('/v1/volumes', async () => ({ volumes: control().listVolumes() }));
+    app.get<{ Params: { name: string } }>('/v1/volumes/:name', async (request) => control().getVolume(request.params.name));
+    app.post('/v1/volumes', async (request, reply) => {
+      const volume = await control().createVolume(parseCreateVolume(request.body));
+      return reply.code(201).send(volume);
+    });
+    app.delete<{ Params: { name: string }; Querystring: { force?: string } }>('/v1/volumes/:name', async (request) => {
+      const force = request.query.force === 'true' || request.query.force === '1';
+      await control().deleteVolume(request.params.name, force);
+      return { deleted: request.params.name };
+    });
+  }
+
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    await this.app.listen({ host, port });
+    return this.app.server.address() as AddressInfo;
+  }
+
+  async close(): Promise<void> {
+    await this.app.close();
+  }
+}
+
+function parseCreateVolume(body: unknown): CreateVolumeBody {
+  const result = createVolumeSchema.safeParse(body ?? {});
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const field = issue.code === 'unrecognized_keys' ? issue.keys[0] ?? '' : issue.path.join('.');
+    const message = issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message;
+    throw new TwinstoreError('BAD_REQUEST', `${field || 'body'}: ${message}`, { field: field || 'body' });
+  }
+  const sizeBytes = parseSize(result.data.size);
+  if (sizeBytes === undefined) {
+    throw new TwinstoreError('BAD_REQUEST', `size: "${result.data.size}" is not a size (e.g. 10GiB or a number of bytes)`, { field: 'size' });
+  }
+  return { name: result.data.name, sizeBytes, lun: result.data.lun };
+}
+
+function toTwinstoreError(error: unknown): TwinstoreError {
+  if (isTwinstoreError(error)) return error;
+  const statusCode = (error as { statusCode?: number }).statusCode;
+  const message = error instanceof Error ? error.message : String(error);
+  if (statusCode !== undefined && statusCode >= 400 && statusCode < 500) {
+    return new TwinstoreError('BAD_REQUEST', `body: ${message}`, { field: 'body' });
+  }
+  return new TwinstoreError('INTERNAL', message, { cause: error });
+}
+
+function sendError(reply: FastifyReply, error: TwinstoreError, log: Logger): FastifyReply {
+  if (error.status >= 500) log.error({ code: error.code, err: error.message }, 'API request failed');
+  return reply.code(error.status).send({ error: error.toJSON() });
+}

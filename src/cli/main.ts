@@ -1,0 +1,51 @@
+// The `twinstore` command: serve and demo run arrays; every other verb is an
+// HTTP client of an array's management API. Errors print their stable code;
+// exit status 1 means the command failed, 2 that it was called wrongly.
+
+import { Command, CommanderError } from 'commander';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
+import { VERSION } from '../array/array.js';
+import { serve } from './serve.js';
+import { demo } from './demo.js';
+import { addVolumeCommands } from './volume-commands.js';
+
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('twinstore')
+    .version(VERSION)
+    .description('A storage array with journal-based asynchronous remote copy, serving volumes over NBD')
+    .option('--config <file>', "the array's own config file (to find its API and token)")
+    .option('--api <url>', 'the array API URL, e.g. http://127.0.0.1:7700')
+    .option('--token <token>', 'API token (default: TWINSTORE_TOKEN, or the data folder token with --config)')
+    .option('--json', 'print JSON')
+    .exitOverride();
+
+  program.command('serve')
+    .description('run an array: twinstore serve --config FILE')
+    .action(async () => {
+      const config = program.opts().config;
+      if (config === undefined) throw new TwinstoreError('BAD_REQUEST', 'serve needs --config FILE', { field: 'config' });
+      await serve(config);
+    });
+
+  program.command('demo')
+    .description('start a demo array with nothing to configure')
+    .option('--dir <dir>', 'where the demo keeps its config and data', 'twinstore-data')
+    .action(async (opts: { dir: string }) => demo(opts.dir));
+
+  addVolumeCommands(program, () => program.opts());
+
+  try {
+    await program.parseAsync(argv);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      process.exitCode = error.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    if (isTwinstoreError(error)) {
+      process.stderr.write(`twinstore: ${error.code}: ${error.message}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,93 @@
+// Admin verbs for volumes and array status: HTTP calls to the array's API,
+// printed as a table for people or as stable JSON (--json) for scripts.
+
+import type { Command } from 'commander';
+import { TwinstoreError } from '../errors.js';
+import type { StatusJson, VolumeJson } from '../api/index.js';
+import { formatSize, parseSize } from '../util/size.js';
+import { connect, type ConnectionOptions } from './client.js';
+import { table } from './table.js';
+
+type GlobalOptions = ConnectionOptions & { json?: boolean };
+
+function print(json: boolean | undefined, value: unknown, human: () => string): void {
+  process.stdout.write((json ? JSON.stringify(value, null, 2) : human()) + '\n');
+}
+
+function volumeRows(volumes: VolumeJson[]): string {
+  return table(
+    ['NAME', 'LUN', 'SIZE', 'ALLOCATED', 'ROLE', 'ACCESS', 'SESSIONS', 'NBD URI'],
+    volumes.map((v) => [v.name, String(v.lun), formatSize(v.sizeBytes), formatSize(v.allocatedBytes), v.role, v.exported ? (v.readOnly ? 'ro' : 'rw') : '-', String(v.sessions), v.nbdUri ?? '-']),
+  );
+}
+
+export function addVolumeCommands(program: Command, globals: () => GlobalOptions): void {
+  const volume = program.command('volume').description('create, list, show and delete volumes');
+
+  volume.command('create <name>')
+    .description('create a thin volume, exported over NBD under its name')
+    .requiredOption('--size <size>', 'size, e.g. 10GiB (a multiple of 4KiB)')
+    .option('--lun <n>', 'LUN, unique in the array (default: lowest free)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { size: string; lun?: string; json?: boolean }) => {
+      const sizeBytes = parseSize(opts.size);
+      if (sizeBytes === undefined) throw new TwinstoreError('BAD_REQUEST', `--size "${opts.size}" is not a size (e.g. 10GiB)`, { field: 'size' });
+      const lun = opts.lun === undefined ? undefined : Number(opts.lun);
+      if (lun !== undefined && !Number.isSafeInteger(lun)) throw new TwinstoreError('BAD_REQUEST', `--lun "${opts.lun}" is not a whole number`, { field: 'lun' });
+      const created = await connect(globals()).request<VolumeJson>('POST', '/v1/volumes', { name, size: sizeBytes, ...(lun === undefined ? {} : { lun }) });
+      print(opts.json ?? globals().json, created, () => `created volume ${created.name} (LUN ${created.lun}, ${formatSize(created.sizeBytes)}): ${created.nbdUri ?? 'not exported'}`);
+    });
+
+  volume.command('list')
+    .description('list the volumes of the array')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const { volumes } = await connect(globals()).request<{ volumes: VolumeJson[] }>('GET', '/v1/volumes');
+      print(opts.json ?? globals().json, { volumes }, () => (volumes.length === 0 ? 'no volumes' : volumeRows(volumes)));
+    });
+
+  volume.command('show <name>')
+    .description('show one volume (NAME or #LUN)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { json?: boolean }) => {
+      const shown = await connect(globals()).request<VolumeJson>('GET', `/v1/volumes/${encodeURIComponent(name)}`);
+      print(opts.json ?? globals().json, shown, () => table(['FIELD', 'VALUE'], Object.entries(shown).map(([k, v]) => [k, String(v)])));
+    });
+
+  volume.command('delete <name>')
+    .description('delete a volume (NAME or #LUN) and free its extents')
+    .option('--force', 'delete even with open NBD sessions (they are closed)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { force?: boolean; json?: boolean }) => {
+      const query = opts.force ? '?force=true' : '';
+      const result = await connect(globals()).request<{ deleted: string }>('DELETE', `/v1/volumes/${encodeURIComponent(name)}${query}`);
+      print(opts.json ?? globals().json, result, () => `deleted volume ${result.deleted}`);
+    });
+
+  program.command('status')
+    .description('show the array: addresses, capacity, drives')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const status = await connect(globals()).request<StatusJson>('GET', '/v1/status');
+      print(opts.json ?? globals().json, status, () => formatStatus(status));
+    });
+}
+
+function formatStatus(s: StatusJson): string {
+  const head = table(['FIELD', 'VALUE'], [
+    ['array', s.array],
+    ['version', s.version],
+    ['pid', String(s.pid)],
+    ['uptime', `${s.uptimeSeconds}s`],
+    ['nbd', s.nbd],
+    ['api', s.api],
+    ['volumes', String(s.volumes)],
+    ['capacity', formatSize(s.capacityBytes)],
+    ['free', formatSize(s.freeBytes)],
+    ['allocated', formatSize(s.allocatedBytes)],
+    ['provisioned', formatSize(s.provisionedBytes)],
+    ['extent size', formatSize(s.extentBytes)],
+  ]);
+  const drives = table(['DRIVE', 'PATH', 'SIZE'], s.drives.map((d) => [d.id, d.path, formatSize(d.sizeBytes)]));
+  return `${head}\n\n${drives}`;
+}

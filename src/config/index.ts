@@ -1,0 +1,3 @@
+// The config part's public surface.
+export { loadConfig, parseConfig, type ArrayConfig } from './load.js';
+export { parseHostPort, type HostPort } from './schema.js';

@@ -1,0 +1,60 @@
+// The config file's shape: keys, types, defaults and the checks that need no
+// disk. Sizes may be written "4GiB"; addresses as host:port (port 0 picks a
+// free port). Unknown keys are errors, so a typo never passes silently.
+
+import { z } from 'zod';
+import { parseSize } from '../util/size.js';
+
+const sizeBytes = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const bytes = parseSize(value);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a size (write e.g. 4GiB, 512MiB or a number of bytes)` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export function parseHostPort(text: string): HostPort | undefined {
+  const match = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(text.trim());
+  if (!match) return undefined;
+  const port = Number(match[3]);
+  if (port > 65535) return undefined;
+  return { host: match[1] ?? match[2] ?? '', port };
+}
+
+const address = z.string().transform((value, ctx) => {
+  const parsed = parseHostPort(value);
+  if (!parsed) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not host:port (e.g. 127.0.0.1:10809; port 0 picks a free one)` });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
+const extentBytes = sizeBytes.refine((n) => n >= 65536 && n <= 64 * 2 ** 20 && (n & (n - 1)) === 0, {
+  message: 'must be a power of two from 64KiB to 64MiB',
+});
+
+export const configSchema = z.strictObject({
+  array: z.strictObject({
+    id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be 1-63 of a-z 0-9 - and start with a letter or digit'),
+    dataDir: z.string().min(1),
+    extentBytes: extentBytes.default(2 ** 20),
+  }),
+  drives: z
+    .array(z.strictObject({ path: z.string().min(1), size: sizeBytes.optional() }))
+    .min(1, 'an array needs at least one drive'),
+  listen: z.strictObject({
+    nbd: address,
+    api: address,
+  }),
+  api: z.strictObject({ token: z.string().min(16, 'must be at least 16 characters').optional() }).default({}),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;

@@ -1,0 +1,54 @@
+// The one error catalogue. Every error a user can see carries a stable `code`
+// from this table; the CLI, the HTTP API and the logs all speak these codes, and
+// docs/errors.md lists the same set (a test keeps the two in step).
+
+export const ERROR_CODES = {
+  CONFIG_INVALID: { status: 400, summary: 'the config file is not valid; the message names the key and line' },
+  CONFIG_NOT_FOUND: { status: 400, summary: 'the config file could not be read' },
+  BAD_REQUEST: { status: 400, summary: 'an API body, query or CLI argument is not valid; the message names the field' },
+  UNAUTHORIZED: { status: 401, summary: 'the API token is missing or wrong' },
+  NOT_FOUND: { status: 404, summary: 'no such API route' },
+  VOLUME_NOT_FOUND: { status: 404, summary: 'no volume with that name or LUN on this array' },
+  VOLUME_EXISTS: { status: 409, summary: 'a volume with that name already exists' },
+  LUN_IN_USE: { status: 409, summary: 'another volume already has that LUN' },
+  VOLUME_BUSY: { status: 409, summary: 'the volume has open NBD sessions; close them or use --force' },
+  NO_SPACE: { status: 507, summary: 'the drives have no free extent left' },
+  DRIVE_MISSING: { status: 500, summary: 'a drive that holds volume extents is not in the config' },
+  DRIVE_INVALID: { status: 500, summary: 'a drive cannot be used (wrong label, too small, unreadable)' },
+  METADATA_CORRUPT: { status: 500, summary: 'the array metadata cannot be read back intact' },
+  IO_ERROR: { status: 500, summary: 'a drive read, write or sync failed' },
+  SHUTTING_DOWN: { status: 503, summary: 'the array is shutting down' },
+  API_UNREACHABLE: { status: 503, summary: 'the CLI could not reach the array API' },
+  INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class TwinstoreError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly field: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: { field?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'TwinstoreError';
+    this.code = code;
+    this.status = ERROR_CODES[code].status;
+    this.field = options.field;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; field?: string } {
+    return this.field === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, field: this.field };
+  }
+}
+
+export function isTwinstoreError(error: unknown): error is TwinstoreError {
+  return error instanceof TwinstoreError;
+}
+
+/** Crash loudly: an assertion failure is a bug, never an operating error. */
+export function assert(condition: unknown, message: string): asserts condition {
+  if (!condition) throw new TwinstoreError('INTERNAL', `assertion failed: ${message}`);
+}

@@ -1,0 +1,3 @@
+// The NBD part's public surface.
+export { NbdServer } from './server.js';
+export { ExportRegistry, type BlockExport } from './exports.js';

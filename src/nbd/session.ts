@@ -1,0 +1,270 @@
+// One NBD client connection: greeting, option haggling (negotiation.ts), then
+// transmission. Requests run concurrently and are answered as they complete,
+// out of order; a per-connection bound on requests and bytes in flight pauses
+// the socket (back-pressure). A bad frame that desynchronises the stream closes
+// this connection only, after a log line; anything else gets the spec's error.
+
+import type net from 'node:net';
+import { isTwinstoreError } from '../errors.js';
+import type { BufferPool } from '../util/buffer-pool.js';
+import type { Logger } from '../util/log.js';
+import { NbdDecoder, type NbdRequest } from './decoder.js';
+import {
+  blockStatusChunk, errorChunk, greeting, noneChunk, offsetDataHeader, offsetHoleChunk, simpleReply,
+} from './encoder.js';
+import type { BlockExport, ExportRegistry, ExportSession } from './exports.js';
+import { Negotiation } from './negotiation.js';
+import { BASE_ALLOCATION_ID, CMD, CMD_FLAG, NBD_ERR, STATE_HOLE, STATE_ZERO } from './protocol.js';
+import { checkRequest } from './requests.js';
+
+const requestsInFlightMax = 128;
+const bytesInFlightMax = 256 * 2 ** 20;
+const readChunksMax = 1024;
+const blockStatusExtentsMax = 16384;
+
+interface Transmission {
+  exported: BlockExport;
+  structured: boolean;
+  allocationContext: boolean;
+}
+
+export class NbdSession implements ExportSession {
+  private readonly decoder: NbdDecoder;
+  private readonly negotiation: Negotiation;
+  private transmission: Transmission | undefined;
+  private requestsInFlight = 0;
+  private bytesInFlight = 0;
+  private stopping = false;
+  private closed = false;
+  private readonly log: Logger;
+  private readonly done: Promise<void>;
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly registry: ExportRegistry,
+    private readonly pool: BufferPool,
+    log: Logger,
+  ) {
+    this.log = log.child({ client: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.decoder = new NbdDecoder(pool);
+    this.negotiation = new Negotiation(registry);
+    socket.setNoDelay(true);
+    this.done = new Promise((resolve) => socket.once('close', () => resolve()));
+    socket.on('data', (chunk: Buffer) => {
+      this.decoder.push(chunk);
+      this.pump();
+    });
+    socket.on('close', () => this.onClosed());
+    socket.on('error', (error) => this.log.debug({ err: error.message }, 'socket error'));
+    socket.write(greeting());
+  }
+
+  /** Resolves once the socket has closed. */
+  closedPromise(): Promise<void> {
+    return this.done;
+  }
+
+  close(reason: string): void {
+    if (this.stopping) return;
+    this.log.info({ reason }, 'closing NBD session');
+    this.stopping = true;
+    if (this.transmission === undefined) this.socket.destroy();
+    else this.endWhenIdle();
+  }
+
+  private pump(): void {
+    while (!this.stopping && !this.closed) {
+      if (this.requestsInFlight >= requestsInFlightMax || this.bytesInFlight >= bytesInFlightMax) {
+        this.socket.pause();
+        return;
+      }
+      const message = this.decoder.next();
+      if (message === undefined) break;
+      switch (message.kind) {
+        case 'fatal':
+          return this.abort(message.reason);
+        case 'client-flags':
+          this.onClientFlags(message.flags);
+          break;
+        case 'option':
+          this.onOption(message.option, message.data);
+          break;
+        case 'request':
+          this.onRequest(message.request);
+          break;
+      }
+    }
+    if (this.socket.isPaused() && !this.stopping) this.socket.resume();
+  }
+
+  /** A protocol violation the stream cannot recover from: log it and drop this connection only. */
+  private abort(reason: string): void {
+    this.log.warn({ reason, export: this.transmission?.exported.name }, 'closing NBD connection after a malformed frame');
+    this.stopping = true;
+    this.socket.destroy();
+  }
+
+  private onClientFlags(flags: number): void {
+    const next = this.negotiation.clientFlags(flags);
+    if (next.step === 'close') this.abort(next.reason);
+  }
+
+  private onOption(option: number, data: Buffer): void {
+    const outcome = this.negotiation.option(option, data);
+    this.send(outcome.replies);
+    const next = outcome.next;
+    if (next.step === 'close') {
+      if (next.graceful) {
+        this.stopping = true;
+        this.socket.end();
+      } else this.abort(next.reason);
+    } else if (next.step === 'transmission') {
+      this.transmission = { exported: next.exported, structured: next.structured, allocationContext: next.allocationContext };
+      this.registry.attach(next.exported.name, this);
+      this.decoder.enterTransmission();
+      this.log.debug({ export: next.exported.name, structured: next.structured }, 'transmission started');
+    }
+  }
+
+  private onRequest(request: NbdRequest): void {
+    const transmission = this.transmission!;
+    if (request.type === CMD.DISC) {
+      this.stopping = true;
+      this.endWhenIdle();
+      return;
+    }
+    const verdict = checkRequest(request, transmission.exported, transmission.allocationContext, transmission.structured);
+    const weight = request.type === CMD.READ || request.type === CMD.WRITE ? request.length : 0;
+    this.requestsInFlight += 1;
+    this.bytesInFlight += weight;
+    const run = verdict.error !== 0
+      ? Promise.resolve(this.replyError(request, verdict.error, verdict.message))
+      : this.execute(request, transmission).catch((error: unknown) => this.failed(request, error));
+    void run.then(() => {
+      if (request.payload) this.pool.release(request.payload);
+      this.requestsInFlight -= 1;
+      this.bytesInFlight -= weight;
+      if (this.stopping) this.endWhenIdle();
+      else if (this.socket.isPaused()) this.pump();
+    });
+  }
+
+  private async execute(request: NbdRequest, t: Transmission): Promise<void> {
+    const { exported } = t;
+    const fua = (request.flags & CMD_FLAG.FUA) !== 0;
+    switch (request.type) {
+      case CMD.READ:
+        return this.read(request, t);
+      case CMD.WRITE:
+        await exported.write(request.offset, request.payload!);
+        break;
+      case CMD.FLUSH:
+        await exported.flush();
+        return this.replyOk(request);
+      case CMD.TRIM:
+        await exported.trim(request.offset, request.length);
+        break;
+      case CMD.CACHE:
+        return this.replyOk(request);
+      case CMD.WRITE_ZEROES:
+        if ((request.flags & CMD_FLAG.FAST_ZERO) !== 0 && !exported.zeroIsFast(request.offset, request.length)) {
+          return this.replyError(request, NBD_ERR.ENOTSUP, 'zeroing this range needs data writes');
+        }
+        await exported.writeZeroes(request.offset, request.length, (request.flags & CMD_FLAG.NO_HOLE) !== 0);
+        break;
+      case CMD.BLOCK_STATUS:
+        return this.blockStatus(request, exported);
+    }
+    if (fua) await exported.flush();
+    this.replyOk(request);
+  }
+
+  private async read(request: NbdRequest, t: Transmission): Promise<void> {
+    const { cookieHigh, cookieLow, offset, length } = request;
+    if (length === 0) return this.replyOk(request);
+    const runs = t.structured && (request.flags & CMD_FLAG.DF) === 0
+      ? t.exported.blockStatus(offset, length, readChunksMax)
+      : [{ lengthBytes: length, hole: false }];
+    const buffer = this.pool.acquire(length);
+    try {
+      await t.exported.read(offset, buffer);
+    } catch (error) {
+      this.pool.release(buffer);
+      throw error;
+    }
+    if ((request.flags & CMD_FLAG.FUA) !== 0) await t.exported.flush();
+    if (!t.structured) return this.send([simpleReply(0, cookieHigh, cookieLow), buffer], buffer);
+    const covered = runs.reduce((sum, run) => sum + run.lengthBytes, 0);
+    if (covered < length) runs.push({ lengthBytes: length - covered, hole: false });
+    const parts: Buffer[] = [];
+    let at = 0;
+    runs.forEach((run, i) => {
+      const last = i === runs.length - 1;
+      if (run.hole) parts.push(offsetHoleChunk(cookieHigh, cookieLow, offset + at, run.lengthBytes, last));
+      else parts.push(offsetDataHeader(cookieHigh, cookieLow, offset + at, run.lengthBytes, last), buffer.subarray(at, at + run.lengthBytes));
+      at += run.lengthBytes;
+    });
+    this.send(parts, buffer);
+  }
+
+  private blockStatus(request: NbdRequest, exported: BlockExport): void {
+    const requestOne = (request.flags & CMD_FLAG.REQ_ONE) !== 0;
+    const extents = exported.blockStatus(request.offset, request.length, requestOne ? 1 : blockStatusExtentsMax);
+    const encoded = extents.map((e) => ({ length: e.lengthBytes, flags: e.hole ? STATE_HOLE | STATE_ZERO : 0 }));
+    this.send([blockStatusChunk(request.cookieHigh, request.cookieLow, BASE_ALLOCATION_ID, encoded)]);
+  }
+
+  private failed(request: NbdRequest, error: unknown): void {
+    const code = errorNumber(error);
+    if (code === NBD_ERR.EIO) this.log.error({ err: errorText(error), type: request.type, offset: request.offset }, 'request failed');
+    this.replyError(request, code, errorText(error));
+  }
+
+  private replyOk(request: NbdRequest): void {
+    const structuredRead = request.type === CMD.READ && this.transmission!.structured;
+    this.send([structuredRead ? noneChunk(request.cookieHigh, request.cookieLow) : simpleReply(0, request.cookieHigh, request.cookieLow)]);
+  }
+
+  private replyError(request: NbdRequest, error: number, message: string): void {
+    this.log.debug({ type: request.type, offset: request.offset, length: request.length, error, message }, 'request refused');
+    const structuredRead = request.type === CMD.READ && this.transmission!.structured;
+    this.send([structuredRead ? errorChunk(request.cookieHigh, request.cookieLow, error, message) : simpleReply(error, request.cookieHigh, request.cookieLow)]);
+  }
+
+  /** Writes parts back to back; `borrowed` goes back to the pool once the socket is done with it. */
+  private send(parts: Buffer[], borrowed?: Buffer): void {
+    if (this.closed || this.socket.destroyed) {
+      if (borrowed) this.pool.release(borrowed);
+      return;
+    }
+    this.socket.cork();
+    parts.forEach((part, i) => {
+      const last = i === parts.length - 1;
+      if (last && borrowed) this.socket.write(part, () => this.pool.release(borrowed));
+      else this.socket.write(part);
+    });
+    this.socket.uncork();
+  }
+
+  private endWhenIdle(): void {
+    if (this.requestsInFlight === 0 && !this.closed) this.socket.end();
+  }
+
+  private onClosed(): void {
+    this.closed = true;
+    this.decoder.dispose();
+    if (this.transmission) this.registry.detach(this.transmission.exported.name, this);
+  }
+}
+
+function errorNumber(error: unknown): number {
+  if (isTwinstoreError(error)) {
+    if (error.code === 'NO_SPACE') return NBD_ERR.ENOSPC;
+    if (error.code === 'SHUTTING_DOWN') return NBD_ERR.ESHUTDOWN;
+  }
+  return NBD_ERR.EIO;
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

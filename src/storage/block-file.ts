@@ -1,0 +1,117 @@
+// Positional I/O on a drive or metadata file, behind one small interface so the
+// engine never touches `fs` directly: the real implementation issues pread/pwrite/
+// fdatasync on a descriptor (libuv's thread pool), the volatile one (test only,
+// DESIGN.md §10) holds writes in the process until sync, and a simulator can
+// supply its own later.
+
+import fs from 'node:fs';
+import { TwinstoreError } from '../errors.js';
+
+export interface BlockFile {
+  readonly path: string;
+  /** Bytes addressable in the file or device. */
+  readonly sizeBytes: number;
+  /** Fills `buffer` from `position`; bytes past the end of the file read as zeros. */
+  read(buffer: Buffer, position: number): Promise<void>;
+  write(buffer: Buffer, position: number): Promise<void>;
+  /** Makes every write that completed before the call durable (fdatasync). */
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Test-only switch (DESIGN.md §10): a planted "skip fdatasync" bug the crash tests must catch. */
+export const skipFdatasyncPlanted = process.env.TWINSTORE_TEST_SKIP_FDATASYNC === '1';
+
+export class DescriptorFile implements BlockFile {
+  private closed = false;
+
+  constructor(readonly path: string, private readonly fd: number, readonly sizeBytes: number) {}
+
+  read(buffer: Buffer, position: number): Promise<void> {
+    return new Promise((resolve, reject) => this.readFrom(buffer, 0, position, resolve, reject));
+  }
+
+  private readFrom(buffer: Buffer, done: number, position: number, resolve: () => void, reject: (e: unknown) => void): void {
+    fs.read(this.fd, buffer, done, buffer.length - done, position + done, (error, bytes) => {
+      if (error) return reject(ioError('read', this.path, error));
+      const total = done + bytes;
+      if (bytes === 0) {
+        buffer.fill(0, total);
+        return resolve();
+      }
+      if (total < buffer.length) return this.readFrom(buffer, total, position, resolve, reject);
+      resolve();
+    });
+  }
+
+  write(buffer: Buffer, position: number): Promise<void> {
+    return new Promise((resolve, reject) => this.writeFrom(buffer, 0, position, resolve, reject));
+  }
+
+  private writeFrom(buffer: Buffer, done: number, position: number, resolve: () => void, reject: (e: unknown) => void): void {
+    fs.write(this.fd, buffer, done, buffer.length - done, position + done, (error, bytes) => {
+      if (error) return reject(ioError('write', this.path, error));
+      const total = done + bytes;
+      if (total < buffer.length) return this.writeFrom(buffer, total, position, resolve, reject);
+      resolve();
+    });
+  }
+
+  sync(): Promise<void> {
+    if (skipFdatasyncPlanted) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      fs.fdatasync(this.fd, (error) => (error ? reject(ioError('sync', this.path, error)) : resolve()));
+    });
+  }
+
+  /** Reads synchronously; only for the volatile layer's read-modify-write of partial blocks. */
+  readSync(buffer: Buffer, position: number): void {
+    let done = 0;
+    while (done < buffer.length) {
+      const bytes = fs.readSync(this.fd, buffer, done, buffer.length - done, position + done);
+      if (bytes === 0) break;
+      done += bytes;
+    }
+    buffer.fill(0, done);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
+  }
+}
+
+export function ioError(op: string, path: string, cause: unknown): TwinstoreError {
+  const message = cause instanceof Error ? cause.message : String(cause);
+  return new TwinstoreError('IO_ERROR', `${op} failed on ${path}: ${message}`, { cause });
+}
+
+/** Size of a regular file, or of a block device (from sysfs, since Node has no BLKGETSIZE64). */
+export function deviceSizeBytes(path: string, stat: fs.Stats): number {
+  if (!stat.isBlockDevice()) return stat.size;
+  const major = Math.floor(stat.rdev / 256) & 0xfff;
+  const minor = (stat.rdev & 0xff) | ((Math.floor(stat.rdev / 2 ** 12) & 0xfff00));
+  try {
+    const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+    return sectors * 512;
+  } catch (cause) {
+    throw new TwinstoreError('DRIVE_INVALID', `cannot tell the size of block device ${path}`, { cause });
+  }
+}
+
+/** Opens a drive or metadata file for positional I/O, creating it sparse when asked. */
+export function openDescriptorFile(path: string, options: { createSizeBytes?: number } = {}): DescriptorFile {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r+');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || options.createSizeBytes === undefined) {
+      throw new TwinstoreError('DRIVE_INVALID', `cannot open ${path}: ${(error as Error).message}`, { cause: error });
+    }
+    fd = fs.openSync(path, 'wx+', 0o600);
+    fs.ftruncateSync(fd, options.createSizeBytes);
+  }
+  const stat = fs.fstatSync(fd);
+  return new DescriptorFile(path, fd, deviceSizeBytes(path, stat));
+}

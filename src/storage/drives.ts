@@ -1,0 +1,103 @@
+// The drives an array owns. Each drive carries a label in its first extent
+// (magic, array id, drive id, extent size, checksummed) so that config order and
+// paths may change without mixing drives up, and a drive of another array is
+// never written. Extent i of a drive lives at byte (i + 1) × extentBytes.
+
+import crypto from 'node:crypto';
+import { crc32c } from '@node-rs/crc32';
+import { TwinstoreError } from '../errors.js';
+import { openBlockFile } from './open-file.js';
+import type { BlockFile } from './block-file.js';
+import type { DriveMeta, MetaRecord, MetaState } from './meta-model.js';
+
+const labelMagic = Buffer.from('TWINDRV1', 'ascii');
+const labelBytes = 4096;
+
+interface DriveLabel {
+  arrayId: string;
+  driveId: string;
+  extentBytes: number;
+}
+
+export interface DriveConfig {
+  path: string;
+  sizeBytes?: number | undefined;
+}
+
+export interface OpenDrive {
+  index: number;
+  file: BlockFile;
+}
+
+/** Opens every configured drive, labelling new ones; returns records that register new drives. */
+export async function openDrives(configs: DriveConfig[], state: MetaState, usedDrives: Set<number>): Promise<{ drives: OpenDrive[]; records: MetaRecord[] }> {
+  const drives: OpenDrive[] = [];
+  const records: MetaRecord[] = [];
+  for (const config of configs) {
+    const file = openBlockFile(config.path, config.sizeBytes === undefined ? {} : { createSizeBytes: config.sizeBytes });
+    const extentCount = Math.floor(file.sizeBytes / state.extentBytes) - 1;
+    if (extentCount < 1) {
+      throw new TwinstoreError('DRIVE_INVALID', `drive ${config.path} holds ${file.sizeBytes} bytes; it needs at least two extents of ${state.extentBytes}`);
+    }
+    const label = await readLabel(file);
+    let index = label === undefined ? -1 : checkLabel(label, config.path, state);
+    if (index < 0) {
+      index = state.drives.length + records.length;
+      const drive: DriveMeta = { id: crypto.randomUUID(), path: config.path, extentCount, cleanFrom: 0 };
+      await writeLabel(file, { arrayId: state.arrayId, driveId: drive.id, extentBytes: state.extentBytes });
+      records.push({ t: 'drive', index, drive });
+    } else {
+      const known = state.drives[index]!;
+      if (extentCount < known.extentCount && usedDrives.has(index)) {
+        throw new TwinstoreError('DRIVE_INVALID', `drive ${config.path} shrank from ${known.extentCount} to ${extentCount} extents`);
+      }
+      if (known.path !== config.path || known.extentCount !== extentCount) {
+        records.push({ t: 'drive', index, drive: { ...known, path: config.path, extentCount } });
+      }
+    }
+    if (drives.some((d) => d.index === index)) throw new TwinstoreError('DRIVE_INVALID', `drive ${config.path} is listed twice`);
+    drives.push({ index, file });
+  }
+  for (const index of usedDrives) {
+    if (!drives.some((d) => d.index === index)) {
+      const meta = state.drives[index]!;
+      throw new TwinstoreError('DRIVE_MISSING', `drive ${meta.id} (last seen at ${meta.path}) holds volume extents but is not in the config`);
+    }
+  }
+  return { drives, records };
+}
+
+function checkLabel(label: DriveLabel, path: string, state: MetaState): number {
+  if (label.arrayId !== state.arrayId) {
+    throw new TwinstoreError('DRIVE_INVALID', `drive ${path} belongs to array ${label.arrayId}, not ${state.arrayId}`);
+  }
+  if (label.extentBytes !== state.extentBytes) {
+    throw new TwinstoreError('DRIVE_INVALID', `drive ${path} was labelled with ${label.extentBytes}-byte extents, the array uses ${state.extentBytes}`);
+  }
+  // -1: labelled by this array but never registered (a crash between label and commit); label it anew.
+  return state.drives.findIndex((d) => d.id === label.driveId);
+}
+
+async function readLabel(file: BlockFile): Promise<DriveLabel | undefined> {
+  const block = Buffer.alloc(labelBytes);
+  await file.read(block, 0);
+  if (block.every((byte) => byte === 0)) return undefined;
+  const length = block.readUInt32BE(8);
+  if (!block.subarray(0, 8).equals(labelMagic) || length > labelBytes - 16) {
+    throw new TwinstoreError('DRIVE_INVALID', `drive ${file.path} holds data but no Twinstore label; refusing to overwrite it`);
+  }
+  const body = block.subarray(16, 16 + length);
+  if (crc32c(body) !== block.readUInt32BE(12)) throw new TwinstoreError('DRIVE_INVALID', `drive ${file.path} has a damaged label`);
+  return JSON.parse(body.toString('utf8')) as DriveLabel;
+}
+
+async function writeLabel(file: BlockFile, label: DriveLabel): Promise<void> {
+  const block = Buffer.alloc(labelBytes);
+  const body = Buffer.from(JSON.stringify(label), 'utf8');
+  labelMagic.copy(block, 0);
+  block.writeUInt32BE(body.length, 8);
+  block.writeUInt32BE(crc32c(body), 12);
+  body.copy(block, 16);
+  await file.write(block, 0);
+  await file.sync();
+}

@@ -1,0 +1,269 @@
+// The storage engine of one array: drives, the extent allocator, volumes and
+// their durable metadata. Its flush is a group commit: concurrent callers share
+// one round, and a round (1) takes the queued metadata records, (2) fdatasyncs
+// every drive, (3) appends the records to the metadata log and fdatasyncs it,
+// then (4) lets the extents those records released be reused. Step 2 before 3
+// is what keeps a map entry from ever being durable before the data it points to.
+
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import { TwinstoreError, assert } from '../errors.js';
+import { ExtentAllocator } from './allocator.js';
+import { openDrives, type DriveConfig, type OpenDrive } from './drives.js';
+import { MetaStore } from './meta-store.js';
+import { VOLUME_ROLES, refDrive, refExtent, type ExtentRef, type MetaRecord, type MetaState, type VolumeMeta, type VolumeRole } from './meta-model.js';
+import { Volume, type VolumeHost } from './volume.js';
+
+export interface EngineOptions {
+  arrayId: string;
+  dataDir: string;
+  extentBytes: number;
+  drives: DriveConfig[];
+}
+
+export interface CreateVolumeRequest {
+  name: string;
+  sizeBytes: number;
+  lun?: number | undefined;
+  role?: VolumeRole | undefined;
+}
+
+export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export const LUN_MAX = 65535;
+export const VOLUME_ALIGN_BYTES = 4096;
+const backgroundFlushMs = 5000;
+
+export class StorageEngine extends EventEmitter implements VolumeHost {
+  readonly extentBytes: number;
+  private readonly volumesByName = new Map<string, Volume>();
+  private pendingRecords: MetaRecord[] = [];
+  private pendingMaps = new Map<number, number[]>();
+  private flushRunning: Promise<void> | undefined;
+  private flushQueued: Promise<void> | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  private constructor(
+    private readonly options: EngineOptions,
+    private readonly meta: MetaStore,
+    private readonly live: MetaState,
+    private readonly drives: Map<number, OpenDrive>,
+    private readonly allocator: ExtentAllocator,
+  ) {
+    super();
+    this.extentBytes = live.extentBytes;
+    for (const state of live.volumes.values()) this.volumesByName.set(state.meta.name, new Volume(this, state));
+    this.timer = setInterval(() => void this.flush().catch(() => undefined), backgroundFlushMs);
+    this.timer.unref();
+  }
+
+  static async open(options: EngineOptions): Promise<StorageEngine> {
+    const meta = await MetaStore.open(path.join(options.dataDir, 'meta'), () => ({
+      arrayId: options.arrayId,
+      extentBytes: options.extentBytes,
+      drives: [],
+      volumes: new Map(),
+      nextVolumeId: 1,
+    }));
+    const durable = meta.durable;
+    if (durable.arrayId !== options.arrayId) {
+      throw new TwinstoreError('CONFIG_INVALID', `array.id is "${options.arrayId}" but the data folder ${options.dataDir} belongs to array "${durable.arrayId}"`);
+    }
+    const used = new Set<number>();
+    for (const volume of durable.volumes.values()) for (const ref of volume.map.values()) used.add(refDrive(ref));
+    const { drives, records } = await openDrives(options.drives, durable, used);
+    await meta.commit(records);
+    const live = meta.snapshotState();
+    const byIndex = new Map(drives.map((d) => [d.index, d]));
+    const allocator = new ExtentAllocator(live, [...byIndex.keys()], (r) => meta.commit(r));
+    return new StorageEngine(options, meta, live, byIndex, allocator);
+  }
+
+  get arrayId(): string {
+    return this.options.arrayId;
+  }
+
+  volumes(): Volume[] {
+    return [...this.volumesByName.values()].sort((a, b) => a.meta.lun - b.meta.lun);
+  }
+
+  volume(name: string): Volume | undefined {
+    return this.volumesByName.get(name);
+  }
+
+  volumeByLun(lun: number): Volume | undefined {
+    return this.volumes().find((v) => v.meta.lun === lun);
+  }
+
+  async createVolume(request: CreateVolumeRequest): Promise<Volume> {
+    this.checkOpen();
+    const lun = request.lun ?? this.freeLun();
+    checkVolumeRequest(request, lun);
+    if (this.volumesByName.has(request.name)) throw new TwinstoreError('VOLUME_EXISTS', `volume ${request.name} already exists`, { field: 'name' });
+    const holder = this.volumeByLun(lun);
+    if (holder) throw new TwinstoreError('LUN_IN_USE', `LUN ${lun} is already used by volume ${holder.name}`, { field: 'lun' });
+    const meta: VolumeMeta = {
+      id: this.live.nextVolumeId,
+      name: request.name,
+      lun,
+      sizeBytes: request.sizeBytes,
+      role: request.role ?? 'simplex',
+      createdAt: new Date().toISOString(),
+    };
+    this.live.nextVolumeId += 1;
+    this.live.volumes.set(meta.id, { meta, map: new Map() });
+    const volume = new Volume(this, this.live.volumes.get(meta.id)!);
+    this.volumesByName.set(meta.name, volume);
+    this.pendingRecords.push({ t: 'volume', volume: meta });
+    await this.flush();
+    this.emit('volume-created', volume);
+    return volume;
+  }
+
+  async deleteVolume(name: string): Promise<void> {
+    this.checkOpen();
+    const volume = this.volumesByName.get(name);
+    if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `no volume named ${name}`);
+    this.volumesByName.delete(name);
+    this.emit('volume-deleted', volume);
+    this.pendingMaps.delete(volume.meta.id);
+    for (const [, ref] of volume.mappedExtents()) this.allocator.release(ref);
+    this.live.volumes.delete(volume.meta.id);
+    this.pendingRecords.push({ t: 'volume-delete', id: volume.meta.id });
+    await this.flush();
+  }
+
+  private freeLun(): number {
+    const used = new Set(this.volumes().map((v) => v.meta.lun));
+    let lun = 0;
+    while (used.has(lun)) lun += 1;
+    return lun;
+  }
+
+  /** Group commit; see the module comment. Resolves when everything done before the call is durable. */
+  flush(): Promise<void> {
+    if (this.flushQueued) return this.flushQueued;
+    if (!this.flushRunning) return this.startRound();
+    const queued = this.flushRunning.catch(() => undefined).then(() => {
+      this.flushQueued = undefined;
+      return this.startRound();
+    });
+    this.flushQueued = queued;
+    return queued;
+  }
+
+  private startRound(): Promise<void> {
+    const round = this.runRound().finally(() => {
+      if (this.flushRunning === round) this.flushRunning = undefined;
+    });
+    this.flushRunning = round;
+    return round;
+  }
+
+  private async runRound(): Promise<void> {
+    const records = this.takeRecords();
+    const released = this.allocator.drainReleases();
+    try {
+      await Promise.all([...this.drives.values()].map((d) => d.file.sync()));
+      await this.meta.commit(records);
+    } catch (error) {
+      this.pendingRecords = [...records, ...this.pendingRecords];
+      for (const ref of released) this.allocator.release(ref);
+      throw error;
+    }
+    this.allocator.releasesDurable(released);
+  }
+
+  private takeRecords(): MetaRecord[] {
+    const records = this.pendingRecords;
+    for (const [volume, entries] of this.pendingMaps) records.push({ t: 'map', volume, entries });
+    this.pendingRecords = [];
+    this.pendingMaps = new Map();
+    return records;
+  }
+
+  // VolumeHost: what a Volume asks of the engine.
+
+  allocateExtent(): Promise<{ ref: ExtentRef; needsZeroing: boolean }> {
+    return this.allocator.allocate();
+  }
+
+  readExtent(ref: ExtentRef, buffer: Buffer, offsetInExtent: number): Promise<void> {
+    return this.driveOf(ref).file.read(buffer, this.position(ref, offsetInExtent, buffer.length));
+  }
+
+  writeExtent(ref: ExtentRef, buffer: Buffer, offsetInExtent: number): Promise<void> {
+    return this.driveOf(ref).file.write(buffer, this.position(ref, offsetInExtent, buffer.length));
+  }
+
+  pin(ref: ExtentRef): void {
+    this.allocator.pin(ref);
+  }
+
+  unpin(ref: ExtentRef): void {
+    this.allocator.unpin(ref);
+  }
+
+  mapChanged(volumeId: number, chunk: number, ref: ExtentRef | undefined, old: ExtentRef | undefined): void {
+    let entries = this.pendingMaps.get(volumeId);
+    if (!entries) {
+      entries = [];
+      this.pendingMaps.set(volumeId, entries);
+    }
+    if (ref === undefined) entries.push(chunk, -1, 0);
+    else entries.push(chunk, refDrive(ref), refExtent(ref));
+    if (old !== undefined) this.allocator.release(old);
+  }
+
+  private driveOf(ref: ExtentRef): OpenDrive {
+    const drive = this.drives.get(refDrive(ref));
+    assert(drive !== undefined, 'extent lies on an open drive');
+    return drive;
+  }
+
+  private position(ref: ExtentRef, offsetInExtent: number, length: number): number {
+    assert(offsetInExtent >= 0 && offsetInExtent + length <= this.extentBytes, 'I/O stays inside its extent');
+    return (refExtent(ref) + 1) * this.extentBytes + offsetInExtent;
+  }
+
+  stats(): { extentBytes: number; capacityBytes: number; freeBytes: number; allocatedBytes: number; provisionedBytes: number; drives: Array<{ id: string; path: string; sizeBytes: number }> } {
+    const capacityBytes = this.allocator.totalExtents() * this.extentBytes;
+    const freeBytes = this.allocator.freeExtents() * this.extentBytes;
+    return {
+      extentBytes: this.extentBytes,
+      capacityBytes,
+      freeBytes,
+      allocatedBytes: this.volumes().reduce((sum, v) => sum + v.allocatedBytes(), 0),
+      provisionedBytes: this.volumes().reduce((sum, v) => sum + v.sizeBytes, 0),
+      drives: [...this.drives.values()].map((d) => ({ id: this.live.drives[d.index]!.id, path: d.file.path, sizeBytes: d.file.sizeBytes })),
+    };
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new TwinstoreError('SHUTTING_DOWN', 'the array is shutting down');
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    await this.flush();
+    await this.meta.close();
+    await Promise.all([...this.drives.values()].map((d) => d.file.close()));
+  }
+}
+
+function checkVolumeRequest(request: CreateVolumeRequest, lun: number): void {
+  if (!VOLUME_NAME_PATTERN.test(request.name)) {
+    throw new TwinstoreError('BAD_REQUEST', `volume name "${request.name}" must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit`, { field: 'name' });
+  }
+  if (!Number.isSafeInteger(request.sizeBytes) || request.sizeBytes <= 0 || request.sizeBytes % VOLUME_ALIGN_BYTES !== 0) {
+    throw new TwinstoreError('BAD_REQUEST', `volume size ${request.sizeBytes} must be a positive multiple of ${VOLUME_ALIGN_BYTES} bytes`, { field: 'size' });
+  }
+  if (!Number.isSafeInteger(lun) || lun < 0 || lun > LUN_MAX) {
+    throw new TwinstoreError('BAD_REQUEST', `LUN ${lun} must be a whole number from 0 to ${LUN_MAX}`, { field: 'lun' });
+  }
+  if (request.role !== undefined && !VOLUME_ROLES.includes(request.role)) {
+    throw new TwinstoreError('BAD_REQUEST', `role ${String(request.role)} is not one of ${VOLUME_ROLES.join(', ')}`, { field: 'role' });
+  }
+}

@@ -1,0 +1,152 @@
+// The array's persisted model: drives, volumes and each volume's extent map, and
+// the records that change it. The same `applyRecord` serves replay at start and
+// the durable copy kept while running, so what is written is what is read back.
+
+import { assert } from '../errors.js';
+
+export const VOLUME_ROLES = ['simplex', 'pvol', 'svol', 'journal-master', 'journal-restore', 'journal-free', 'command-device'] as const;
+export type VolumeRole = (typeof VOLUME_ROLES)[number];
+
+export interface DriveMeta {
+  /** Stamped into the drive's label; config order and paths may change, ids do not. */
+  id: string;
+  /** Where the drive was last found; informational. */
+  path: string;
+  extentCount: number;
+  /** Extents at or above this index were never written since the drive was labelled. */
+  cleanFrom: number;
+}
+
+export interface VolumeMeta {
+  id: number;
+  name: string;
+  lun: number;
+  sizeBytes: number;
+  role: VolumeRole;
+  createdAt: string;
+}
+
+/** Where a volume chunk lives: drive index * 2^32 + extent index. */
+export type ExtentRef = number;
+
+export function extentRef(drive: number, extent: number): ExtentRef {
+  return drive * 2 ** 32 + extent;
+}
+
+export function refDrive(ref: ExtentRef): number {
+  return Math.floor(ref / 2 ** 32);
+}
+
+export function refExtent(ref: ExtentRef): number {
+  return ref % 2 ** 32;
+}
+
+export interface VolumeState {
+  meta: VolumeMeta;
+  /** chunk index → extent; a missing chunk is a hole that reads as zeros. */
+  map: Map<number, ExtentRef>;
+}
+
+export interface MetaState {
+  arrayId: string;
+  extentBytes: number;
+  drives: DriveMeta[];
+  volumes: Map<number, VolumeState>;
+  nextVolumeId: number;
+}
+
+export type MetaRecord =
+  | { t: 'drive'; index: number; drive: DriveMeta }
+  | { t: 'clean'; drive: number; from: number }
+  | { t: 'volume'; volume: VolumeMeta }
+  | { t: 'volume-delete'; id: number }
+  /** Flat triples (chunk, drive, extent); drive -1 unmaps the chunk. */
+  | { t: 'map'; volume: number; entries: number[] };
+
+export function applyRecord(state: MetaState, record: MetaRecord): void {
+  switch (record.t) {
+    case 'drive':
+      assert(record.index <= state.drives.length, 'drives are added in order');
+      state.drives[record.index] = { ...record.drive };
+      return;
+    case 'clean': {
+      const drive = state.drives[record.drive];
+      assert(drive !== undefined, 'clean mark names a known drive');
+      drive.cleanFrom = Math.max(drive.cleanFrom, record.from);
+      return;
+    }
+    case 'volume': {
+      const existing = state.volumes.get(record.volume.id);
+      if (existing) existing.meta = { ...record.volume };
+      else state.volumes.set(record.volume.id, { meta: { ...record.volume }, map: new Map() });
+      state.nextVolumeId = Math.max(state.nextVolumeId, record.volume.id + 1);
+      return;
+    }
+    case 'volume-delete':
+      state.volumes.delete(record.id);
+      return;
+    case 'map': {
+      const volume = state.volumes.get(record.volume);
+      if (volume === undefined) return; // deleted later in the same commit
+      applyMapEntries(volume.map, record.entries);
+      return;
+    }
+  }
+}
+
+function applyMapEntries(map: Map<number, ExtentRef>, entries: number[]): void {
+  assert(entries.length % 3 === 0, 'map entries are triples');
+  for (let i = 0; i < entries.length; i += 3) {
+    const chunk = entries[i]!;
+    const drive = entries[i + 1]!;
+    if (drive < 0) map.delete(chunk);
+    else map.set(chunk, extentRef(drive, entries[i + 2]!));
+  }
+}
+
+export interface SnapshotJson {
+  version: 1;
+  generation: number;
+  arrayId: string;
+  extentBytes: number;
+  nextVolumeId: number;
+  drives: DriveMeta[];
+  volumes: Array<VolumeMeta & { map: number[] }>;
+}
+
+export function toSnapshot(state: MetaState, generation: number): SnapshotJson {
+  const volumes = [...state.volumes.values()].map((volume) => {
+    const map: number[] = [];
+    for (const [chunk, ref] of volume.map) map.push(chunk, refDrive(ref), refExtent(ref));
+    return { ...volume.meta, map };
+  });
+  return {
+    version: 1,
+    generation,
+    arrayId: state.arrayId,
+    extentBytes: state.extentBytes,
+    nextVolumeId: state.nextVolumeId,
+    drives: state.drives.map((d) => ({ ...d })),
+    volumes,
+  };
+}
+
+export function fromSnapshot(snapshot: SnapshotJson): MetaState {
+  const state: MetaState = {
+    arrayId: snapshot.arrayId,
+    extentBytes: snapshot.extentBytes,
+    drives: snapshot.drives.map((d) => ({ ...d })),
+    volumes: new Map(),
+    nextVolumeId: snapshot.nextVolumeId,
+  };
+  for (const { map, ...meta } of snapshot.volumes) {
+    const volume: VolumeState = { meta, map: new Map() };
+    applyMapEntries(volume.map, map);
+    state.volumes.set(meta.id, volume);
+  }
+  return state;
+}
+
+export function cloneState(state: MetaState): MetaState {
+  return fromSnapshot(toSnapshot(state, 0));
+}

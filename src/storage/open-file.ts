@@ -1,0 +1,18 @@
+// Chooses how drive and metadata files are opened: plain descriptors, or the
+// volatile cache of DESIGN.md §10 when the test-only switch
+// TWINSTORE_TEST_VOLATILE_CACHE=1 is set (TWINSTORE_TEST_SEED seeds its write-back).
+
+import { openDescriptorFile, type BlockFile } from './block-file.js';
+import { VolatileFile } from './volatile-file.js';
+import { Prng } from '../util/prng.js';
+
+export const volatileCacheMode = process.env.TWINSTORE_TEST_VOLATILE_CACHE === '1';
+const seedBase = Number(process.env.TWINSTORE_TEST_SEED ?? Date.now() % 2 ** 31);
+let opened = 0;
+
+export function openBlockFile(path: string, options: { createSizeBytes?: number } = {}): BlockFile {
+  const file = openDescriptorFile(path, options);
+  if (!volatileCacheMode) return file;
+  opened += 1;
+  return new VolatileFile(file, new Prng(seedBase + opened * 7919));
+}
