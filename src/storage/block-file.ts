@@ -25,7 +25,13 @@ export const skipFdatasyncPlanted = process.env.TWINSTORE_TEST_SKIP_FDATASYNC ==
 export class DescriptorFile implements BlockFile {
   private closed = false;
 
-  constructor(readonly path: string, private readonly fd: number, readonly sizeBytes: number) {}
+  constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly sizeBytes: number,
+    /** The planted bug applies to drives only, so metadata stays readable and the loss shows as data. */
+    private readonly skipSync = false,
+  ) {}
 
   read(buffer: Buffer, position: number): Promise<void> {
     return new Promise((resolve, reject) => this.readFrom(buffer, 0, position, resolve, reject));
@@ -58,7 +64,7 @@ export class DescriptorFile implements BlockFile {
   }
 
   sync(): Promise<void> {
-    if (skipFdatasyncPlanted) return Promise.resolve();
+    if (this.skipSync) return Promise.resolve();
     return new Promise((resolve, reject) => {
       fs.fdatasync(this.fd, (error) => (error ? reject(ioError('sync', this.path, error)) : resolve()));
     });
@@ -100,8 +106,15 @@ export function deviceSizeBytes(path: string, stat: fs.Stats): number {
   }
 }
 
+export interface OpenOptions {
+  /** Create the file (sparse) at this size when it does not exist. */
+  createSizeBytes?: number;
+  /** Drives get the planted "skip fdatasync" bug when it is switched on; metadata files never do. */
+  kind: 'drive' | 'metadata';
+}
+
 /** Opens a drive or metadata file for positional I/O, creating it sparse when asked. */
-export function openDescriptorFile(path: string, options: { createSizeBytes?: number } = {}): DescriptorFile {
+export function openDescriptorFile(path: string, options: OpenOptions): DescriptorFile {
   let fd: number;
   try {
     fd = fs.openSync(path, 'r+');
@@ -113,5 +126,5 @@ export function openDescriptorFile(path: string, options: { createSizeBytes?: nu
     fs.ftruncateSync(fd, options.createSizeBytes);
   }
   const stat = fs.fstatSync(fd);
-  return new DescriptorFile(path, fd, deviceSizeBytes(path, stat));
+  return new DescriptorFile(path, fd, deviceSizeBytes(path, stat), options.kind === 'drive' && skipFdatasyncPlanted);
 }

@@ -34,7 +34,7 @@ export async function openDrives(configs: DriveConfig[], state: MetaState, usedD
   const drives: OpenDrive[] = [];
   const records: MetaRecord[] = [];
   for (const config of configs) {
-    const file = openBlockFile(config.path, config.sizeBytes === undefined ? {} : { createSizeBytes: config.sizeBytes });
+    const file = openBlockFile(config.path, config.sizeBytes === undefined ? { kind: 'drive' } : { createSizeBytes: config.sizeBytes, kind: 'drive' });
     const extentCount = Math.floor(file.sizeBytes / state.extentBytes) - 1;
     if (extentCount < 1) {
       throw new TwinstoreError('DRIVE_INVALID', `drive ${config.path} holds ${file.sizeBytes} bytes; it needs at least two extents of ${state.extentBytes}`);

@@ -134,13 +134,13 @@ async function writeSnapshot(dir: string, state: MetaState, generation: number):
   const header = `twinstore-meta v1 crc32c=${crc32c(body).toString(16).padStart(8, '0')} bytes=${body.length}\n`;
   const tmp = path.join(dir, `${snapshotName}.tmp`);
   fs.rmSync(tmp, { force: true });
-  const file = openBlockFile(tmp, { createSizeBytes: 0 });
+  const file = openBlockFile(tmp, { createSizeBytes: 0, kind: 'metadata' });
   await file.write(Buffer.concat([Buffer.from(header, 'utf8'), body]), 0);
   await file.sync();
   await file.close();
   const logPath = path.join(dir, `log-${generation}`);
   fs.rmSync(logPath, { force: true });
-  const log = openBlockFile(logPath, { createSizeBytes: 0 });
+  const log = openBlockFile(logPath, { createSizeBytes: 0, kind: 'metadata' });
   fs.renameSync(tmp, path.join(dir, snapshotName));
   syncDirectory(dir);
   return log;

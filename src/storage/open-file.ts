@@ -2,7 +2,7 @@
 // volatile cache of DESIGN.md §10 when the test-only switch
 // TWINSTORE_TEST_VOLATILE_CACHE=1 is set (TWINSTORE_TEST_SEED seeds its write-back).
 
-import { openDescriptorFile, type BlockFile } from './block-file.js';
+import { openDescriptorFile, skipFdatasyncPlanted, type BlockFile, type OpenOptions } from './block-file.js';
 import { VolatileFile } from './volatile-file.js';
 import { Prng } from '../util/prng.js';
 
@@ -10,9 +10,10 @@ export const volatileCacheMode = process.env.TWINSTORE_TEST_VOLATILE_CACHE === '
 const seedBase = Number(process.env.TWINSTORE_TEST_SEED ?? Date.now() % 2 ** 31);
 let opened = 0;
 
-export function openBlockFile(path: string, options: { createSizeBytes?: number } = {}): BlockFile {
+export function openBlockFile(path: string, options: OpenOptions): BlockFile {
   const file = openDescriptorFile(path, options);
   if (!volatileCacheMode) return file;
   opened += 1;
-  return new VolatileFile(file, new Prng(seedBase + opened * 7919));
+  const skipSync = options.kind === 'drive' && skipFdatasyncPlanted;
+  return new VolatileFile(file, new Prng(seedBase + opened * 7919), skipSync);
 }

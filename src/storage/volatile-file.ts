@@ -5,7 +5,7 @@
 // timer also writes back a random few dirty blocks now and then, as a real page
 // cache does, so a crash leaves an arbitrary torn subset of unsynced writes.
 
-import { DescriptorFile, skipFdatasyncPlanted, type BlockFile } from './block-file.js';
+import type { BlockFile, DescriptorFile } from './block-file.js';
 import { Prng } from '../util/prng.js';
 
 const blockBytes = 4096;
@@ -19,7 +19,7 @@ export class VolatileFile implements BlockFile {
   private readonly timer: NodeJS.Timeout;
   private writebackRunning = false;
 
-  constructor(private readonly inner: DescriptorFile, private readonly prng: Prng) {
+  constructor(private readonly inner: DescriptorFile, private readonly prng: Prng, private readonly skipSync: boolean) {
     this.timer = setInterval(() => void this.writeBackSome(), writebackIntervalMs);
     this.timer.unref();
   }
@@ -76,7 +76,7 @@ export class VolatileFile implements BlockFile {
   }
 
   async sync(): Promise<void> {
-    if (skipFdatasyncPlanted) return;
+    if (this.skipSync) return;
     while (this.flushing.size > 0 || this.writebackRunning) await new Promise((r) => setTimeout(r, 1));
     this.flushing = this.dirty;
     this.dirty = new Map();

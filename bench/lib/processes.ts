@@ -1,0 +1,144 @@
+// Why this exists: the benchmark starts servers (Twinstore, qemu-nbd, nbdkit)
+// and tools (fio, nbdcopy, the CLI) that must never outlive it. Every child is
+// spawned through one ProcessTracker, which knows each PID, keeps a bounded
+// tail of its stderr for error messages, and stops them all by PID (SIGTERM,
+// then SIGKILL) on success, on failure and on Ctrl-C. Never by name.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+
+/** Bytes of stderr (and stdout for short-lived tools) kept per child for error messages. */
+const outputTailBytesMax = 64 * 1024;
+/** Bytes of stdout kept for a tool whose stdout we parse (the CLI's JSON). */
+const outputBytesMax = 4 * 2 ** 20;
+const stopGraceMsDefault = 5_000;
+
+export interface Tracked {
+  readonly label: string;
+  readonly child: ChildProcess;
+  readonly pid: number;
+  /** The last outputTailBytesMax bytes the child wrote on stderr. */
+  stderrTail(): string;
+  /** Resolves with the exit code (or the signal) once the child has exited. */
+  readonly exited: Promise<string>;
+  hasExited(): boolean;
+}
+
+export interface SpawnOptions {
+  label: string;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** 'pipe' when the caller reads stdout itself; otherwise it is drained and dropped. */
+  stdout?: 'pipe' | 'drain';
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+}
+
+export class ProcessTracker {
+  private readonly running = new Map<number, Tracked>();
+
+  /** Starts a long-running child; it stays tracked until it exits. */
+  spawn(command: string, args: string[], options: SpawnOptions): Tracked {
+    const child = spawn(command, args, {
+      env: options.env ?? process.env,
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    if (child.pid === undefined) throw new Error(`${options.label}: cannot start ${command}`);
+    const pid = child.pid;
+    let stderr = '';
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      stderr = (stderr + chunk).slice(-outputTailBytesMax);
+    });
+    if (options.stdout !== 'pipe') child.stdout!.resume();
+    let done = false;
+    const exited = new Promise<string>((resolve) => {
+      child.once('error', (error) => {
+        done = true;
+        this.running.delete(pid);
+        resolve(`error ${error.message}`);
+      });
+      child.once('exit', (code, signal) => {
+        done = true;
+        this.running.delete(pid);
+        resolve(code === null ? `signal ${signal}` : `code ${code}`);
+      });
+    });
+    const tracked: Tracked = { label: options.label, child, pid, stderrTail: () => stderr, exited, hasExited: () => done };
+    this.running.set(pid, tracked);
+    return tracked;
+  }
+
+  /** Runs a tool to completion within timeoutMs; throws with its stderr when it fails. */
+  async run(command: string, args: string[], options: SpawnOptions & { timeoutMs: number }): Promise<RunResult> {
+    const tracked = this.spawn(command, args, { ...options, stdout: 'pipe' });
+    let stdout = '';
+    tracked.child.stdout!.setEncoding('utf8');
+    tracked.child.stdout!.on('data', (chunk: string) => {
+      stdout = (stdout + chunk).slice(-outputBytesMax);
+    });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      void this.stop(tracked);
+    }, options.timeoutMs);
+    const status = await tracked.exited;
+    clearTimeout(timer);
+    if (timedOut) throw new Error(`${options.label}: timed out after ${options.timeoutMs} ms\n${tracked.stderrTail()}`);
+    if (status !== 'code 0') throw new Error(`${options.label}: ${command} exited with ${status}\n${tracked.stderrTail()}`);
+    return { stdout, stderr: tracked.stderrTail() };
+  }
+
+  /** SIGTERM, then SIGKILL after graceMs; resolves once the child has exited. */
+  async stop(tracked: Tracked, graceMs = stopGraceMsDefault): Promise<void> {
+    if (tracked.hasExited()) return;
+    tracked.child.kill('SIGTERM');
+    const timer = setTimeout(() => {
+      if (!tracked.hasExited()) tracked.child.kill('SIGKILL');
+    }, graceMs);
+    await tracked.exited;
+    clearTimeout(timer);
+  }
+
+  /** Stops every child still running, each by its own PID. */
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.running.values()].map((tracked) => this.stop(tracked)));
+    if (this.running.size !== 0) throw new Error(`children still running: ${[...this.running.keys()].join(', ')}`);
+  }
+}
+
+/** A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, close). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (address === null || typeof address === 'string') throw new Error('no port from a TCP listener');
+  return address.port;
+}
+
+/** Waits until something accepts TCP connections on 127.0.0.1:port, or the server dies. */
+export async function waitForPort(port: number, server: Tracked, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (server.hasExited()) throw new Error(`${server.label} exited before listening:\n${server.stderrTail()}`);
+    const connected = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (connected) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${server.label} did not listen on port ${port} within ${timeoutMs} ms`);
+}

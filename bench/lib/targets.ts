@@ -1,0 +1,136 @@
+// Why this exists: the benchmark compares Twinstore with two reference NBD
+// servers on the same kind of backing file. This module starts each server on
+// 127.0.0.1 (through the ProcessTracker, so cleanup can find it) and fills its
+// image with the same random bytes, so every read hits allocated data.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { freePort, waitForPort, type ProcessTracker, type Tracked } from './processes.js';
+
+export const targetNames = ['Twinstore', 'qemu-nbd', 'nbdkit'] as const;
+export type TargetName = (typeof targetNames)[number];
+
+export interface Target {
+  name: TargetName;
+  uri: string;
+  server: Tracked;
+}
+
+export interface TargetOptions {
+  tracker: ProcessTracker;
+  /** A folder of its own under the benchmark's temp folder. */
+  dir: string;
+  imageBytes: number;
+  /** The random image every target starts from. */
+  sourceFile: string;
+}
+
+const exportName = 'vol';
+const serverStartMsMax = 30_000;
+const cliRunMsMax = 30_000;
+const randomChunkBytes = 16 * 2 ** 20;
+/** Twinstore's drive holds the volume plus room for metadata; the file is sparse. */
+const driveSlackBytes = 2 ** 30;
+/** qemu-nbd allocates a bounce buffer per request; these glibc settings stop it faulting in fresh pages each time (see baseline.md). */
+const qemuGlibcTunables = 'glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456';
+
+const projectRoot = path.resolve(import.meta.dirname, '..', '..');
+const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
+
+/** Writes imageBytes of random data to file, in bounded chunks. */
+export async function writeRandomFile(file: string, imageBytes: number): Promise<void> {
+  if (imageBytes % randomChunkBytes !== 0) throw new Error(`image size ${imageBytes} is not a multiple of ${randomChunkBytes}`);
+  const chunk = Buffer.alloc(randomChunkBytes);
+  const handle = await fs.promises.open(file, 'w');
+  try {
+    for (let offset = 0; offset < imageBytes; offset += chunk.length) {
+      crypto.randomFillSync(chunk);
+      await handle.write(chunk, 0, chunk.length, offset);
+    }
+  } finally {
+    await handle.close();
+  }
+  const written = (await fs.promises.stat(file)).size;
+  if (written !== imageBytes) throw new Error(`random image is ${written} bytes, expected ${imageBytes}`);
+}
+
+function twinstoreConfig(driveBytes: number): string {
+  return [
+    'array:',
+    '  id: bench',
+    '  dataDir: data',
+    'drives:',
+    '  - path: data/drive0.img',
+    `    size: ${driveBytes}`,
+    'listen:',
+    '  nbd: 127.0.0.1:0',
+    '  api: 127.0.0.1:0',
+    '',
+  ].join('\n');
+}
+
+async function readReadyLine(server: Tracked): Promise<{ nbd: string }> {
+  const lines = readline.createInterface({ input: server.child.stdout! });
+  const line = await Promise.race([
+    new Promise<string>((resolve) => lines.once('line', resolve)),
+    server.exited.then((status) => Promise.reject(new Error(`twinstore serve exited (${status}) before ready:\n${server.stderrTail()}`))),
+    new Promise<never>((_, reject) => setTimeout(() => reject(new Error('twinstore serve: no ready line')), serverStartMsMax).unref()),
+  ]);
+  // Keep draining stdout so the server can never block on a full pipe.
+  lines.on('line', () => undefined);
+  const ready = JSON.parse(line) as { ready?: boolean; nbd?: string };
+  if (ready.ready !== true || typeof ready.nbd !== 'string') throw new Error(`twinstore serve: unexpected ready line ${line}`);
+  return { nbd: ready.nbd };
+}
+
+/** Starts `twinstore serve`, creates the volume, and fills it from sourceFile with nbdcopy. */
+export async function startTwinstore(options: TargetOptions): Promise<Target> {
+  const configFile = path.join(options.dir, 'bench.yaml');
+  await fs.promises.writeFile(configFile, twinstoreConfig(options.imageBytes + driveSlackBytes));
+  const server = options.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', configFile], {
+    label: 'twinstore serve',
+    env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+    stdout: 'pipe',
+  });
+  const ready = await readReadyLine(server);
+  const created = await options.tracker.run(
+    process.execPath,
+    [cliEntry, '--config', configFile, 'volume', 'create', exportName, '--size', String(options.imageBytes), '--json'],
+    { label: 'twinstore volume create', timeoutMs: cliRunMsMax },
+  );
+  const uri = (JSON.parse(created.stdout) as { nbdUri?: string }).nbdUri;
+  if (uri !== `nbd://${ready.nbd}/${exportName}`) throw new Error(`volume create gave ${uri}, expected nbd://${ready.nbd}/${exportName}`);
+  await options.tracker.run('nbdcopy', ['--flush', options.sourceFile, uri], { label: 'nbdcopy prefill', timeoutMs: 600_000 });
+  return { name: 'Twinstore', uri, server };
+}
+
+/** Copies sourceFile and serves the copy with qemu-nbd (tuned glibc, as in baseline.md). */
+export async function startQemuNbd(options: TargetOptions): Promise<Target> {
+  const image = path.join(options.dir, 'qemu.img');
+  await fs.promises.copyFile(options.sourceFile, image);
+  const port = await freePort();
+  const args = ['-f', 'raw', '-t', '-e', '4', '--cache=writeback', '--aio=threads', '-b', '127.0.0.1', '-p', String(port), '-x', exportName, image];
+  const server = options.tracker.spawn('qemu-nbd', args, {
+    label: 'qemu-nbd',
+    env: { ...process.env, GLIBC_TUNABLES: qemuGlibcTunables },
+  });
+  await waitForPort(port, server, serverStartMsMax);
+  return { name: 'qemu-nbd', uri: `nbd://127.0.0.1:${port}/${exportName}`, server };
+}
+
+/**
+ * Copies sourceFile and serves the copy with nbdkit's file plugin. The file
+ * plugin serves the same file under any export name; `-e` only matters with
+ * --run, so it is passed for symmetry with the URI and nothing more.
+ */
+export async function startNbdkit(options: TargetOptions): Promise<Target> {
+  const image = path.join(options.dir, 'nbdkit.img');
+  await fs.promises.copyFile(options.sourceFile, image);
+  const port = await freePort();
+  const args = ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), '-e', exportName, 'file', `file=${image}`];
+  const server = options.tracker.spawn('nbdkit', args, { label: 'nbdkit' });
+  await waitForPort(port, server, serverStartMsMax);
+  return { name: 'nbdkit', uri: `nbd://127.0.0.1:${port}/${exportName}`, server };
+}

@@ -1,0 +1,167 @@
+// Test harness: runs real `twinstore serve` processes on loopback with ports
+// chosen at run time, each in its own temporary folder, and the CLI against them.
+// Everything started here is stopped in t.after, by PID.
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import type { TestContext } from 'node:test';
+
+export const projectRoot = path.resolve(import.meta.dirname, '..', '..');
+const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
+
+export interface ArrayOptions {
+  id?: string;
+  /** Drive sizes; default one 2 GiB drive. */
+  drives?: string[];
+  /** Extra environment (test-only switches such as TWINSTORE_TEST_VOLATILE_CACHE). */
+  env?: Record<string, string>;
+  /** Reuse an existing folder (for restarts). */
+  dir?: string;
+  extraConfig?: string;
+}
+
+export interface Ready {
+  ready: boolean;
+  array: string;
+  nbd: string;
+  api: string;
+}
+
+export class RunningArray {
+  child: ChildProcess | undefined;
+  ready: Ready | undefined;
+  stderr = '';
+
+  constructor(readonly dir: string, readonly configFile: string, readonly env: Record<string, string>) {}
+
+  get nbd(): string {
+    return this.ready!.nbd;
+  }
+
+  uri(volume: string): string {
+    return `nbd://${this.nbd}/${volume}`;
+  }
+
+  async start(): Promise<Ready> {
+    const child = spawn(process.execPath, [cliEntry, 'serve', '--config', this.configFile], {
+      env: { ...process.env, ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child = child;
+    this.stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => {
+      this.stderr += chunk.toString();
+    });
+    this.ready = await new Promise<Ready>((resolve, reject) => {
+      const lines = readline.createInterface({ input: child.stdout! });
+      lines.once('line', (line) => resolve(JSON.parse(line) as Ready));
+      child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${this.stderr}`)));
+    });
+    return this.ready;
+  }
+
+  /** Sends a signal and waits for the process to exit; returns its exit code. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return child?.exitCode ?? null;
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill(signal);
+    const code = await exited;
+    this.child = undefined;
+    return code;
+  }
+
+  kill9(): Promise<number | null> {
+    return this.stop('SIGKILL');
+  }
+
+  /** Runs the CLI against this array (`--config` first); resolves with its exit code and output. */
+  cli(args: string[], env: Record<string, string> = {}): CommandResult {
+    return run(process.execPath, [cliEntry, '--config', this.configFile, ...args], { env });
+  }
+
+  token(): string {
+    return fs.readFileSync(path.join(this.dir, 'data', 'api-token'), 'utf8').trim();
+  }
+
+  async api(method: string, route: string, body?: unknown, token = this.token()): Promise<{ status: number; json: any }> {
+    const response = await fetch(`http://${this.ready!.api}${route}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+    });
+    return { status: response.status, json: await response.json().catch(() => undefined) };
+  }
+}
+
+export function writeConfig(dir: string, options: ArrayOptions): string {
+  const id = options.id ?? 'site-a';
+  const drives = options.drives ?? ['2GiB'];
+  const config = [
+    'array:',
+    `  id: ${id}`,
+    '  dataDir: data',
+    'drives:',
+    ...drives.flatMap((size, i) => [`  - path: data/drive${i}.img`, `    size: ${size}`]),
+    'listen:',
+    '  nbd: 127.0.0.1:0',
+    '  api: 127.0.0.1:0',
+    options.extraConfig ?? '',
+  ].join('\n');
+  const file = path.join(dir, `${id}.yaml`);
+  fs.writeFileSync(file, config);
+  return file;
+}
+
+/** Starts an array in a fresh temporary folder; it is killed and removed after the test. */
+export async function startArray(t: TestContext, options: ArrayOptions = {}): Promise<RunningArray> {
+  const dir = options.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'twinstore-test-'));
+  const configFile = writeConfig(dir, options);
+  const array = new RunningArray(dir, configFile, options.env ?? {});
+  t.after(async () => {
+    await array.stop('SIGKILL');
+    if (!options.dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await array.start();
+  return array;
+}
+
+export interface CommandResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion (bounded by a timeout). Debian's python3 goes first on PATH for nbdsh. */
+export function run(command: string, args: string[], options: { env?: Record<string, string>; input?: string; timeoutMs?: number } = {}): CommandResult {
+  const result = spawnSync(command, args, {
+    env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}`, ...options.env },
+    encoding: 'utf8',
+    timeout: options.timeoutMs ?? 120_000,
+    input: options.input,
+    maxBuffer: 64 * 2 ** 20,
+  });
+  return { code: result.status, stdout: result.stdout ?? '', stderr: result.stderr ?? '' };
+}
+
+/** Like run, but throws with the output when the command fails. */
+export function runOk(command: string, args: string[], options: { env?: Record<string, string>; input?: string; timeoutMs?: number } = {}): string {
+  const result = run(command, args, options);
+  if (result.code !== 0) throw new Error(`${command} ${args.join(' ')} exited ${result.code}\n${result.stdout}\n${result.stderr}`);
+  return result.stdout;
+}
+
+/** Creates a volume through the CLI and returns its NBD URI. */
+export function createVolume(array: RunningArray, name: string, size: string): string {
+  const out = runOk(process.execPath, [cliEntry, '--config', array.configFile, 'volume', 'create', name, '--size', size, '--json']);
+  return (JSON.parse(out) as { nbdUri: string }).nbdUri;
+}
+
+export function tempDir(t: TestContext): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'twinstore-test-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}

@@ -1,0 +1,45 @@
+// Runs nbdsh (libnbd's Python shell) scripts against an export: the way tests
+// send exact requests (writes without flush, malformed commands) that the
+// higher-level clients would not.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { runOk } from './array.js';
+
+export interface WriteOp {
+  offset: number;
+  length: number;
+  byte: number;
+}
+
+export interface TrimOp {
+  offset: number;
+  length: number;
+}
+
+/** Applies writes and trims in order on one connection; flushes at the end when asked. */
+export function applyOps(uri: string, dir: string, ops: { writes: WriteOp[]; trims: TrimOp[]; flush: boolean }): void {
+  const file = path.join(dir, `ops-${process.hrtime.bigint()}.json`);
+  fs.writeFileSync(file, JSON.stringify(ops));
+  const script = [
+    'import json',
+    `ops = json.load(open(${JSON.stringify(file)}))`,
+    'for w in ops["writes"]:',
+    '    h.pwrite(bytes([w["byte"]]) * w["length"], w["offset"])',
+    'for t in ops["trims"]:',
+    '    h.trim(t["length"], t["offset"])',
+    'if ops["flush"]:',
+    '    h.flush()',
+  ].join('\n');
+  runOk('nbdsh', ['-u', uri, '-c', script]);
+  fs.rmSync(file);
+}
+
+/** Reads the whole export into a Buffer. */
+export function readAll(uri: string, dir: string): Buffer {
+  const file = path.join(dir, `read-${process.hrtime.bigint()}.raw`);
+  runOk('nbdcopy', [uri, file]);
+  const data = fs.readFileSync(file);
+  fs.rmSync(file);
+  return data;
+}
