@@ -1,0 +1,162 @@
+// Why this exists: to see how Twinstore's NBD data path compares with the two
+// servers people would otherwise use (qemu-nbd, nbdkit) on this machine, under
+// the same fio jobs as the project's baseline. One run starts all three on
+// 127.0.0.1 over images filled with the same random bytes, runs every job
+// against each in turn (so drift in the machine hits all three alike), prints
+// the table, writes it to bench/results/, and stops everything it started.
+//
+// Usage: npm run bench -- [--seconds N] [--quick]   (BENCH_SECONDS also sets N)
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { ProcessTracker } from './lib/processes.js';
+import { fioJobs, runFio, type FioJob } from './lib/fio.js';
+import { startNbdkit, startQemuNbd, startTwinstore, targetNames, writeRandomFile, type Target, type TargetName, type TargetOptions } from './lib/targets.js';
+import { failureLines, formatCell, jsonReport, legend, markdownReport, textTable, type Cell, type JobResult, type RunInfo } from './lib/report.js';
+
+interface Options {
+  seconds: number;
+  quick: boolean;
+  imageBytes: number;
+}
+
+const fullImageBytes = 2 * 2 ** 30;
+const quickImageBytes = 256 * 2 ** 20;
+const fullSecondsDefault = 10;
+const quickSecondsDefault = 2;
+const secondsMax = 3600;
+const resultsDir = path.join(import.meta.dirname, 'results');
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: { seconds: { type: 'string' }, quick: { type: 'boolean', default: false } },
+    strict: true,
+  });
+  const quick = values.quick === true;
+  const text = values.seconds ?? process.env.BENCH_SECONDS;
+  const seconds = text === undefined ? (quick ? quickSecondsDefault : fullSecondsDefault) : Number(text);
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > secondsMax) {
+    throw new Error(`--seconds / BENCH_SECONDS must be a whole number from 1 to ${secondsMax}, got "${text}"`);
+  }
+  return { seconds, quick, imageBytes: quick ? quickImageBytes : fullImageBytes };
+}
+
+function progress(message: string): void {
+  process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+}
+
+async function toolVersions(tracker: ProcessTracker): Promise<Record<string, string>> {
+  const versions: Record<string, string> = {};
+  for (const tool of ['fio', 'qemu-nbd', 'nbdkit', 'nbdcopy']) {
+    const { stdout } = await tracker.run(tool, ['--version'], { label: `${tool} --version`, timeoutMs: 10_000 });
+    versions[tool] = (stdout.split('\n')[0] ?? '').replace(/^(fio-|qemu-nbd |nbdkit |nbdcopy )/, '').trim();
+  }
+  return versions;
+}
+
+function runInfo(options: Options, tools: Record<string, string>): RunInfo {
+  return {
+    startedAt: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    cpus: os.availableParallelism(),
+    kernel: os.release(),
+    memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    node: process.version,
+    tools,
+    seconds: options.seconds,
+    imageBytes: options.imageBytes,
+    quick: options.quick,
+  };
+}
+
+async function startTargets(tracker: ProcessTracker, workDir: string, imageBytes: number): Promise<Target[]> {
+  const sourceFile = path.join(workDir, 'random.img');
+  progress(`writing ${imageBytes / 2 ** 20} MiB of random data`);
+  await writeRandomFile(sourceFile, imageBytes);
+  const starters = { Twinstore: startTwinstore, 'qemu-nbd': startQemuNbd, nbdkit: startNbdkit } as const;
+  const targets: Target[] = [];
+  for (const name of targetNames) {
+    const dir = path.join(workDir, name);
+    await fs.promises.mkdir(dir);
+    progress(`starting and filling ${name}`);
+    const options: TargetOptions = { tracker, dir, imageBytes, sourceFile };
+    const target = await starters[name](options);
+    progress(`${name} serving ${target.uri} (pid ${target.server.pid})`);
+    targets.push(target);
+  }
+  await fs.promises.rm(sourceFile);
+  return targets;
+}
+
+async function runJob(tracker: ProcessTracker, job: FioJob, targets: Target[], options: Options, workDir: string): Promise<JobResult> {
+  const cells = {} as Record<TargetName, Cell>;
+  for (const target of targets) {
+    if (target.server.hasExited()) {
+      cells[target.name] = { ok: false, error: `server exited earlier: ${target.server.stderrTail().slice(-2000)}` };
+      continue;
+    }
+    const outputFile = path.join(workDir, `${job.name}-${target.name}.json`);
+    try {
+      const measurement = await runFio(tracker, { job, uri: target.uri, seconds: options.seconds, imageBytes: options.imageBytes, outputFile });
+      cells[target.name] = { ok: true, measurement };
+    } catch (error) {
+      cells[target.name] = { ok: false, error: (error as Error).message };
+    }
+    progress(`${job.name} ${target.name}: ${formatCell(job, cells[target.name])}`);
+  }
+  return { job, cells };
+}
+
+async function writeResults(info: RunInfo, results: JobResult[]): Promise<string> {
+  await fs.promises.mkdir(resultsDir, { recursive: true });
+  const stem = path.join(resultsDir, `nbd-bench-${info.startedAt.replace(/:/g, '-')}`);
+  await fs.promises.writeFile(`${stem}.md`, markdownReport(info, results));
+  await fs.promises.writeFile(`${stem}.json`, JSON.stringify(jsonReport(info, results), null, 2) + '\n');
+  return stem;
+}
+
+async function bench(tracker: ProcessTracker, options: Options, workDir: string): Promise<void> {
+  const info = runInfo(options, await toolVersions(tracker));
+  process.stdout.write(`CPU: ${info.cpuModel}; nproc ${info.cpus}; kernel ${info.kernel}; ${info.memoryGiB} GiB RAM; Node ${info.node}\n`);
+  process.stdout.write(`fio ${info.tools.fio}, qemu-nbd ${info.tools['qemu-nbd']}, nbdkit ${info.tools.nbdkit}, nbdcopy ${info.tools.nbdcopy}\n`);
+  process.stdout.write(`${options.seconds} s per job, image ${options.imageBytes / 2 ** 20} MiB${options.quick ? ' (quick)' : ''}, work folder ${workDir}\n\n`);
+  const targets = await startTargets(tracker, workDir, options.imageBytes);
+  const results: JobResult[] = [];
+  for (const job of fioJobs) results.push(await runJob(tracker, job, targets, options, workDir));
+  process.stdout.write(`\n${textTable(results)}\n\n${legend.join('\n')}\n`);
+  const failed = failureLines(results);
+  if (failed.length > 0) process.stdout.write(`\nFailures:\n${failed.join('\n')}\n`);
+  const stem = await writeResults(info, results);
+  process.stdout.write(`\nresults: ${path.relative(process.cwd(), stem)}.{md,json}\n`);
+  if (failed.length > 0) process.exitCode = 1;
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions(process.argv.slice(2));
+  const tracker = new ProcessTracker();
+  const workDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'twinstore-bench-'));
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> => {
+    cleaning ??= tracker.stopAll().finally(() => fs.promises.rm(workDir, { recursive: true, force: true }));
+    return cleaning;
+  };
+  const interrupt = (signal: NodeJS.Signals, exitCode: number): void => {
+    progress(`${signal}: stopping everything this run started`);
+    cleanup().finally(() => process.exit(exitCode));
+  };
+  process.once('SIGINT', () => interrupt('SIGINT', 130));
+  process.once('SIGTERM', () => interrupt('SIGTERM', 143));
+  try {
+    await bench(tracker, options, workDir);
+  } finally {
+    await cleanup();
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`nbd-bench: ${(error as Error).stack ?? String(error)}\n`);
+  process.exitCode = 1;
+});
