@@ -38,7 +38,8 @@ export function parseConfig(text: string, file: string): ArrayConfig {
   }
   const result = configSchema.safeParse(doc.toJS() ?? {});
   if (!result.success) {
-    const issue = result.error.issues[0]!;
+    // A mistyped key gives two issues, the unknown key and the missing one: name the typo.
+    const issue = result.error.issues.find((i) => i.code === 'unrecognized_keys') ?? result.error.issues[0]!;
     const keyPath = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
     const unknownKey = issue.code === 'unrecognized_keys' ? issue.keys[0] : undefined;
     const fullPath = unknownKey === undefined ? keyPath : [...keyPath, unknownKey];

@@ -19,38 +19,25 @@ export class ByteQueue {
 
   /** Copies the next `target.length - at` bytes (or fewer, if fewer are queued) into target; returns the count. */
   take(target: Buffer, at = 0): number {
-    let copied = 0;
-    const wanted = target.length - at;
-    while (copied < wanted && this.chunks.length > 0) {
-      const chunk = this.chunks[0]!;
-      const step = Math.min(chunk.length - this.head, wanted - copied);
-      chunk.copy(target, at + copied, this.head, this.head + step);
-      copied += step;
-      this.head += step;
-      if (this.head === chunk.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-    }
-    this.total -= copied;
-    return copied;
+    return this.consume(target.length - at, (chunk, from, to, done) => chunk.copy(target, at + done, from, to));
   }
 
-  /** Drops `count` bytes (a payload we refuse but must consume). Returns how many were dropped. */
-  skip(count: number): number {
-    let dropped = 0;
-    while (dropped < count && this.chunks.length > 0) {
+  /** Hands up to `wanted` queued bytes to `sink`, chunk piece by chunk piece, and drops them. */
+  private consume(wanted: number, sink: (chunk: Buffer, from: number, to: number, done: number) => void): number {
+    let done = 0;
+    while (done < wanted && this.chunks.length > 0) {
       const chunk = this.chunks[0]!;
-      const step = Math.min(chunk.length - this.head, count - dropped);
-      dropped += step;
+      const step = Math.min(chunk.length - this.head, wanted - done);
+      sink(chunk, this.head, this.head + step, done);
+      done += step;
       this.head += step;
       if (this.head === chunk.length) {
         this.chunks.shift();
         this.head = 0;
       }
     }
-    this.total -= dropped;
-    return dropped;
+    this.total -= done;
+    return done;
   }
 
   clear(): void {

@@ -74,10 +74,11 @@ export class Negotiation {
     const name = data.toString('utf8');
     const exported = this.registry.get(name);
     if (!exported) return { replies: [], next: { step: 'close', reason: `EXPORT_NAME for unknown export "${name}"`, graceful: false } };
-    const flags = transmissionFlags(exported, false);
+    const flags = transmissionFlags(exported, this.structured);
+    const allocationContext = this.structured && this.allocationFor === exported.name;
     return {
       replies: [exportNameReply(exported.sizeBytes, flags, this.noZeroes)],
-      next: { step: 'transmission', exported, structured: false, allocationContext: false },
+      next: { step: 'transmission', exported, structured: this.structured, allocationContext },
     };
   }
 
@@ -104,10 +105,10 @@ export class Negotiation {
   }
 
   private metaContext(option: number, data: Buffer): OptionOutcome {
+    const setting = option === OPT.SET_META_CONTEXT;
+    if (setting) this.allocationFor = undefined; // a SET replaces the selection even when it fails
     const parsed = parseMetaRequest(data);
     if (typeof parsed === 'string') return error(option, REP.ERR_INVALID, parsed);
-    const setting = option === OPT.SET_META_CONTEXT;
-    if (setting) this.allocationFor = undefined;
     if (setting && !this.structured) return error(option, REP.ERR_INVALID, 'SET_META_CONTEXT needs STRUCTURED_REPLY first');
     if (!this.registry.get(parsed.name)) return error(option, REP.ERR_UNKNOWN, `no export named "${parsed.name}"`);
     const matches = parsed.queries.length === 0

@@ -215,6 +215,13 @@ export class NbdSession implements ExportSession {
   }
 
   private failed(request: NbdRequest, error: unknown): void {
+    if (isTwinstoreError(error) && error.code === 'INTERNAL') {
+      // An assertion failed: a bug. Crash loudly rather than serve from a state we no longer trust.
+      this.log.fatal({ err: error.message, stack: error.stack }, 'invariant broken; stopping the array');
+      setImmediate(() => {
+        throw error;
+      });
+    }
     const code = errorNumber(error);
     if (code === NBD_ERR.EIO) this.log.error({ err: errorText(error), type: request.type, offset: request.offset }, 'request failed');
     this.replyError(request, code, errorText(error));

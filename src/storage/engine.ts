@@ -42,6 +42,8 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
   private flushQueued: Promise<void> | undefined;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
+  /** A drive write completed since the last flush round began. */
+  private dirty = false;
 
   private constructor(
     private readonly options: EngineOptions,
@@ -143,6 +145,7 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
   /** Group commit; see the module comment. Resolves when everything done before the call is durable. */
   flush(): Promise<void> {
     if (this.flushQueued) return this.flushQueued;
+    if (!this.dirty && !this.flushRunning && this.pendingRecords.length === 0 && this.pendingMaps.size === 0) return Promise.resolve();
     if (!this.flushRunning) return this.startRound();
     const queued = this.flushRunning.catch(() => undefined).then(() => {
       this.flushQueued = undefined;
@@ -161,12 +164,14 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
   }
 
   private async runRound(): Promise<void> {
+    this.dirty = false;
     const records = this.takeRecords();
     const released = this.allocator.drainReleases();
     try {
       await Promise.all([...this.drives.values()].map((d) => d.file.sync()));
       await this.meta.commit(records);
     } catch (error) {
+      this.dirty = true;
       this.pendingRecords = [...records, ...this.pendingRecords];
       for (const ref of released) this.allocator.release(ref);
       throw error;
@@ -192,8 +197,9 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     return this.driveOf(ref).file.read(buffer, this.position(ref, offsetInExtent, buffer.length));
   }
 
-  writeExtent(ref: ExtentRef, buffer: Buffer, offsetInExtent: number): Promise<void> {
-    return this.driveOf(ref).file.write(buffer, this.position(ref, offsetInExtent, buffer.length));
+  async writeExtent(ref: ExtentRef, buffer: Buffer, offsetInExtent: number): Promise<void> {
+    await this.driveOf(ref).file.write(buffer, this.position(ref, offsetInExtent, buffer.length));
+    this.dirty = true;
   }
 
   pin(ref: ExtentRef): void {
