@@ -89,7 +89,7 @@ test('fio with the nbd engine verifies crc32c at QD16 over two connections', asy
   const array = await startArray(t);
   const uri = createVolume(array, 'fio', '256MiB');
   const out = runOk('fio', ['--name=verify', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--size=64M',
-    '--iodepth=16', '--numjobs=2', '--offset_increment=64M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1',
+    '--iodepth=16', '--numjobs=2', '--offset_increment=64M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
     '--group_reporting', '--output-format=json', `--output=${path.join(array.dir, 'fio.json')}`], { timeoutMs: 180_000 });
   assert.doesNotMatch(out, /verify: bad/);
   const report = JSON.parse(fs.readFileSync(path.join(array.dir, 'fio.json'), 'utf8')) as { jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }> };
