@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { TwinstoreError, isTwinstoreError } from '../errors.js';
+import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { parseSize } from '../util/size.js';
 
@@ -65,6 +65,7 @@ export class ApiServer {
   private readonly token: Buffer;
 
   constructor(options: { token: string; control: () => ArrayControl; log: Logger }) {
+    assert(options.token.length > 0, 'the API token is not empty');
     this.token = Buffer.from(options.token, 'utf8');
     this.app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
     this.app.addHook('onRequest', async (request) => this.authenticate(request));

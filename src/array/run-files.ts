@@ -51,7 +51,10 @@ export function tokenPath(dataDir: string): string {
 export function ensureToken(dataDir: string, configured: string | undefined): string {
   if (configured !== undefined) return configured;
   const file = tokenPath(dataDir);
-  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+  // An empty file (a crash between its creation and the write) holds no token: an
+  // empty one would let every request in, so make a new one as if it were missing.
+  const existing = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : '';
+  if (existing !== '') return existing;
   const token = crypto.randomBytes(24).toString('hex');
   fs.writeFileSync(file, `${token}\n`, { mode: 0o600 });
   return token;

@@ -37,8 +37,10 @@ export class MetaStore {
     const loaded = readSnapshot(dir);
     const state = loaded ? fromSnapshot(loaded) : initial();
     const generation = loaded?.generation ?? 0;
-    if (!loaded && fs.readdirSync(dir).some((name) => name.startsWith('log-'))) {
-      throw new TwinstoreError('METADATA_CORRUPT', `metadata log files exist in ${dir} but the snapshot is missing`);
+    // The first open makes its empty log before renaming the snapshot into place, so an empty
+    // log alone is a crash during that open; a log holding records means the snapshot was lost.
+    if (!loaded && fs.readdirSync(dir).some((name) => name.startsWith('log-') && fs.statSync(path.join(dir, name)).size > 0)) {
+      throw new TwinstoreError('METADATA_CORRUPT', `metadata log records exist in ${dir} but the snapshot is missing`);
     }
     await replayLog(path.join(dir, `log-${generation}`), generation, state);
     const store = new MetaStore(dir, state, generation, await writeSnapshot(dir, state, generation + 1));

@@ -1,0 +1,170 @@
+// Goal: a valid config parses with its sizes, defaults and paths as documented,
+// and every broken config is refused with CONFIG_INVALID naming the file, the
+// line and the key, so an administrator can go straight to the mistake.
+// Method: parseConfig on YAML texts that differ from a valid one in a single
+// place, each asserting the exact line and key path in the message; then the
+// real `twinstore serve --config FILE` process, which must exit non-zero with
+// the same message on stderr (or CONFIG_NOT_FOUND for a missing file).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadConfig, parseConfig } from '../../src/config/index.js';
+import { isTwinstoreError } from '../../src/errors.js';
+import { projectRoot, run, tempDir } from '../helpers/array.js';
+
+const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
+
+/** A valid config; `lines` replaces single lines by their 1-based number (undefined removes one). */
+function configText(lines: Record<number, string | undefined> = {}): string {
+  const base = [
+    'array:', //                     1
+    '  id: site-a', //               2
+    '  dataDir: data', //            3
+    'drives:', //                    4
+    '  - path: drives/d0.img', //    5
+    '    size: 4GiB', //             6
+    '  - path: /srv/d1.img', //      7
+    '    size: 512MiB', //           8
+    'listen:', //                    9
+    '  nbd: 127.0.0.1:10809', //     10
+    '  api: 0.0.0.0:0', //           11
+  ];
+  return base
+    .map((line, i) => (i + 1 in lines ? lines[i + 1] : line))
+    .filter((line): line is string => line !== undefined)
+    .join('\n') + '\n';
+}
+
+/** Parses and returns the CONFIG_INVALID message; fails the test when the text is accepted. */
+function invalid(text: string, file = '/etc/twinstore/site-a.yaml'): string {
+  try {
+    parseConfig(text, file);
+  } catch (error) {
+    assert.ok(isTwinstoreError(error), `a TwinstoreError, got ${String(error)}`);
+    assert.equal(error.code, 'CONFIG_INVALID');
+    return error.message;
+  }
+  assert.fail(`config was accepted:\n${text}`);
+}
+
+test('a valid config parses: sizes, defaults and paths relative to the config folder', () => {
+  const config = parseConfig(configText(), '/etc/twinstore/site-a.yaml');
+  assert.equal(config.file, '/etc/twinstore/site-a.yaml');
+  assert.equal(config.arrayId, 'site-a');
+  assert.equal(config.dataDir, '/etc/twinstore/data');
+  assert.equal(config.extentBytes, 2 ** 20, 'extentBytes defaults to 1 MiB');
+  assert.deepEqual(config.drives, [
+    { path: '/etc/twinstore/drives/d0.img', sizeBytes: 4 * 2 ** 30 },
+    { path: '/srv/d1.img', sizeBytes: 512 * 2 ** 20 },
+  ]);
+  assert.deepEqual(config.listen, { nbd: { host: '127.0.0.1', port: 10809 }, api: { host: '0.0.0.0', port: 0 } });
+  assert.equal(config.apiToken, undefined);
+});
+
+test('optional keys: extentBytes as a size, a drive without size, an API token, IPv6 addresses', () => {
+  const text = configText({
+    3: '  dataDir: /var/lib/twinstore\n  extentBytes: 4MiB',
+    6: undefined,
+    10: '  nbd: "[::1]:10809"',
+    11: '  api: localhost:7700\napi:\n  token: 0123456789abcdef0123',
+  });
+  const config = parseConfig(text, 'relative/site.yaml');
+  assert.equal(config.file, path.resolve('relative/site.yaml'));
+  assert.equal(config.dataDir, '/var/lib/twinstore');
+  assert.equal(config.extentBytes, 4 * 2 ** 20);
+  assert.deepEqual(config.drives[0], { path: path.resolve('relative/drives/d0.img'), sizeBytes: undefined });
+  assert.deepEqual(config.listen.nbd, { host: '::1', port: 10809 });
+  assert.deepEqual(config.listen.api, { host: 'localhost', port: 7700 });
+  assert.equal(config.apiToken, '0123456789abcdef0123');
+});
+
+test('loadConfig resolves relative paths against the folder of the config file, not the working directory', (t) => {
+  const dir = tempDir(t);
+  fs.mkdirSync(path.join(dir, 'etc'));
+  const file = path.join(dir, 'etc', 'site.yaml');
+  fs.writeFileSync(file, configText());
+  const config = loadConfig(file);
+  assert.equal(config.dataDir, path.join(dir, 'etc', 'data'));
+  assert.equal(config.drives[0]!.path, path.join(dir, 'etc', 'drives', 'd0.img'));
+});
+
+test('missing array.id names the key and the line of its map', () => {
+  const message = invalid(configText({ 2: undefined }));
+  assert.match(message, /^\/etc\/twinstore\/site-a\.yaml line 1: array\.id: /);
+});
+
+test('a bad array.id names the key and its line', () => {
+  const message = invalid(configText({ 2: '  id: Site_A' }));
+  assert.match(message, /line 2: array\.id: must be 1-63/);
+});
+
+test('a bad size in drives[1].size names that key and its line', () => {
+  const message = invalid(configText({ 8: '    size: lots' }));
+  assert.match(message, /line 8: drives\[1\]\.size: "lots" is not a size/);
+});
+
+test('an unknown key (a typo) is named with the line of the key itself', () => {
+  const typo = invalid(configText({ 10: '  nbdd: 127.0.0.1:10809' }));
+  assert.match(typo, /line 10: listen\.nbdd: unknown key/);
+  const extra = invalid(configText({ 7: '  - path: /srv/d1.img', 8: '    size: 512MiB\n    colour: blue' }));
+  assert.match(extra, /line 9: drives\[1\]\.colour: unknown key/);
+  const top = invalid(configText() + 'replication: {}\n');
+  assert.match(top, /line 12: replication: unknown key/);
+});
+
+test('an address without a port names the key and its line', () => {
+  const message = invalid(configText({ 11: '  api: nohost' }));
+  assert.match(message, /line 11: listen\.api: "nohost" is not host:port/);
+  assert.match(invalid(configText({ 10: '  nbd: 127.0.0.1:70000' })), /line 10: listen\.nbd: /);
+});
+
+test('a YAML syntax error gives its line', () => {
+  assert.match(invalid(configText({ 2: '  id: site-a: b' })), /^\/etc\/twinstore\/site-a\.yaml line 2: /);
+  assert.match(invalid(configText({ 3: '\tdataDir: data' })), /line 3: Tabs are not allowed/);
+  assert.match(invalid(configText({ 8: '    size: 1GiB\n    size: 2GiB' })), /line 9: Map keys must be unique/);
+});
+
+test('a drive listed twice (after resolving the path) names the second entry', () => {
+  const message = invalid(configText({ 7: '  - path: ./drives/../drives/d0.img' }));
+  assert.match(message, /line 7: drives\[1\]\.path: \/etc\/twinstore\/drives\/d0\.img is listed twice/);
+});
+
+test('extentBytes must be a power of two from 64KiB to 64MiB', () => {
+  const withExtent = (value: string): string => configText({ 3: `  dataDir: data\n  extentBytes: ${value}` });
+  assert.match(invalid(withExtent('3MiB')), /line 4: array\.extentBytes: must be a power of two/);
+  assert.match(invalid(withExtent('32KiB')), /line 4: array\.extentBytes: must be a power of two/);
+  assert.match(invalid(withExtent('128MiB')), /line 4: array\.extentBytes: must be a power of two/);
+  assert.equal(parseConfig(withExtent('65536'), 'x.yaml').extentBytes, 65536);
+});
+
+test('an empty drives list is refused', () => {
+  const message = invalid(configText({ 4: 'drives: []', 5: undefined, 6: undefined, 7: undefined, 8: undefined }));
+  assert.match(message, /line 4: drives: an array needs at least one drive/);
+});
+
+test('an empty file or a token that is too short are refused with the key', () => {
+  assert.match(invalid(''), /line 1: array: /);
+  assert.match(invalid(configText() + 'api:\n  token: short\n'), /line 13: api\.token: must be at least 16 characters/);
+});
+
+test('twinstore serve with a bad config exits non-zero with CONFIG_INVALID, file, line and key on stderr', (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'bad.yaml');
+  fs.writeFileSync(file, configText({ 8: '    size: lots' }).replace('127.0.0.1:10809', '127.0.0.1:0'));
+  const result = run(process.execPath, [cliEntry, 'serve', '--config', file], { timeoutMs: 20_000 });
+  assert.equal(result.code, 1, `exit status (stderr: ${result.stderr})`);
+  assert.match(result.stderr, /^twinstore: CONFIG_INVALID: /m);
+  assert.ok(result.stderr.includes(`${file} line 8: drives[1].size:`), result.stderr);
+  assert.equal(result.stdout, '', 'no ready line');
+  assert.equal(fs.existsSync(path.join(dir, 'data')), false, 'nothing was created');
+});
+
+test('twinstore serve with a missing config file exits non-zero with CONFIG_NOT_FOUND', (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'nowhere.yaml');
+  const result = run(process.execPath, [cliEntry, 'serve', '--config', file], { timeoutMs: 20_000 });
+  assert.equal(result.code, 1, `exit status (stderr: ${result.stderr})`);
+  assert.match(result.stderr, /^twinstore: CONFIG_NOT_FOUND: cannot read config .*nowhere\.yaml/m);
+});
