@@ -30,11 +30,18 @@ export interface OpenDrive {
 }
 
 /** Opens every configured drive, labelling new ones; returns records that register new drives. */
-export async function openDrives(configs: DriveConfig[], state: MetaState, usedDrives: Set<number>): Promise<{ drives: OpenDrive[]; records: MetaRecord[] }> {
+/** `onOpened` hears of every file opened, so a caller can close them if a later drive fails. */
+export async function openDrives(
+  configs: DriveConfig[],
+  state: MetaState,
+  usedDrives: Set<number>,
+  onOpened: (drive: OpenDrive) => void,
+): Promise<{ drives: OpenDrive[]; records: MetaRecord[] }> {
   const drives: OpenDrive[] = [];
   const records: MetaRecord[] = [];
   for (const config of configs) {
     const file = openBlockFile(config.path, config.sizeBytes === undefined ? { kind: 'drive' } : { createSizeBytes: config.sizeBytes, kind: 'drive' });
+    onOpened({ index: -1, file });
     const extentCount = Math.floor(file.sizeBytes / state.extentBytes) - 1;
     if (extentCount < 1) {
       throw new TwinstoreError('DRIVE_INVALID', `drive ${config.path} holds ${file.sizeBytes} bytes; it needs at least two extents of ${state.extentBytes}`);

@@ -73,10 +73,18 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     }
     const used = new Set<number>();
     for (const volume of durable.volumes.values()) for (const ref of volume.map.values()) used.add(refDrive(ref));
-    const { drives, records } = await openDrives(options.drives, durable, used);
-    await meta.commit(records);
+    let opened: OpenDrive[] = [];
+    try {
+      const { drives, records } = await openDrives(options.drives, durable, used, (drive) => opened.push(drive));
+      opened = drives;
+      await meta.commit(records);
+    } catch (error) {
+      await Promise.all(opened.map((d) => d.file.close()));
+      await meta.close();
+      throw error;
+    }
     const live = meta.snapshotState();
-    const byIndex = new Map(drives.map((d) => [d.index, d]));
+    const byIndex = new Map(opened.map((d) => [d.index, d]));
     const allocator = new ExtentAllocator(live, [...byIndex.keys()], (r) => meta.commit(r));
     return new StorageEngine(options, meta, live, byIndex, allocator);
   }
