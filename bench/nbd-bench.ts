@@ -29,12 +29,18 @@ const quickSecondsDefault = 2;
 const secondsMax = 3600;
 const resultsDir = path.join(import.meta.dirname, 'results');
 
-function parseOptions(argv: string[]): Options {
+const usage = `usage: npm run bench -- [--seconds N] [--quick]
+  --seconds N  fio runtime per job and target (default ${fullSecondsDefault}, or BENCH_SECONDS)
+  --quick      smoke run: ${quickImageBytes / 2 ** 20} MiB images, ${quickSecondsDefault} s per job unless --seconds is given
+`;
+
+function parseOptions(argv: string[]): Options | undefined {
   const { values } = parseArgs({
     args: argv,
-    options: { seconds: { type: 'string' }, quick: { type: 'boolean', default: false } },
+    options: { seconds: { type: 'string' }, quick: { type: 'boolean', default: false }, help: { type: 'boolean', default: false } },
     strict: true,
   });
+  if (values.help === true) return undefined;
   const quick = values.quick === true;
   const text = values.seconds ?? process.env.BENCH_SECONDS;
   const seconds = text === undefined ? (quick ? quickSecondsDefault : fullSecondsDefault) : Number(text);
@@ -91,9 +97,20 @@ async function startTargets(tracker: ProcessTracker, workDir: string, imageBytes
   return targets;
 }
 
-async function runJob(tracker: ProcessTracker, job: FioJob, targets: Target[], options: Options, workDir: string): Promise<JobResult> {
+/** What every step of one run shares. */
+interface Run {
+  tracker: ProcessTracker;
+  options: Options;
+  workDir: string;
+  /** Aborted on SIGINT/SIGTERM: no further step starts. */
+  abort: AbortSignal;
+}
+
+async function runJob(run: Run, job: FioJob, targets: Target[]): Promise<JobResult> {
+  const { tracker, options, workDir, abort } = run;
   const cells = {} as Record<TargetName, Cell>;
   for (const target of targets) {
+    abort.throwIfAborted();
     if (target.server.hasExited()) {
       cells[target.name] = { ok: false, error: `server exited earlier: ${target.server.stderrTail().slice(-2000)}` };
       continue;
@@ -103,6 +120,7 @@ async function runJob(tracker: ProcessTracker, job: FioJob, targets: Target[], o
       const measurement = await runFio(tracker, { job, uri: target.uri, seconds: options.seconds, imageBytes: options.imageBytes, outputFile });
       cells[target.name] = { ok: true, measurement };
     } catch (error) {
+      abort.throwIfAborted();
       cells[target.name] = { ok: false, error: (error as Error).message };
     }
     progress(`${job.name} ${target.name}: ${formatCell(job, cells[target.name])}`);
@@ -118,14 +136,16 @@ async function writeResults(info: RunInfo, results: JobResult[]): Promise<string
   return stem;
 }
 
-async function bench(tracker: ProcessTracker, options: Options, workDir: string): Promise<void> {
+async function bench(run: Run): Promise<void> {
+  const { tracker, options, workDir, abort } = run;
   const info = runInfo(options, await toolVersions(tracker));
   process.stdout.write(`CPU: ${info.cpuModel}; nproc ${info.cpus}; kernel ${info.kernel}; ${info.memoryGiB} GiB RAM; Node ${info.node}\n`);
   process.stdout.write(`fio ${info.tools.fio}, qemu-nbd ${info.tools['qemu-nbd']}, nbdkit ${info.tools.nbdkit}, nbdcopy ${info.tools.nbdcopy}\n`);
   process.stdout.write(`${options.seconds} s per job, image ${options.imageBytes / 2 ** 20} MiB${options.quick ? ' (quick)' : ''}, work folder ${workDir}\n\n`);
   const targets = await startTargets(tracker, workDir, options.imageBytes);
   const results: JobResult[] = [];
-  for (const job of fioJobs) results.push(await runJob(tracker, job, targets, options, workDir));
+  for (const job of fioJobs) results.push(await runJob(run, job, targets));
+  abort.throwIfAborted();
   process.stdout.write(`\n${textTable(results)}\n\n${legend.join('\n')}\n`);
   const failed = failureLines(results);
   if (failed.length > 0) process.stdout.write(`\nFailures:\n${failed.join('\n')}\n`);
@@ -136,6 +156,10 @@ async function bench(tracker: ProcessTracker, options: Options, workDir: string)
 
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
+  if (options === undefined) {
+    process.stdout.write(usage);
+    return;
+  }
   const tracker = new ProcessTracker();
   const workDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'twinstore-bench-'));
   let cleaning: Promise<void> | undefined;
@@ -143,14 +167,16 @@ async function main(): Promise<void> {
     cleaning ??= tracker.stopAll().finally(() => fs.promises.rm(workDir, { recursive: true, force: true }));
     return cleaning;
   };
+  const abort = new AbortController();
   const interrupt = (signal: NodeJS.Signals, exitCode: number): void => {
     progress(`${signal}: stopping everything this run started`);
+    abort.abort(new Error(`interrupted by ${signal}`));
     cleanup().finally(() => process.exit(exitCode));
   };
   process.once('SIGINT', () => interrupt('SIGINT', 130));
   process.once('SIGTERM', () => interrupt('SIGTERM', 143));
   try {
-    await bench(tracker, options, workDir);
+    await bench({ tracker, options, workDir, abort: abort.signal });
   } finally {
     await cleanup();
   }

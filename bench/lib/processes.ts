@@ -39,9 +39,11 @@ export interface RunResult {
 
 export class ProcessTracker {
   private readonly running = new Map<number, Tracked>();
+  private stopping = false;
 
-  /** Starts a long-running child; it stays tracked until it exits. */
+  /** Starts a long-running child; it stays tracked until it exits. Refused once stopAll has begun. */
   spawn(command: string, args: string[], options: SpawnOptions): Tracked {
+    if (this.stopping) throw new Error(`${options.label}: not started, the benchmark is stopping`);
     const child = spawn(command, args, {
       env: options.env ?? process.env,
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
@@ -104,8 +106,9 @@ export class ProcessTracker {
     clearTimeout(timer);
   }
 
-  /** Stops every child still running, each by its own PID. */
+  /** Stops every child still running, each by its own PID; no child starts after this. */
   async stopAll(): Promise<void> {
+    this.stopping = true;
     await Promise.all([...this.running.values()].map((tracked) => this.stop(tracked)));
     if (this.running.size !== 0) throw new Error(`children still running: ${[...this.running.keys()].join(', ')}`);
   }
