@@ -41,12 +41,13 @@ export class TwinstoreArray implements ArrayControl {
     const log = createLogger({ array: config.arrayId });
     const releaseLock = acquireLock(config.dataDir);
     try {
-      const engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives: config.drives });
+      const drives = config.drives.map((d) => ({ ...d, syncReadBytesMax: config.tuning.syncReadBytesMax }));
+      const engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
       const token = ensureToken(config.dataDir, config.apiToken);
       let control: TwinstoreArray | undefined;
       const api = new ApiServer({ token, control: () => control!, log });
       const registry = new ExportRegistry();
-      const array = new TwinstoreArray(config, registry, engine, new NbdServer(registry, sharedPool, log), api, releaseLock, log);
+      const array = new TwinstoreArray(config, registry, engine, new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros }), api, releaseLock, log);
       control = array;
       return { array, ready: await array.listen() };
     } catch (error) {

@@ -16,6 +16,7 @@ export interface ArrayConfig {
   drives: Array<{ path: string; sizeBytes: number | undefined }>;
   listen: { nbd: HostPort; api: HostPort };
   apiToken: string | undefined;
+  tuning: { pollMicros: number; syncReadBytesMax: number };
 }
 
 export function loadConfig(file: string): ArrayConfig {
@@ -65,6 +66,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     drives,
     listen: config.listen,
     apiToken: config.api.token,
+    tuning: config.tuning,
   };
 }
 

@@ -54,6 +54,12 @@ export const configSchema = z.strictObject({
     api: address,
   }),
   api: z.strictObject({ token: z.string().min(16, 'must be at least 16 characters').optional() }).default({}),
+  tuning: z
+    .strictObject({
+      pollMicros: z.number().int().min(0).max(10_000).default(200),
+      syncReadBytesMax: sizeBytes.refine((n) => n <= 2 ** 20, { message: 'must be at most 1MiB' }).default(65536),
+    })
+    .default({ pollMicros: 200, syncReadBytesMax: 65536 }),
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

@@ -1,10 +1,16 @@
 // Incremental decoder for what an NBD client sends: the 4-byte client flags,
 // then option frames (IHAVEOPT, option, length, data), then transmission
 // requests (28-byte header, plus the payload of a WRITE). It accepts input split
-// at any byte, bounds every length, and reads WRITE payloads straight into a
-// pooled buffer. A frame that makes the stream unreadable yields `fatal`.
+// at any byte and bounds every length. A frame that makes the stream unreadable
+// yields `fatal`.
+//
+// Bytes arrive in one of two ways. `readTarget()` names the buffer the socket
+// should fill next and `received(n)` says it did: while a WRITE payload is
+// outstanding that target is the payload's own pooled buffer, so large writes
+// land there straight from the kernel with no copy and no per-read allocation
+// (receiver.ts). `push(chunk)` copies a chunk in the same way, for streams that
+// hand out their own chunks.
 
-import { ByteQueue } from './byte-queue.js';
 import { CMD, IHAVEOPT, OPTION_BYTES_MAX, PAYLOAD_MAX, REQUEST_MAGIC } from './protocol.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 
@@ -30,31 +36,88 @@ type Phase = 'client-flags' | 'options' | 'transmission';
 
 const requestHeaderBytes = 28;
 const optionHeaderBytes = 16;
+export const STAGING_BYTES = 64 * 1024;
+
+interface Pending {
+  data: Buffer;
+  filled: number;
+}
 
 export class NbdDecoder {
-  private readonly queue = new ByteQueue();
   private phase: Phase = 'client-flags';
-  private readonly header = Buffer.alloc(requestHeaderBytes);
-  private pendingOption: { option: number; data: Buffer; filled: number } | undefined;
-  private pendingWrite: { request: NbdRequest; payload: Buffer; filled: number } | undefined;
+  /** Received, not yet decoded bytes live in staging[start, end). */
+  private readonly staging = Buffer.allocUnsafeSlow(STAGING_BYTES);
+  private start = 0;
+  private end = 0;
+  private pendingOption: (Pending & { option: number }) | undefined;
+  private pendingWrite: (Pending & { request: NbdRequest }) | undefined;
+  private targetIsPayload = false;
+  private backlog: Buffer[] = [];
 
   constructor(private readonly pool: BufferPool) {}
 
-  push(chunk: Buffer): void {
-    this.queue.push(chunk);
-  }
-
-  /** Bytes received but not yet decoded. */
+  /** Bytes received but not yet taken into a message (a payload being filled does not count). */
   get buffered(): number {
-    return this.queue.length;
+    return this.backlog.reduce((sum, chunk) => sum + chunk.length, 0) + this.end - this.start;
   }
 
   enterTransmission(): void {
     this.phase = 'transmission';
   }
 
+  /** The buffer the next received bytes belong in; empty when staging is full (stop reading). */
+  readTarget(): Buffer {
+    const write = this.pendingWrite;
+    if (write !== undefined && this.start === this.end) {
+      this.targetIsPayload = true;
+      return write.data.subarray(write.filled);
+    }
+    this.targetIsPayload = false;
+    if (this.start === this.end) {
+      this.start = 0;
+      this.end = 0;
+    } else if (this.end === STAGING_BYTES && this.start > 0) {
+      this.staging.copy(this.staging, 0, this.start, this.end);
+      this.end -= this.start;
+      this.start = 0;
+    }
+    return this.staging.subarray(this.end);
+  }
+
+  /** `count` bytes were written at the start of the last readTarget(). */
+  received(count: number): void {
+    if (this.targetIsPayload) this.pendingWrite!.filled += count;
+    else this.end += count;
+  }
+
+  /** Queues a chunk (for sources that allocate their own chunks); next() copies it in as room allows. */
+  push(chunk: Buffer): void {
+    if (chunk.length > 0) this.backlog.push(chunk);
+  }
+
+  private drainBacklog(): void {
+    while (this.backlog.length > 0) {
+      const chunk = this.backlog[0]!;
+      const target = this.readTarget();
+      if (target.length === 0) return;
+      const count = Math.min(target.length, chunk.length);
+      chunk.copy(target, 0, 0, count);
+      this.received(count);
+      if (count === chunk.length) this.backlog.shift();
+      else this.backlog[0] = chunk.subarray(count);
+    }
+  }
+
   /** The next complete message, or undefined until more bytes arrive. */
   next(): Decoded | undefined {
+    for (;;) {
+      this.drainBacklog();
+      const decoded = this.decodeStaged();
+      if (decoded !== undefined || this.backlog.length === 0) return decoded;
+    }
+  }
+
+  private decodeStaged(): Decoded | undefined {
     switch (this.phase) {
       case 'client-flags':
         return this.nextClientFlags();
@@ -65,63 +128,79 @@ export class NbdDecoder {
     }
   }
 
+  private get available(): number {
+    return this.end - this.start;
+  }
+
+  /** Moves staged bytes into `pending` until it is full; true when it is. */
+  private fill(pending: Pending): boolean {
+    const count = Math.min(this.available, pending.data.length - pending.filled);
+    this.staging.copy(pending.data, pending.filled, this.start, this.start + count);
+    this.start += count;
+    pending.filled += count;
+    return pending.filled === pending.data.length;
+  }
+
   private nextClientFlags(): Decoded | undefined {
-    if (this.queue.length < 4) return undefined;
-    this.queue.take(this.header.subarray(0, 4));
+    if (this.available < 4) return undefined;
+    const flags = this.staging.readUInt32BE(this.start);
+    this.start += 4;
     this.phase = 'options';
-    return { kind: 'client-flags', flags: this.header.readUInt32BE(0) };
+    return { kind: 'client-flags', flags };
   }
 
   private nextOption(): Decoded | undefined {
     if (this.pendingOption === undefined) {
-      if (this.queue.length < optionHeaderBytes) return undefined;
-      this.queue.take(this.header.subarray(0, optionHeaderBytes));
-      if (this.header.readBigUInt64BE(0) !== IHAVEOPT) return { kind: 'fatal', reason: 'option without IHAVEOPT magic' };
-      const option = this.header.readUInt32BE(8);
-      const length = this.header.readUInt32BE(12);
+      if (this.available < optionHeaderBytes) return undefined;
+      const at = this.start;
+      if (this.staging.readBigUInt64BE(at) !== IHAVEOPT) return { kind: 'fatal', reason: 'option without IHAVEOPT magic' };
+      const option = this.staging.readUInt32BE(at + 8);
+      const length = this.staging.readUInt32BE(at + 12);
       if (length > OPTION_BYTES_MAX) return { kind: 'fatal', reason: `option ${option} carries ${length} bytes, more than ${OPTION_BYTES_MAX}` };
+      this.start += optionHeaderBytes;
       this.pendingOption = { option, data: Buffer.alloc(length), filled: 0 };
     }
     const pending = this.pendingOption;
-    pending.filled += this.queue.take(pending.data, pending.filled);
-    if (pending.filled < pending.data.length) return undefined;
+    if (!this.fill(pending)) return undefined;
     this.pendingOption = undefined;
     return { kind: 'option', option: pending.option, data: pending.data };
   }
 
   private nextRequest(): Decoded | undefined {
     if (this.pendingWrite === undefined) {
-      if (this.queue.length < requestHeaderBytes) return undefined;
-      this.queue.take(this.header);
-      const magic = this.header.readUInt32BE(0);
+      if (this.available < requestHeaderBytes) return undefined;
+      const at = this.start;
+      const magic = this.staging.readUInt32BE(at);
       if (magic !== REQUEST_MAGIC) return { kind: 'fatal', reason: `bad request magic 0x${magic.toString(16)}` };
       const request: NbdRequest = {
-        flags: this.header.readUInt16BE(4),
-        type: this.header.readUInt16BE(6),
-        cookieHigh: this.header.readUInt32BE(8),
-        cookieLow: this.header.readUInt32BE(12),
-        offset: Number(this.header.readBigUInt64BE(16)),
-        length: this.header.readUInt32BE(24),
+        flags: this.staging.readUInt16BE(at + 4),
+        type: this.staging.readUInt16BE(at + 6),
+        cookieHigh: this.staging.readUInt32BE(at + 8),
+        cookieLow: this.staging.readUInt32BE(at + 12),
+        offset: this.staging.readUInt32BE(at + 16) * 2 ** 32 + this.staging.readUInt32BE(at + 20),
+        length: this.staging.readUInt32BE(at + 24),
         payload: undefined,
       };
+      this.start += requestHeaderBytes;
       if (request.type !== CMD.WRITE) return { kind: 'request', request };
       if (request.length > PAYLOAD_MAX) {
         return { kind: 'fatal', reason: `WRITE payload of ${request.length} bytes exceeds the ${PAYLOAD_MAX}-byte maximum` };
       }
-      this.pendingWrite = { request, payload: this.pool.acquire(request.length), filled: 0 };
+      this.pendingWrite = { request, data: this.pool.acquire(request.length), filled: 0 };
     }
     const pending = this.pendingWrite;
-    pending.filled += this.queue.take(pending.payload, pending.filled);
-    if (pending.filled < pending.payload.length) return undefined;
+    if (!this.fill(pending)) return undefined;
     this.pendingWrite = undefined;
-    pending.request.payload = pending.payload;
+    pending.request.payload = pending.data;
     return { kind: 'request', request: pending.request };
   }
 
   /** Gives back a half-read payload when the connection ends. */
   dispose(): void {
-    if (this.pendingWrite) this.pool.release(this.pendingWrite.payload);
+    if (this.pendingWrite) this.pool.release(this.pendingWrite.data);
     this.pendingWrite = undefined;
-    this.queue.clear();
+    this.backlog = [];
+    this.start = 0;
+    this.end = 0;
   }
 }

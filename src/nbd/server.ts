@@ -7,6 +7,7 @@ import type { BufferPool } from '../util/buffer-pool.js';
 import type { Logger } from '../util/log.js';
 import type { ExportRegistry } from './exports.js';
 import { NbdSession } from './session.js';
+import { AdaptivePoller } from '../util/poller.js';
 
 const connectionsMax = 1024;
 
@@ -14,8 +15,16 @@ export class NbdServer {
   private readonly server: net.Server;
   private readonly sessions = new Set<NbdSession>();
 
-  constructor(private readonly registry: ExportRegistry, private readonly pool: BufferPool, private readonly log: Logger) {
-    this.server = net.createServer((socket) => this.accept(socket));
+  private readonly poller: AdaptivePoller;
+
+  constructor(
+    private readonly registry: ExportRegistry,
+    private readonly pool: BufferPool,
+    private readonly log: Logger,
+    options: { pollMicros: number },
+  ) {
+    this.poller = new AdaptivePoller(options.pollMicros);
+    this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server.maxConnections = connectionsMax;
   }
 
@@ -30,7 +39,7 @@ export class NbdServer {
   }
 
   private accept(socket: net.Socket): void {
-    const session = new NbdSession(socket, this.registry, this.pool, this.log);
+    const session = new NbdSession(socket, this.registry, this.pool, this.poller, this.log);
     this.sessions.add(session);
     void session.closedPromise().then(() => this.sessions.delete(session));
   }

@@ -5,6 +5,7 @@
 // this connection only, after a log line; anything else gets the spec's error.
 
 import type net from 'node:net';
+import { adoptSocket, type ByteSink, type Receiver } from './receiver.js';
 import { isTwinstoreError } from '../errors.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import type { Logger } from '../util/log.js';
@@ -16,6 +17,7 @@ import type { BlockExport, ExportRegistry, ExportSession } from './exports.js';
 import { Negotiation } from './negotiation.js';
 import { BASE_ALLOCATION_ID, CMD, CMD_FLAG, NBD_ERR, STATE_HOLE, STATE_ZERO } from './protocol.js';
 import { checkRequest } from './requests.js';
+import type { AdaptivePoller } from '../util/poller.js';
 
 const requestsInFlightMax = 128;
 const bytesInFlightMax = 256 * 2 ** 20;
@@ -28,7 +30,7 @@ interface Transmission {
   allocationContext: boolean;
 }
 
-export class NbdSession implements ExportSession {
+export class NbdSession implements ExportSession, ByteSink {
   private readonly decoder: NbdDecoder;
   private readonly negotiation: Negotiation;
   private transmission: Transmission | undefined;
@@ -36,24 +38,29 @@ export class NbdSession implements ExportSession {
   private bytesInFlight = 0;
   private stopping = false;
   private closed = false;
+  /** Reading stopped for back-pressure; resumed when requests complete. */
+  private readingStopped = false;
   private readonly log: Logger;
   private readonly done: Promise<void>;
+  private readonly receiver: Receiver;
+  private readonly socket: net.Socket;
 
+  /** `raw` must have been accepted with pauseOnConnect, so no byte was read yet. */
   constructor(
-    private readonly socket: net.Socket,
+    raw: net.Socket,
     private readonly registry: ExportRegistry,
     private readonly pool: BufferPool,
+    private readonly poller: AdaptivePoller,
     log: Logger,
   ) {
-    this.log = log.child({ client: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.log = log.child({ client: `${raw.remoteAddress}:${raw.remotePort}` });
     this.decoder = new NbdDecoder(pool);
     this.negotiation = new Negotiation(registry);
+    this.receiver = adoptSocket(raw, this);
+    const socket = this.receiver.socket;
+    this.socket = socket;
     socket.setNoDelay(true);
     this.done = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.on('data', (chunk: Buffer) => {
-      this.decoder.push(chunk);
-      this.pump();
-    });
     socket.on('close', () => this.onClosed());
     socket.on('error', (error) => this.log.debug({ err: error.message }, 'socket error'));
     socket.write(greeting());
@@ -72,17 +79,37 @@ export class NbdSession implements ExportSession {
     else this.endWhenIdle();
   }
 
-  private pump(): void {
+  // ByteSink: how the receiver hands us bytes.
+
+  readTarget(): Buffer {
+    return this.decoder.readTarget();
+  }
+
+  received(count: number): void {
+    this.decoder.received(count);
+  }
+
+  push(chunk: Buffer): void {
+    this.decoder.push(chunk);
+  }
+
+  onBytes(): boolean {
+    this.poller.kick();
+    const more = this.pump();
+    if (!more) this.readingStopped = true;
+    return more;
+  }
+
+  /** Decodes and dispatches what has arrived; returns whether reading may go on. */
+  private pump(): boolean {
     while (!this.stopping && !this.closed) {
-      if (this.requestsInFlight >= requestsInFlightMax || this.bytesInFlight >= bytesInFlightMax) {
-        this.socket.pause();
-        return;
-      }
+      if (this.requestsInFlight >= requestsInFlightMax || this.bytesInFlight >= bytesInFlightMax) return false;
       const message = this.decoder.next();
       if (message === undefined) break;
       switch (message.kind) {
         case 'fatal':
-          return this.abort(message.reason);
+          this.abort(message.reason);
+          return false;
         case 'client-flags':
           this.onClientFlags(message.flags);
           break;
@@ -94,7 +121,15 @@ export class NbdSession implements ExportSession {
           break;
       }
     }
-    if (this.socket.isPaused() && !this.stopping) this.socket.resume();
+    return !this.stopping && !this.closed && this.decoder.readTarget().length > 0;
+  }
+
+  private resumeIfStopped(): void {
+    if (!this.readingStopped || this.stopping || this.closed) return;
+    if (this.pump()) {
+      this.readingStopped = false;
+      this.receiver.resume();
+    }
   }
 
   /** A protocol violation the stream cannot recover from: log it and drop this connection only. */
@@ -116,7 +151,7 @@ export class NbdSession implements ExportSession {
     if (next.step === 'close') {
       if (next.graceful) {
         this.stopping = true;
-        this.socket.end();
+        this.finish();
       } else this.abort(next.reason);
     } else if (next.step === 'transmission') {
       this.transmission = { exported: next.exported, structured: next.structured, allocationContext: next.allocationContext };
@@ -145,7 +180,7 @@ export class NbdSession implements ExportSession {
       this.requestsInFlight -= 1;
       this.bytesInFlight -= weight;
       if (this.stopping) this.endWhenIdle();
-      else if (this.socket.isPaused()) this.pump();
+      else this.resumeIfStopped();
     });
   }
 
@@ -254,7 +289,12 @@ export class NbdSession implements ExportSession {
   }
 
   private endWhenIdle(): void {
-    if (this.requestsInFlight === 0 && !this.closed) this.socket.end();
+    if (this.requestsInFlight === 0 && !this.closed) this.finish();
+  }
+
+  /** Flushes what is queued, then closes; reading has stopped, so EOF would never be seen. */
+  private finish(): void {
+    this.socket.end(() => this.socket.destroy());
   }
 
   private onClosed(): void {

@@ -31,9 +31,20 @@ export class DescriptorFile implements BlockFile {
     readonly sizeBytes: number,
     /** The planted bug applies to drives only, so metadata stays readable and the loss shows as data. */
     private readonly skipSync = false,
+    /** Reads up to this size run synchronously on the event loop (config tuning.syncReadBytesMax). */
+    private readonly syncReadBytesMax = 0,
   ) {}
 
   read(buffer: Buffer, position: number): Promise<void> {
+    if (buffer.length <= this.syncReadBytesMax) {
+      // Small reads from the page cache cost less than the hand-off to libuv's thread pool and back.
+      try {
+        this.readSync(buffer, position);
+      } catch (error) {
+        return Promise.reject(ioError('read', this.path, error));
+      }
+      return Promise.resolve();
+    }
     return new Promise((resolve, reject) => this.readFrom(buffer, 0, position, resolve, reject));
   }
 
@@ -111,6 +122,7 @@ export interface OpenOptions {
   createSizeBytes?: number;
   /** Drives get the planted "skip fdatasync" bug when it is switched on; metadata files never do. */
   kind: 'drive' | 'metadata';
+  syncReadBytesMax?: number;
 }
 
 /** Opens a drive or metadata file for positional I/O, creating it sparse when asked. */
@@ -126,5 +138,6 @@ export function openDescriptorFile(path: string, options: OpenOptions): Descript
     fs.ftruncateSync(fd, options.createSizeBytes);
   }
   const stat = fs.fstatSync(fd);
-  return new DescriptorFile(path, fd, deviceSizeBytes(path, stat), options.kind === 'drive' && skipFdatasyncPlanted);
+  const skipSync = options.kind === 'drive' && skipFdatasyncPlanted;
+  return new DescriptorFile(path, fd, deviceSizeBytes(path, stat), skipSync, options.syncReadBytesMax ?? 0);
 }

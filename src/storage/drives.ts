@@ -22,6 +22,7 @@ interface DriveLabel {
 export interface DriveConfig {
   path: string;
   sizeBytes?: number | undefined;
+  syncReadBytesMax?: number | undefined;
 }
 
 export interface OpenDrive {
@@ -40,7 +41,11 @@ export async function openDrives(
   const drives: OpenDrive[] = [];
   const records: MetaRecord[] = [];
   for (const config of configs) {
-    const file = openBlockFile(config.path, config.sizeBytes === undefined ? { kind: 'drive' } : { createSizeBytes: config.sizeBytes, kind: 'drive' });
+    const file = openBlockFile(config.path, {
+      kind: 'drive',
+      syncReadBytesMax: config.syncReadBytesMax ?? 0,
+      ...(config.sizeBytes === undefined ? {} : { createSizeBytes: config.sizeBytes }),
+    });
     onOpened({ index: -1, file });
     const extentCount = Math.floor(file.sizeBytes / state.extentBytes) - 1;
     if (extentCount < 1) {
