@@ -279,6 +279,7 @@ export class NbdSession implements ExportSession, ByteSink {
       if (borrowed) this.pool.release(borrowed);
       return;
     }
+    this.poller.kick();
     this.socket.cork();
     parts.forEach((part, i) => {
       const last = i === parts.length - 1;
