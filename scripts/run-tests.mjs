@@ -10,8 +10,5 @@ const files = args.length > 0 ? args : fs.readdirSync('test', { recursive: true 
   .filter((f) => f.endsWith('.test.ts'))
   .sort()
   .map((f) => path.join('test', f));
-const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...files], {
-  stdio: 'inherit',
-  env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },
-});
+const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...files], { stdio: 'inherit' });
 process.exit(result.status ?? 1);
