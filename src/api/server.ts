@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { parseSize } from '../util/size.js';
+import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
 
 export interface VolumeJson {
   name: string;
@@ -49,7 +50,7 @@ export interface CreateVolumeBody {
 export interface ArrayControl {
   status(): StatusJson;
   listVolumes(): VolumeJson[];
-  getVolume(ref: string): VolumeJson;
+  getVolume(ref: string): Promise<VolumeJson>;
   createVolume(body: CreateVolumeBody): Promise<VolumeJson>;
   deleteVolume(ref: string, force: boolean): Promise<void>;
 }
@@ -64,7 +65,7 @@ export class ApiServer {
   private readonly app: FastifyInstance;
   private readonly token: Buffer;
 
-  constructor(options: { token: string; control: () => ArrayControl; log: Logger }) {
+  constructor(options: { token: string; control: () => ArrayControl; replication: () => ReplicationControl; log: Logger }) {
     assert(options.token.length > 0, 'the API token is not empty');
     this.token = Buffer.from(options.token, 'utf8');
     this.app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
@@ -72,6 +73,24 @@ export class ApiServer {
     this.app.setErrorHandler((error, _request, reply) => sendError(reply, toTwinstoreError(error), options.log));
     this.app.setNotFoundHandler((request, reply) => sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log));
     this.routes(options.control);
+    addReplicationRoutes(this.app, options.replication);
+  }
+
+  /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here. */
+  async inject(method: string, url: string, body: unknown): Promise<{ status: number; json: unknown }> {
+    const response = await this.app.inject({
+      method: method as 'GET',
+      url,
+      headers: { authorization: `Bearer ${this.token.toString('utf8')}` },
+      ...(body === undefined ? {} : { payload: body as object }),
+    });
+    let json: unknown;
+    try {
+      json = response.json();
+    } catch {
+      json = undefined;
+    }
+    return { status: response.statusCode, json };
   }
 
   get fastify(): FastifyInstance {

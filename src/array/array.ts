@@ -11,6 +11,7 @@ import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type Cr
 import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { VolumeExport, isExported } from './volume-export.js';
+import { ArrayReplication, errorFrom } from './replication-control.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
 
 export const VERSION = '0.1.0';
@@ -20,6 +21,7 @@ export interface ReadyInfo {
   array: string;
   nbd: string;
   api: string;
+  link?: string;
 }
 
 export class TwinstoreArray implements ArrayControl {
@@ -33,9 +35,13 @@ export class TwinstoreArray implements ArrayControl {
     private readonly engine: StorageEngine,
     private readonly nbd: NbdServer,
     private readonly api: ApiServer,
+    private readonly replication: ArrayReplication,
     private readonly releaseLock: () => void,
     readonly log: Logger,
-  ) {}
+  ) {
+    replication.injector = (method, url, body) => api.inject(method, url, body);
+    replication.manager.openSessions = (name) => registry.sessionCount(name);
+  }
 
   static async start(config: ArrayConfig): Promise<{ array: TwinstoreArray; ready: ReadyInfo }> {
     const log = createLogger({ array: config.arrayId });
@@ -45,9 +51,11 @@ export class TwinstoreArray implements ArrayControl {
       const engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
       const token = ensureToken(config.dataDir, config.apiToken);
       let control: TwinstoreArray | undefined;
-      const api = new ApiServer({ token, control: () => control!, log });
+      const replication = new ArrayReplication(config, engine, log);
+      const api = new ApiServer({ token, control: () => control!, replication: () => replication, log });
       const registry = new ExportRegistry();
-      const array = new TwinstoreArray(config, registry, engine, new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros }), api, releaseLock, log);
+      const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros });
+      const array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, log);
       control = array;
       return { array, ready: await array.listen() };
     } catch (error) {
@@ -57,20 +65,32 @@ export class TwinstoreArray implements ArrayControl {
   }
 
   private async listen(): Promise<ReadyInfo> {
+    await this.replication.start();
     for (const volume of this.engine.volumes()) this.exportVolume(volume);
     this.engine.on('volume-created', (volume: Volume) => this.exportVolume(volume));
     this.engine.on('volume-deleted', (volume: Volume) => this.registry.remove(volume.name, `volume ${volume.name} deleted`));
+    this.engine.on('volume-role', (volume: Volume) => this.reexport(volume));
     const nbd = await this.nbd.listen(this.config.listen.nbd.host, this.config.listen.nbd.port);
     const api = await this.api.listen(this.config.listen.api.host, this.config.listen.api.port);
     this.nbdAddress = formatAddress(nbd.address, nbd.port);
     this.apiAddress = formatAddress(api.address, api.port);
     writeRunInfo(this.config.dataDir, { array: this.config.arrayId, pid: process.pid, nbd: this.nbdAddress, api: this.apiAddress });
-    this.log.info({ nbd: this.nbdAddress, api: this.apiAddress, volatileCache: volatileCacheMode }, 'array ready');
-    return { ready: true, array: this.config.arrayId, nbd: this.nbdAddress, api: this.apiAddress };
+    const link = this.replication.linkAddress;
+    this.log.info({ nbd: this.nbdAddress, api: this.apiAddress, link, volatileCache: volatileCacheMode }, 'array ready');
+    return { ready: true, array: this.config.arrayId, nbd: this.nbdAddress, api: this.apiAddress, ...(link ? { link } : {}) };
   }
 
   private exportVolume(volume: Volume): void {
-    if (isExported(volume)) this.registry.set(new VolumeExport(volume, this.engine));
+    if (isExported(volume)) this.registry.set(new VolumeExport(volume, this.engine, (v) => this.replication.manager.masterOf(v)));
+  }
+
+  /** A role change: the export follows; if the host-visible flags change, sessions are closed so hosts reconnect. */
+  private reexport(volume: Volume): void {
+    const before = this.registry.get(volume.name);
+    const after = isExported(volume) ? new VolumeExport(volume, this.engine, (v) => this.replication.manager.masterOf(v)) : undefined;
+    if (!after) return this.registry.remove(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
+    this.registry.set(after);
+    if (before && before.readOnly !== after.readOnly) this.registry.closeSessions(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
   }
 
   status(): StatusJson {
@@ -91,8 +111,22 @@ export class TwinstoreArray implements ArrayControl {
     return this.engine.volumes().map((v) => this.volumeJson(v));
   }
 
-  getVolume(ref: string): VolumeJson {
+  async getVolume(ref: string): Promise<VolumeJson> {
+    const peer = this.peerOf(ref);
+    if (peer) {
+      const result = await this.replication.forward(peer.array, 'GET', `/v1/volumes/${encodeURIComponent(peer.name)}`);
+      if (result.status >= 400) throw errorFrom(result.json);
+      return result.json as VolumeJson;
+    }
     return this.volumeJson(this.resolve(ref));
+  }
+
+  /** ARRAY:NAME naming another array. */
+  private peerOf(ref: string): { array: string; name: string } | undefined {
+    const at = ref.indexOf(':');
+    if (at < 0) return undefined;
+    const array = ref.slice(0, at);
+    return array === this.config.arrayId ? undefined : { array, name: ref.slice(at + 1) };
   }
 
   async createVolume(body: CreateVolumeBody): Promise<VolumeJson> {
@@ -113,6 +147,7 @@ export class TwinstoreArray implements ArrayControl {
 
   /** A volume by NAME or #LUN. */
   private resolve(ref: string): Volume {
+    if (ref.startsWith(`${this.config.arrayId}:`)) ref = ref.slice(this.config.arrayId.length + 1);
     const lun = /^#(\d+)$/.exec(ref);
     const volume = lun ? this.engine.volumeByLun(Number(lun[1])) : this.engine.volume(ref);
     if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `no volume ${ref} on array ${this.config.arrayId}`);
@@ -140,6 +175,7 @@ export class TwinstoreArray implements ArrayControl {
     this.log.info('shutting down');
     await this.api.close();
     await this.nbd.close();
+    await this.replication.stop();
     await this.engine.close();
     this.releaseLock();
     this.log.info('stopped cleanly');

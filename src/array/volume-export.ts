@@ -13,8 +13,18 @@ export function isExported(volume: Volume): boolean {
   return exportedRoles.has(volume.meta.role);
 }
 
+/** The journaled write path of a P-VOL (replication), when the volume is one. */
+export interface JournaledWriter {
+  write(lun: number, offset: number, data: Buffer): Promise<void>;
+  writeZeroes(lun: number, offset: number, length: number, keepAllocated: boolean): Promise<void>;
+  trim(lun: number, offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+}
+
+export type WriterLookup = (volume: Volume) => { group: JournaledWriter; lun: number } | undefined;
+
 export class VolumeExport implements BlockExport {
-  constructor(private readonly volume: Volume, private readonly engine: StorageEngine) {}
+  constructor(private readonly volume: Volume, private readonly engine: StorageEngine, private readonly journaled: WriterLookup = () => undefined) {}
 
   get name(): string {
     return this.volume.name;
@@ -38,15 +48,18 @@ export class VolumeExport implements BlockExport {
   }
 
   write(offset: number, data: Buffer): Promise<void> {
-    return this.volume.write(offset, data);
+    const master = this.journaled(this.volume);
+    return master ? master.group.write(master.lun, offset, data) : this.volume.write(offset, data);
   }
 
   writeZeroes(offset: number, length: number, keepAllocated: boolean): Promise<void> {
-    return this.volume.writeZeroes(offset, length, keepAllocated);
+    const master = this.journaled(this.volume);
+    return master ? master.group.writeZeroes(master.lun, offset, length, keepAllocated) : this.volume.writeZeroes(offset, length, keepAllocated);
   }
 
   trim(offset: number, length: number): Promise<void> {
-    return this.volume.writeZeroes(offset, length, false);
+    const master = this.journaled(this.volume);
+    return master ? master.group.trim(master.lun, offset, length) : this.volume.writeZeroes(offset, length, false);
   }
 
   zeroIsFast(offset: number, length: number): boolean {
@@ -54,7 +67,8 @@ export class VolumeExport implements BlockExport {
   }
 
   flush(): Promise<void> {
-    return this.engine.flush();
+    const master = this.journaled(this.volume);
+    return master ? master.group.flush() : this.engine.flush();
   }
 
   blockStatus(offset: number, length: number, extentsMax: number): Extent[] {

@@ -1,11 +1,15 @@
-// `twinstore demo`: the README's main job. With nothing to configure it writes
-// a config under a local folder (--dir, default ./twinstore-data), starts the
-// array as its own `twinstore serve` process, makes sure a demo volume exists,
-// and prints how to reach it. Ctrl-C stops the array cleanly; a second run
-// reuses the data.
+// `twinstore demo`: the README's main job. With nothing to configure it sets up
+// two arrays on this machine under one folder (--dir, default ./twinstore-data):
+// a link key, a config per array (ports picked once, then kept, so a second run
+// finds the same arrays and data), starts each as its own `twinstore serve`
+// process, and pairs a P-VOL on site-a with an S-VOL on site-b in journal group
+// "demo". It prints how to reach everything, then one JSON line for scripts.
+// Ctrl-C stops both arrays cleanly.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { TwinstoreError } from '../errors.js';
@@ -13,69 +17,129 @@ import type { ReadyInfo } from '../array/array.js';
 import type { VolumeJson } from '../api/index.js';
 import { connect } from './client.js';
 
-const demoVolume = 'vol0';
+const group = 'demo';
+const volumeName = 'vol0';
+const journalName = 'jnl0';
 
-function demoConfig(id: string): string {
-  return [
-    '# Written by `twinstore demo`; edit freely. Reference: docs/config.md',
-    'array:',
-    `  id: ${id}`,
-    `  dataDir: ${id}`,
-    'drives:',
-    `  - path: ${id}/drive0.img`,
-    '    size: 8GiB',
-    `  - path: ${id}/drive1.img`,
-    '    size: 8GiB',
-    'listen:',
-    '  nbd: 127.0.0.1:0',
-    '  api: 127.0.0.1:0',
-    '',
-  ].join('\n');
+interface Site {
+  id: string;
+  config: string;
+}
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+async function writeConfigs(dir: string): Promise<Site[]> {
+  const psk = path.join(dir, 'link.psk');
+  if (!fs.existsSync(psk)) fs.writeFileSync(psk, crypto.randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
+  const ids = ['site-a', 'site-b'];
+  const sites = ids.map((id) => ({ id, config: path.resolve(dir, `${id}.yaml`) }));
+  if (sites.every((s) => fs.existsSync(s.config))) return sites;
+  const links = await Promise.all(ids.map(() => freePort()));
+  for (const [i, site] of sites.entries()) {
+    const other = 1 - i;
+    const ports = [await freePort(), await freePort()];
+    fs.writeFileSync(site.config, [
+      '# Written by `twinstore demo`; edit freely. Reference: docs/config.md',
+      'array:',
+      `  id: ${site.id}`,
+      `  dataDir: ${site.id}`,
+      'drives:',
+      `  - path: ${site.id}/drive0.img`,
+      '    size: 8GiB',
+      'listen:',
+      `  nbd: 127.0.0.1:${ports[0]}`,
+      `  api: 127.0.0.1:${ports[1]}`,
+      `  link: 127.0.0.1:${links[i]}`,
+      'link:',
+      '  pskFile: link.psk',
+      'peers:',
+      `  - id: ${ids[other]}`,
+      `    link: 127.0.0.1:${links[other]}`,
+      '',
+    ].join('\n'));
+  }
+  return sites;
 }
 
 export async function demo(dir: string): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
-  const configFile = path.resolve(dir, 'site-a.yaml');
-  if (!fs.existsSync(configFile)) fs.writeFileSync(configFile, demoConfig('site-a'));
-  const { child, ready } = await startServe(configFile);
+  const sites = await writeConfigs(dir);
+  const started: Array<{ child: ChildProcess; ready: ReadyInfo }> = [];
   const stop = (): void => {
-    child.kill('SIGTERM');
+    for (const s of started) s.child.kill('SIGTERM');
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
-  const client = connect({ config: configFile });
-  const volume = await ensureVolume(client);
+  for (const site of sites) started.push(await startServe(site.config));
+  const [a, b] = sites.map((s) => connect({ config: s.config }));
+  const pvol = await ensureVolume(a!, volumeName);
+  const svol = await ensureVolume(b!, volumeName);
+  await ensureJournal(a!);
+  await ensureJournal(b!);
+  await ensurePair(a!);
+  const [ra, rb] = started.map((s) => s.ready);
   process.stdout.write([
-    `Twinstore demo: array ${ready.array} is running (pid ${child.pid}).`,
-    `  config:  ${configFile}`,
-    `  NBD:     ${ready.nbd}    API: http://${ready.api}`,
-    `  volume:  ${volume.name}, ${volume.sizeBytes} bytes, ${volume.nbdUri}`,
+    `Twinstore demo: arrays site-a (pid ${started[0]!.child.pid}) and site-b (pid ${started[1]!.child.pid}) replicate group "${group}".`,
+    `  P-VOL  ${pvol.nbdUri}   (site-a, read-write)`,
+    `  S-VOL  ${svol.nbdUri}   (site-b, read-only while paired)`,
+    `  APIs   http://${ra!.api} (site-a), http://${rb!.api} (site-b)`,
     '',
     'Try:',
-    `  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' ${volume.nbdUri}`,
-    `  nbdinfo --map ${volume.nbdUri}`,
-    `  node bin/twinstore.js --config ${configFile} volume list`,
-    'Ctrl-C stops the array cleanly.',
+    `  qemu-io -f raw -c 'write -P 0xab 0 1M' ${pvol.nbdUri}`,
+    `  node bin/twinstore.js --config ${sites[0]!.config} pair display --watch`,
+    `  qemu-img compare -f raw -F raw ${pvol.nbdUri} ${svol.nbdUri}`,
+    'Ctrl-C stops both arrays cleanly; running the demo again reuses everything.',
     '',
   ].join('\n'));
-  process.stdout.write(JSON.stringify({ ...ready, pid: child.pid, config: configFile, volume: volume.nbdUri }) + '\n');
-  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
-  process.exit(code ?? 1);
+  const arrays = started.map((s, i) => ({ id: s.ready.array, pid: s.child.pid, config: sites[i]!.config, nbd: s.ready.nbd, api: s.ready.api, link: s.ready.link }));
+  process.stdout.write(JSON.stringify({ ready: true, group, arrays, pvol: pvol.nbdUri, svol: svol.nbdUri }) + '\n');
+  const codes = await Promise.all(started.map((s) => new Promise<number | null>((resolve) => s.child.once('exit', (c) => resolve(c)))));
+  process.exit(codes.every((c) => c === 0) ? 0 : 1);
 }
 
-async function ensureVolume(client: ReturnType<typeof connect>): Promise<VolumeJson> {
+async function ensureVolume(client: ReturnType<typeof connect>, name: string): Promise<VolumeJson> {
   try {
-    return await client.request<VolumeJson>('GET', `/v1/volumes/${demoVolume}`);
+    return await client.request<VolumeJson>('GET', `/v1/volumes/${name}`);
   } catch (error) {
     if (!(error instanceof TwinstoreError) || error.code !== 'VOLUME_NOT_FOUND') throw error;
-    return client.request<VolumeJson>('POST', '/v1/volumes', { name: demoVolume, size: '1GiB' });
+    return client.request<VolumeJson>('POST', '/v1/volumes', { name, size: '1GiB' });
+  }
+}
+
+async function ensureJournal(client: ReturnType<typeof connect>): Promise<void> {
+  try {
+    await client.request('GET', `/v1/journals/${journalName}`);
+  } catch (error) {
+    if (!(error instanceof TwinstoreError) || error.code !== 'VOLUME_NOT_FOUND') throw error;
+    await client.request('POST', '/v1/journals', { name: journalName, size: '256MiB' });
+  }
+}
+
+async function ensurePair(client: ReturnType<typeof connect>): Promise<void> {
+  const { pairs } = await client.request<{ pairs: unknown[] }>('GET', '/v1/pairs');
+  if (pairs.length > 0) return;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await client.request('POST', '/v1/pairs', { group, pvol: volumeName, svol: `site-b:${volumeName}`, journal: journalName, remoteJournal: `site-b:${journalName}` });
+      return;
+    } catch (error) {
+      // The link may still be coming up right after both arrays started.
+      if (!(error instanceof TwinstoreError) || !error.code.startsWith('LINK_') || attempt >= 50) throw error;
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }
 }
 
 /** Starts `twinstore serve` as a child process and waits for its ready line. */
 export function startServe(configFile: string): Promise<{ child: ChildProcess; ready: ReadyInfo }> {
   const entry = process.argv[1]!;
-  const child = spawn(process.execPath, [entry, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [entry, '--config', configFile, 'serve'], { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     const lines = readline.createInterface({ input: child.stdout! });
     lines.once('line', (line) => {
@@ -85,6 +149,6 @@ export function startServe(configFile: string): Promise<{ child: ChildProcess; r
         reject(error);
       }
     });
-    child.once('exit', (code) => reject(new TwinstoreError('INTERNAL', `twinstore serve exited with code ${code} before it was ready`)));
+    child.once('exit', (code) => reject(new TwinstoreError('INTERNAL', `twinstore serve --config ${configFile} exited with code ${code} before it was ready`)));
   });
 }

@@ -8,6 +8,8 @@ import { VERSION } from '../array/array.js';
 import { serve } from './serve.js';
 import { demo } from './demo.js';
 import { addVolumeCommands } from './volume-commands.js';
+import { addReplicationCommands } from './replication-commands.js';
+import { addKeysCommand } from './keys-command.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('twinstore')
@@ -33,6 +35,8 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (opts: { dir: string }) => demo(opts.dir));
 
   addVolumeCommands(program, () => program.opts());
+  addReplicationCommands(program, () => program.opts());
+  addKeysCommand(program);
 
   try {
     await program.parseAsync(argv);

@@ -14,7 +14,11 @@ export interface ArrayConfig {
   dataDir: string;
   extentBytes: number;
   drives: Array<{ path: string; sizeBytes: number | undefined }>;
-  listen: { nbd: HostPort; api: HostPort };
+  listen: { nbd: HostPort; api: HostPort; link: HostPort | undefined };
+  peers: Array<{ id: string; link: HostPort }>;
+  link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number };
+  groupDefaults: { overflow: 'suspend' | 'throttle'; throttleMsMax: number };
+  bitmapRegionBytes: number;
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number };
 }
@@ -64,7 +68,15 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     dataDir: path.resolve(base, config.array.dataDir),
     extentBytes: config.array.extentBytes,
     drives,
-    listen: config.listen,
+    listen: { nbd: config.listen.nbd, api: config.listen.api, link: config.listen.link },
+    peers: config.peers,
+    link: {
+      pskFile: config.link.pskFile === undefined ? undefined : path.resolve(base, config.link.pskFile),
+      heartbeatMs: config.link.heartbeatMs,
+      suspendAfterMs: config.link.suspendAfterMs,
+    },
+    groupDefaults: config.groups.defaults,
+    bitmapRegionBytes: config.bitmap.regionBytes,
     apiToken: config.api.token,
     tuning: config.tuning,
   };

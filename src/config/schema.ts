@@ -52,7 +52,31 @@ export const configSchema = z.strictObject({
   listen: z.strictObject({
     nbd: address,
     api: address,
+    link: address.optional(),
   }),
+  peers: z.array(z.strictObject({ id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be an array id'), link: address })).default([]),
+  link: z
+    .strictObject({
+      pskFile: z.string().min(1).optional(),
+      heartbeatMs: z.number().int().min(50).max(60_000).default(1000),
+      suspendAfterMs: z.number().int().min(100).max(3_600_000).default(30_000),
+    })
+    .default({ heartbeatMs: 1000, suspendAfterMs: 30_000 }),
+  groups: z
+    .strictObject({
+      defaults: z
+        .strictObject({
+          overflow: z.enum(['suspend', 'throttle']).default('suspend'),
+          throttleMsMax: z.number().int().min(0).max(600_000).default(5000),
+        })
+        .default({ overflow: 'suspend', throttleMsMax: 5000 }),
+    })
+    .default({ defaults: { overflow: 'suspend', throttleMsMax: 5000 } }),
+  bitmap: z
+    .strictObject({
+      regionBytes: sizeBytes.refine((n) => n >= 4096 && n <= 64 * 2 ** 20 && (n & (n - 1)) === 0, { message: 'must be a power of two from 4KiB to 64MiB' }).default(65536),
+    })
+    .default({ regionBytes: 65536 }),
   api: z.strictObject({ token: z.string().min(16, 'must be at least 16 characters').optional() }).default({}),
   tuning: z
     .strictObject({

@@ -66,6 +66,8 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
       drives: [],
       volumes: new Map(),
       nextVolumeId: 1,
+      documents: new Map(),
+      regionSets: new Map(),
     }));
     const durable = meta.durable;
     if (durable.arrayId !== options.arrayId) {
@@ -141,6 +143,38 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     this.live.volumes.delete(volume.meta.id);
     this.pendingRecords.push({ t: 'volume-delete', id: volume.meta.id });
     await this.flush();
+  }
+
+  volumeById(id: number): Volume | undefined {
+    return this.volumes().find((v) => v.meta.id === id);
+  }
+
+  /** Changes a volume's role durably, then tells listeners (the NBD exports follow). */
+  async setRole(name: string, role: VolumeRole): Promise<void> {
+    this.checkOpen();
+    const volume = this.volumesByName.get(name);
+    if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `no volume named ${name}`);
+    if (volume.meta.role === role) return;
+    const meta: VolumeMeta = { ...volume.meta, role };
+    await this.meta.commit([{ t: 'volume', volume: meta }]);
+    const state = this.live.volumes.get(meta.id)!;
+    state.meta = meta;
+    this.emit('volume-role', volume);
+  }
+
+  /** Durably records documents and region sets of other parts (no data ordering: commits at once). */
+  persist(records: MetaRecord[]): Promise<void> {
+    this.checkOpen();
+    return this.meta.commit(records);
+  }
+
+  /** Documents of one kind, as last persisted. */
+  documents<T>(kind: string): Map<string, T> {
+    return new Map([...(this.meta.durable.documents.get(kind) ?? new Map())].map(([k, v]) => [k, structuredClone(v) as T]));
+  }
+
+  regionSet(name: string): Set<number> {
+    return new Set(this.meta.durable.regionSets.get(name) ?? []);
   }
 
   private freeLun(): number {

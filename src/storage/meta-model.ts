@@ -53,6 +53,10 @@ export interface MetaState {
   drives: DriveMeta[];
   volumes: Map<number, VolumeState>;
   nextVolumeId: number;
+  /** Records owned by other parts (peers, journal groups), kept whole and opaque here, by kind then key. */
+  documents: Map<string, Map<string, unknown>>;
+  /** Durable region sets (the activity log, region bitmaps), by name. */
+  regionSets: Map<string, Set<number>>;
 }
 
 export type MetaRecord =
@@ -61,7 +65,10 @@ export type MetaRecord =
   | { t: 'volume'; volume: VolumeMeta }
   | { t: 'volume-delete'; id: number }
   /** Flat triples (chunk, drive, extent); drive -1 unmaps the chunk. */
-  | { t: 'map'; volume: number; entries: number[] };
+  | { t: 'map'; volume: number; entries: number[] }
+  /** A whole document of another part (a peer, a journal group); `value` undefined deletes it. */
+  | { t: 'doc'; kind: string; key: string; value?: unknown }
+  | { t: 'regions'; set: string; add?: number[]; remove?: number[]; clear?: boolean };
 
 export function applyRecord(state: MetaState, record: MetaRecord): void {
   switch (record.t) {
@@ -91,6 +98,28 @@ export function applyRecord(state: MetaState, record: MetaRecord): void {
       applyMapEntries(volume.map, record.entries);
       return;
     }
+    case 'doc': {
+      let kind = state.documents.get(record.kind);
+      if (!kind) {
+        kind = new Map();
+        state.documents.set(record.kind, kind);
+      }
+      if (record.value === undefined) kind.delete(record.key);
+      else kind.set(record.key, structuredClone(record.value));
+      return;
+    }
+    case 'regions': {
+      let set = state.regionSets.get(record.set);
+      if (!set) {
+        set = new Set();
+        state.regionSets.set(record.set, set);
+      }
+      if (record.clear) set.clear();
+      for (const region of record.remove ?? []) set.delete(region);
+      for (const region of record.add ?? []) set.add(region);
+      if (set.size === 0) state.regionSets.delete(record.set);
+      return;
+    }
   }
 }
 
@@ -112,6 +141,8 @@ export interface SnapshotJson {
   nextVolumeId: number;
   drives: DriveMeta[];
   volumes: Array<VolumeMeta & { map: number[] }>;
+  documents?: Record<string, Record<string, unknown>>;
+  regionSets?: Record<string, number[]>;
 }
 
 export function toSnapshot(state: MetaState, generation: number): SnapshotJson {
@@ -128,6 +159,8 @@ export function toSnapshot(state: MetaState, generation: number): SnapshotJson {
     nextVolumeId: state.nextVolumeId,
     drives: state.drives.map((d) => ({ ...d })),
     volumes,
+    documents: Object.fromEntries([...state.documents].map(([kind, docs]) => [kind, Object.fromEntries(docs)])),
+    regionSets: Object.fromEntries([...state.regionSets].map(([name, set]) => [name, [...set]])),
   };
 }
 
@@ -138,6 +171,8 @@ export function fromSnapshot(snapshot: SnapshotJson): MetaState {
     drives: snapshot.drives.map((d) => ({ ...d })),
     volumes: new Map(),
     nextVolumeId: snapshot.nextVolumeId,
+    documents: new Map(Object.entries(snapshot.documents ?? {}).map(([kind, docs]) => [kind, new Map(Object.entries(docs))])),
+    regionSets: new Map(Object.entries(snapshot.regionSets ?? {}).map(([name, regions]) => [name, new Set(regions)])),
   };
   for (const { map, ...meta } of snapshot.volumes) {
     const volume: VolumeState = { meta, map: new Map() };

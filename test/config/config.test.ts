@@ -59,7 +59,11 @@ test('a valid config parses: sizes, defaults and paths relative to the config fo
     { path: '/etc/twinstore/drives/d0.img', sizeBytes: 4 * 2 ** 30 },
     { path: '/srv/d1.img', sizeBytes: 512 * 2 ** 20 },
   ]);
-  assert.deepEqual(config.listen, { nbd: { host: '127.0.0.1', port: 10809 }, api: { host: '0.0.0.0', port: 0 } });
+  assert.deepEqual(config.listen, { nbd: { host: '127.0.0.1', port: 10809 }, api: { host: '0.0.0.0', port: 0 }, link: undefined });
+  assert.deepEqual(config.peers, []);
+  assert.deepEqual(config.link, { pskFile: undefined, heartbeatMs: 1000, suspendAfterMs: 30000 });
+  assert.deepEqual(config.groupDefaults, { overflow: 'suspend', throttleMsMax: 5000 });
+  assert.equal(config.bitmapRegionBytes, 65536);
   assert.equal(config.apiToken, undefined);
 });
 

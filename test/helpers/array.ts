@@ -3,6 +3,7 @@
 // Everything started here is stopped in t.after, by PID.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +22,8 @@ export interface ArrayOptions {
   /** Reuse an existing folder (for restarts). */
   dir?: string;
   extraConfig?: string;
+  /** Listen for array links on a run-time port, authenticated with this PSK file. */
+  pskFile?: string;
 }
 
 export interface Ready {
@@ -28,6 +31,7 @@ export interface Ready {
   array: string;
   nbd: string;
   api: string;
+  link?: string;
 }
 
 export class RunningArray {
@@ -83,6 +87,15 @@ export class RunningArray {
     return run(process.execPath, [cliEntry, '--config', this.configFile, ...args], { env });
   }
 
+  /** Rewrites the config with the ports bound now, so a restart binds the same ones (peers keep finding it). */
+  pinPorts(): void {
+    const ready = this.ready!;
+    let text = fs.readFileSync(this.configFile, 'utf8');
+    text = text.replace('nbd: 127.0.0.1:0', `nbd: ${ready.nbd}`).replace('api: 127.0.0.1:0', `api: ${ready.api}`);
+    if (ready.link) text = text.replace('link: 127.0.0.1:0', `link: ${ready.link}`);
+    fs.writeFileSync(this.configFile, text);
+  }
+
   token(): string {
     return fs.readFileSync(path.join(this.dir, 'data', 'api-token'), 'utf8').trim();
   }
@@ -109,6 +122,7 @@ export function writeConfig(dir: string, options: ArrayOptions): string {
     'listen:',
     '  nbd: 127.0.0.1:0',
     '  api: 127.0.0.1:0',
+    ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 200'] : []),
     options.extraConfig ?? '',
   ].join('\n');
   const file = path.join(dir, `${id}.yaml`);
@@ -158,6 +172,26 @@ export function runOk(command: string, args: string[], options: { env?: Record<s
 export function createVolume(array: RunningArray, name: string, size: string): string {
   const out = runOk(process.execPath, [cliEntry, '--config', array.configFile, 'volume', 'create', name, '--size', size, '--json']);
   return (JSON.parse(out) as { nbdUri: string }).nbdUri;
+}
+
+/** Writes a fresh 32-byte link key (hex), as `twinstore keys` does. */
+export function writePsk(dir: string): string {
+  const file = path.join(dir, 'link.psk');
+  fs.writeFileSync(file, crypto.randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
+  return file;
+}
+
+/** Two arrays that know each other as peers, linked with one PSK. */
+export async function startPairOfArrays(t: TestContext, options: { env?: Record<string, string>; drives?: string[] } = {}): Promise<{ a: RunningArray; b: RunningArray; psk: string }> {
+  const dir = tempDir(t);
+  const psk = writePsk(dir);
+  const a = await startArray(t, { id: 'site-a', pskFile: psk, ...options });
+  const b = await startArray(t, { id: 'site-b', pskFile: psk, ...options });
+  a.pinPorts();
+  b.pinPorts();
+  runOk(process.execPath, [cliEntry, '--config', a.configFile, 'peer', 'add', 'site-b', '--link', b.ready!.link!]);
+  runOk(process.execPath, [cliEntry, '--config', b.configFile, 'peer', 'add', 'site-a', '--link', a.ready!.link!]);
+  return { a, b, psk };
 }
 
 export function tempDir(t: TestContext): string {

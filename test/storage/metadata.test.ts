@@ -21,7 +21,7 @@ const frameHeaderBytes = 16;
 const extentBytes = 2 ** 20;
 
 function initial(): MetaState {
-  return { arrayId: 'site-a', extentBytes, drives: [], volumes: new Map(), nextVolumeId: 1 };
+  return { arrayId: 'site-a', extentBytes, drives: [], volumes: new Map(), nextVolumeId: 1, documents: new Map(), regionSets: new Map() };
 }
 
 function openStore(dir: string): Promise<MetaStore> {

@@ -1,0 +1,64 @@
+// API routes for replication: peers, journals, pairs (DESIGN.md §7, §8).
+// Bodies are validated here and a bad one gets 400 naming the field, like the
+// volume routes.
+
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { TwinstoreError } from '../errors.js';
+import { parseSize } from '../util/size.js';
+
+export interface ReplicationControl {
+  listPeers(): Array<{ id: string; link: string; connected: boolean }>;
+  addPeer(id: string, link: string): Promise<{ id: string; link: string }>;
+  createJournal(name: string, sizeBytes: number): Promise<Record<string, unknown>>;
+  showJournal(name: string): Record<string, unknown>;
+  createPair(body: { group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: 'suspend' | 'throttle' | undefined; copyPaceBytesPerSecond?: number | undefined }): Promise<unknown>;
+  displayPairs(group: string | undefined): Promise<unknown[]>;
+}
+
+const peerSchema = z.strictObject({ id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be an array id'), link: z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[^\]]+\]:\d{1,5}$/, 'must be HOST:PORT') });
+const journalSchema = z.strictObject({ name: z.string(), size: z.union([z.string(), z.number()]) });
+const pairSchema = z.strictObject({
+  group: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 of A-Z a-z 0-9 . _ -'),
+  pvol: z.string().min(1),
+  svol: z.string().min(1),
+  journal: z.string().min(1),
+  remoteJournal: z.string().min(1),
+  overflow: z.enum(['suspend', 'throttle']).optional(),
+  copyPace: z.union([z.string(), z.number()]).optional(),
+});
+
+export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
+  const result = schema.safeParse(body ?? {});
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const field = issue.code === 'unrecognized_keys' ? issue.keys[0] ?? '' : issue.path.join('.');
+  const message = issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message;
+  throw new TwinstoreError('BAD_REQUEST', `${field || 'body'}: ${message}`, { field: field || 'body' });
+}
+
+function sizeField(value: string | number, field: string): number {
+  const bytes = parseSize(value);
+  if (bytes === undefined) throw new TwinstoreError('BAD_REQUEST', `${field}: "${value}" is not a size`, { field });
+  return bytes;
+}
+
+export function addReplicationRoutes(app: FastifyInstance, control: () => ReplicationControl): void {
+  app.get('/v1/peers', async () => ({ peers: control().listPeers() }));
+  app.post('/v1/peers', async (request, reply) => {
+    const body = parseBody(peerSchema, request.body);
+    return reply.code(201).send(await control().addPeer(body.id, body.link));
+  });
+  app.post('/v1/journals', async (request, reply) => {
+    const body = parseBody(journalSchema, request.body);
+    return reply.code(201).send(await control().createJournal(body.name, sizeField(body.size, 'size')));
+  });
+  app.get<{ Params: { name: string } }>('/v1/journals/:name', async (request) => control().showJournal(request.params.name));
+  app.post('/v1/pairs', async (request, reply) => {
+    const body = parseBody(pairSchema, request.body);
+    const copyPaceBytesPerSecond = body.copyPace === undefined ? undefined : sizeField(body.copyPace, 'copyPace');
+    const pairs = await control().createPair({ ...body, copyPaceBytesPerSecond });
+    return reply.code(201).send({ pairs });
+  });
+  app.get<{ Querystring: { group?: string } }>('/v1/pairs', async (request) => ({ pairs: await control().displayPairs(request.query.group) }));
+}

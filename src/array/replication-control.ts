@@ -1,0 +1,150 @@
+// The array's replication wiring: the link listener and one PeerLink per peer
+// (from the config's peers[] and from `peer add`), the journal groups, the
+// link requests the peer may send, and the API's replication routes.
+
+import { TwinstoreError } from '../errors.js';
+import type { ArrayConfig } from '../config/index.js';
+import { parseHostPort } from '../config/index.js';
+import { LinkServer, PeerLink, readPskFile, type LinkIdentity, type LinkRequest, type LinkResponse } from '../link/index.js';
+import { ReplicationManager, PEER_DOCUMENT, type PeerMeta } from '../replication/index.js';
+import type { ReplicationControl } from '../api/index.js';
+import type { StorageEngine } from '../storage/index.js';
+import type { Logger } from '../util/log.js';
+
+export type ApiInjector = (method: string, url: string, body: unknown) => Promise<{ status: number; json: unknown }>;
+
+export class ArrayReplication implements ReplicationControl {
+  readonly manager: ReplicationManager;
+  private readonly peers = new Map<string, PeerLink>();
+  private server: LinkServer | undefined;
+  private identity: LinkIdentity | undefined;
+  linkAddress = '';
+  injector: ApiInjector = () => Promise.reject(new TwinstoreError('INTERNAL', 'API not ready'));
+
+  constructor(private readonly config: ArrayConfig, private readonly engine: StorageEngine, private readonly log: Logger) {
+    this.manager = new ReplicationManager({
+      engine,
+      log,
+      peerChannel: (id) => this.peers.get(id),
+      defaults: { ...config.groupDefaults, regionBytes: config.bitmapRegionBytes },
+    });
+  }
+
+  async start(): Promise<void> {
+    const pskFile = this.config.link.pskFile;
+    const wanted = this.config.listen.link !== undefined || this.config.peers.length > 0 || this.engine.documents(PEER_DOCUMENT).size > 0;
+    if (wanted) {
+      if (pskFile === undefined) throw new TwinstoreError('CONFIG_INVALID', `${this.config.file}: link.pskFile is required when listen.link or peers are set (make one with twinstore keys)`, { field: 'link.pskFile' });
+      this.identity = { arrayId: this.config.arrayId, psk: readPskFile(pskFile) };
+    }
+    if (this.config.listen.link && this.identity) {
+      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), log: this.log, heartbeatMs: this.config.link.heartbeatMs });
+      const address = await this.server.listen(this.config.listen.link.host, this.config.listen.link.port);
+      this.linkAddress = address.address.includes(':') ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
+    }
+    const stored = this.engine.documents<PeerMeta>(PEER_DOCUMENT);
+    for (const peer of this.config.peers) this.connectPeer(peer.id, `${peer.link.host}:${peer.link.port}`);
+    for (const peer of stored.values()) if (!this.config.peers.some((p) => p.id === peer.id)) this.connectPeer(peer.id, peer.link);
+    await this.manager.start();
+  }
+
+  private connectPeer(id: string, link: string): void {
+    if (!this.identity) throw new TwinstoreError('CONFIG_INVALID', 'link.pskFile is required before adding peers', { field: 'link.pskFile' });
+    const address = parseHostPort(link);
+    if (!address) throw new TwinstoreError('BAD_REQUEST', `peer link "${link}" is not HOST:PORT`, { field: 'link' });
+    const existing = this.peers.get(id);
+    if (existing) return existing.setAddress(address);
+    const peer = new PeerLink({ identity: this.identity, peerId: id, address, log: this.log, heartbeatMs: this.config.link.heartbeatMs });
+    peer.on('up', () => this.log.info({ peer: id }, 'link up'));
+    peer.on('down', (reason: unknown) => this.log.warn({ peer: id, reason: String(reason) }, 'link down'));
+    this.peers.set(id, peer);
+    peer.start();
+  }
+
+  /** Requests the peer sends us over the link. */
+  private async handle(peer: string, request: LinkRequest): Promise<LinkResponse> {
+    const body = request.body as Record<string, unknown>;
+    switch (request.method) {
+      case 'journal.read': {
+        const reply = await this.manager.readJournal(body as never);
+        return { body: reply.body, payload: reply.payload };
+      }
+      case 'pair.prepare':
+        this.manager.prepare(body as never);
+        return { body: { ok: true }, payload: [] };
+      case 'pair.join':
+        await this.manager.join(body as never);
+        return { body: { ok: true }, payload: [] };
+      case 'pair.display':
+        return { body: { pairs: this.manager.display(body.group as string | undefined) }, payload: [] };
+      case 'api.forward': {
+        const result = await this.injector(String(body.method), String(body.url), body.body);
+        return { body: result, payload: [] };
+      }
+      default:
+        throw new TwinstoreError('BAD_REQUEST', `unknown link method ${request.method} from ${peer}`);
+    }
+  }
+
+  /** Runs an API request on a peer array and returns its answer (ARRAY:NAME commands). */
+  async forward(arrayId: string, method: string, url: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+    const peer = this.peers.get(arrayId);
+    if (!peer) throw new TwinstoreError('PEER_UNKNOWN', `no peer named ${arrayId}`);
+    const response = await peer.request('api.forward', { method, url, body });
+    return response.body as { status: number; json: unknown };
+  }
+
+  // ReplicationControl ------------------------------------------------------------
+
+  listPeers(): Array<{ id: string; link: string; connected: boolean }> {
+    return [...this.peers.entries()].map(([id, peer]) => ({ id, link: this.peerLink(id), connected: peer.connected }));
+  }
+
+  private peerLink(id: string): string {
+    const fromConfig = this.config.peers.find((p) => p.id === id);
+    if (fromConfig) return `${fromConfig.link.host}:${fromConfig.link.port}`;
+    return this.engine.documents<PeerMeta>(PEER_DOCUMENT).get(id)?.link ?? '';
+  }
+
+  async addPeer(id: string, link: string): Promise<{ id: string; link: string }> {
+    if (id === this.config.arrayId) throw new TwinstoreError('BAD_REQUEST', 'an array cannot be its own peer', { field: 'id' });
+    this.connectPeer(id, link);
+    await this.engine.persist([{ t: 'doc', kind: PEER_DOCUMENT, key: id, value: { id, link } }]);
+    return { id, link };
+  }
+
+  async createJournal(name: string, sizeBytes: number): Promise<Record<string, unknown>> {
+    await this.manager.createJournal(name, sizeBytes);
+    return this.manager.journalInfo(name);
+  }
+
+  showJournal(name: string): Record<string, unknown> {
+    return this.manager.journalInfo(name);
+  }
+
+  async createPair(body: Parameters<ReplicationControl['createPair']>[0]): Promise<unknown> {
+    const pvolArray = body.pvol.includes(':') ? body.pvol.slice(0, body.pvol.indexOf(':')) : this.config.arrayId;
+    if (pvolArray !== this.config.arrayId) {
+      const result = await this.forward(pvolArray, 'POST', '/v1/pairs', body);
+      if (result.status >= 400) throw errorFrom(result.json);
+      return (result.json as { pairs: unknown }).pairs;
+    }
+    return this.manager.createPair(body);
+  }
+
+  async displayPairs(group: string | undefined): Promise<unknown[]> {
+    return this.manager.display(group);
+  }
+
+  async stop(): Promise<void> {
+    await this.manager.stop();
+    await Promise.all([...this.peers.values()].map((p) => p.close()));
+    await this.server?.close();
+  }
+}
+
+export function errorFrom(json: unknown): TwinstoreError {
+  const error = (json as { error?: { code?: string; message?: string; field?: string } } | undefined)?.error;
+  const code = (error?.code ?? 'INTERNAL') as ConstructorParameters<typeof TwinstoreError>[0];
+  return new TwinstoreError(code, error?.message ?? 'the peer failed', error?.field === undefined ? {} : { field: error.field });
+}

@@ -1,0 +1,103 @@
+// Admin verbs for replication: peers, journals and pairs. Like every other
+// verb they are HTTP calls to one array's API; commands that name the other
+// array (ARRAY:NAME) are forwarded by the array over the link.
+
+import type { Command } from 'commander';
+import { TwinstoreError } from '../errors.js';
+import type { PairDisplay } from '../replication/index.js';
+import { formatSize, parseSize } from '../util/size.js';
+import { connect, type ConnectionOptions } from './client.js';
+import { table } from './table.js';
+
+type GlobalOptions = ConnectionOptions & { json?: boolean };
+
+function print(json: boolean | undefined, value: unknown, human: () => string): void {
+  process.stdout.write((json ? JSON.stringify(value, null, 2) : human()) + '\n');
+}
+
+export function pairTable(pairs: PairDisplay[]): string {
+  if (pairs.length === 0) return 'no pairs';
+  return table(
+    ['GROUP', 'DIRECTION', 'P-VOL', 'S-VOL', 'STATUS', 'COPY%', 'JNL%', 'LAG(rec)', 'LAG(s)', 'CONSISTENT@', 'REASON'],
+    pairs.map((p) => [p.group, p.direction, p.pvol, p.svol, p.status, String(p.copyPercent), String(p.journalUsedPercent), String(p.lagRecords), String(p.lagSeconds), String(p.consistencySeq), p.statusReason ?? '-']),
+  );
+}
+
+export function addReplicationCommands(program: Command, globals: () => GlobalOptions): void {
+  const peer = program.command('peer').description('the other array of a pair');
+  peer.command('add <id>')
+    .description('record a peer array and connect to it')
+    .requiredOption('--link <host:port>', "the peer's link address")
+    .option('--json', 'print JSON')
+    .action(async (id: string, opts: { link: string; json?: boolean }) => {
+      const added = await connect(globals()).request<{ id: string; link: string }>('POST', '/v1/peers', { id, link: opts.link });
+      print(opts.json ?? globals().json, added, () => `peer ${added.id} at ${added.link}`);
+    });
+  peer.command('list')
+    .description('list peers and whether the link is up')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const { peers } = await connect(globals()).request<{ peers: Array<{ id: string; link: string; connected: boolean }> }>('GET', '/v1/peers');
+      print(opts.json ?? globals().json, { peers }, () => table(['PEER', 'LINK', 'STATE'], peers.map((p) => [p.id, p.link, p.connected ? 'up' : 'down'])));
+    });
+
+  const journal = program.command('journal').description('journal volumes');
+  journal.command('create <name>')
+    .description('create a journal volume (journal-free until a group uses it)')
+    .requiredOption('--size <size>', 'size, e.g. 1GiB (at least 4x the largest write)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { size: string; json?: boolean }) => {
+      const size = parseSize(opts.size);
+      if (size === undefined) throw new TwinstoreError('BAD_REQUEST', `--size "${opts.size}" is not a size`, { field: 'size' });
+      const created = await connect(globals()).request<Record<string, unknown>>('POST', '/v1/journals', { name, size });
+      print(opts.json ?? globals().json, created, () => `created journal ${name} (${formatSize(size)})`);
+    });
+  journal.command('show <name>')
+    .description('cursors, instance id, epoch and usage of a journal')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { json?: boolean }) => {
+      const shown = await connect(globals()).request<Record<string, unknown>>('GET', `/v1/journals/${encodeURIComponent(name)}`);
+      print(opts.json ?? globals().json, shown, () => table(['FIELD', 'VALUE'], Object.entries(shown).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])));
+    });
+
+  const pair = program.command('pair').description('replication pairs and journal groups');
+  pair.command('create')
+    .description('pair a P-VOL with an S-VOL on the peer, in a journal group')
+    .requiredOption('--group <group>', 'journal group (consistency group)')
+    .requiredOption('--pvol <name>', 'the P-VOL (NAME here, or ARRAY:NAME)')
+    .requiredOption('--svol <array:name>', 'the S-VOL on the peer')
+    .requiredOption('--journal <name>', 'the master journal (on the P-VOL array)')
+    .requiredOption('--remote-journal <array:name>', 'the restore journal on the peer')
+    .option('--overflow <policy>', 'suspend or throttle when the journal is full')
+    .option('--copy-pace <rate>', 'initial copy rate cap per second, e.g. 100MiB')
+    .option('--json', 'print JSON')
+    .action(async (opts: { group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: string; copyPace?: string; json?: boolean }) => {
+      const body = {
+        group: opts.group,
+        pvol: opts.pvol,
+        svol: opts.svol,
+        journal: opts.journal,
+        remoteJournal: opts.remoteJournal,
+        ...(opts.overflow === undefined ? {} : { overflow: opts.overflow }),
+        ...(opts.copyPace === undefined ? {} : { copyPace: opts.copyPace }),
+      };
+      const { pairs } = await connect(globals()).request<{ pairs: PairDisplay[] }>('POST', '/v1/pairs', body);
+      print(opts.json ?? globals().json, { pairs }, () => pairTable(pairs));
+    });
+  pair.command('display')
+    .description('pair status, copy progress, lag and consistency point')
+    .option('--group <group>', 'one group')
+    .option('--json', 'print JSON (a stable contract)')
+    .option('--watch', 'refresh every second until Ctrl-C')
+    .action(async (opts: { group?: string; json?: boolean; watch?: boolean }) => {
+      const client = connect(globals());
+      const query = opts.group === undefined ? '' : `?group=${encodeURIComponent(opts.group)}`;
+      for (;;) {
+        const { pairs } = await client.request<{ pairs: PairDisplay[] }>('GET', `/v1/pairs${query}`);
+        if (opts.watch && !opts.json) process.stdout.write('\x1b[2J\x1b[H' + new Date().toISOString() + '\n');
+        print(opts.json ?? globals().json, { pairs }, () => pairTable(pairs));
+        if (!opts.watch) return;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    });
+}

@@ -1,0 +1,635 @@
+// A journal volume (DESIGN.md §4): a ring of checksummed records behind two
+// alternating header slots. reserve() assigns seq and ring space in one
+// synchronous step; write() puts the record on the device; sync() group-commits
+// (one flush for every record whose write completed before the round began)
+// and moves durableSeq over the contiguous prefix; readFrom() serves durable
+// records from an in-memory seq -> position index.
+//
+// Space: release() moves the tail at once, but the bytes it frees are reused
+// only after a header naming the new tail is durable. Otherwise a crash would
+// leave the persisted tail pointing at overwritten records. Three byte counts
+// keep this straight: `keptBytes` (tail..head, what reserve() checks),
+// `releasedBytes` (freed, not yet in a header) and `pinnedBytes` (durable
+// header's tail..head). A record whose span would pass the durable tail waits
+// in write() for the header round that reserve() started for it.
+//
+// Fail-stop: after any device error the journal refuses every further call.
+
+import crypto from 'node:crypto';
+import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
+import { sharedPool, zeroBuffer } from '../util/buffer-pool.js';
+import { checkData, checkFormatDevice, checkFormatInit, checkRecordMeta, checkRole, checkWholeNumber, type FormatInit } from './checks.js';
+import { checkEpoch, epochNotOlder, formatEpoch, sameEpoch } from './epoch.js';
+import { JournalRecordCorruptError } from './errors.js';
+import {
+  blockBytes, dataCrcOf, encodeHeaderSlot, headerSlotBytes, instancesMax, journalBytesMin, kindHasData, parseHeaderSlot, parseRecordHeader,
+  recordBytesFor, recordDataBytesMax, recordHeaderBytes, ringStartBytes, slotOfGeneration, RecordTemplate,
+  type HeaderState, type InstanceEntry, type RecordFields,
+} from './layout.js';
+import { chooseHeader, scanRing } from './recovery.js';
+import { SeqIndex } from './seq-index.js';
+import type { Epoch, JournalDevice, JournalRecord, JournalRole, RecordMeta, RecoveryReport, Reservation } from './types.js';
+
+/** Records of at most this size go to the device as one pooled buffer; larger ones as header + caller's data. */
+const combinedWriteBytesMax = 64 * 1024;
+/** readFrom() returns at most this many records and this many data bytes per call. */
+const readRecordsMax = 1024;
+const readBytesMax = 64 * 2 ** 20;
+const readRunBytesMax = 8 * 2 ** 20;
+/** release() starts a header round once this share of the ring is freed but not yet reusable. */
+const releasedShareForHeader = 1 / 8;
+const sessionMax = 2 ** 32 - 1;
+
+type WriteMeta = Omit<RecordMeta, 'seq'>;
+
+interface PendingRecord {
+  meta: WriteMeta;
+  spanStart: number;
+  position: number;
+  recordBytes: number;
+  /** Bytes by which the span reaches past the durable header's tail; the write waits while > 0. */
+  overBytes: number;
+  writing: boolean;
+  spaceReady: (() => void) | undefined;
+  spaceFailed: ((error: unknown) => void) | undefined;
+}
+
+interface Round {
+  header: boolean;
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+interface HeaderCapture {
+  bytes: Buffer;
+  slot: 0 | 1;
+  releasedBytes: number;
+}
+
+interface Cursors {
+  tailSeq: number;
+  nextSeq: number;
+  /** Every record below it has completed its write (contiguous). */
+  writtenSeq: number;
+  durableSeq: number;
+  appliedSeq: number;
+}
+
+interface JournalParts {
+  device: JournalDevice;
+  header: HeaderState;
+  index: SeqIndex;
+  head: number;
+  nextSeq: number;
+  keptBytes: number;
+  lastEpoch: Epoch;
+}
+
+export class Journal {
+  /** 4 records of the largest size (header block + 32 MiB) plus the two header slots. */
+  static readonly MIN_BYTES: number = journalBytesMin;
+  static readonly RECORD_DATA_BYTES_MAX: number = recordDataBytesMax;
+
+  private readonly device: JournalDevice;
+  private readonly ringEnd: number;
+  private readonly ringBytes: number;
+  readonly groupId: string;
+  private roleNow: JournalRole;
+  private instances: InstanceEntry[];
+  private readonly session: number;
+  private generation: number;
+  private readonly cursor: Cursors;
+  private head: number;
+  private keptBytes: number;
+  private pinnedBytes: number;
+  private releasedBytes = 0;
+  private lastEpoch: Epoch;
+  private readonly index: SeqIndex;
+  private readonly pending = new Map<number, PendingRecord>();
+  private template: RecordTemplate;
+  private roundRunning: Round | undefined;
+  private roundRunningWrittenSeq = 0;
+  private roundQueued: Round | undefined;
+  /** Bumped when records are discarded, so work that spans an await can tell. */
+  private discards = 0;
+  private failure: TwinstoreError | undefined;
+  private closing = false;
+  private closed = false;
+
+  private constructor(parts: JournalParts) {
+    const { header } = parts;
+    this.device = parts.device;
+    this.ringBytes = header.ringBytes;
+    this.ringEnd = ringStartBytes + header.ringBytes;
+    this.groupId = header.groupId;
+    this.roleNow = header.role;
+    this.instances = header.instances;
+    this.session = header.session;
+    this.generation = header.generation;
+    this.cursor = { tailSeq: header.tailSeq, nextSeq: parts.nextSeq, writtenSeq: parts.nextSeq, durableSeq: parts.nextSeq, appliedSeq: header.appliedSeq };
+    this.head = parts.head;
+    this.keptBytes = parts.keptBytes;
+    this.pinnedBytes = parts.keptBytes;
+    this.lastEpoch = parts.lastEpoch;
+    this.index = parts.index;
+    this.template = new RecordTemplate(this.instanceId, this.groupId, this.lastEpoch);
+    assert(this.index.headSeq === this.cursor.tailSeq && this.index.endSeq === this.cursor.nextSeq, 'the index covers tail..next');
+  }
+
+  /** Writes a new, empty journal on `device` (both header slots, then a flush). */
+  static async format(device: JournalDevice, init: FormatInit): Promise<Journal> {
+    checkFormatDevice(device);
+    checkFormatInit(init);
+    const epoch = freezeEpoch(init.epoch);
+    const ringBytes = device.sizeBytes - ringStartBytes;
+    const header: HeaderState = {
+      generation: 2, session: 1, role: init.role, clean: false, ringBytes, tailSeq: init.firstSeq, tailPosition: ringStartBytes,
+      appliedSeq: init.firstSeq, groupId: init.groupId, instances: [{ id: init.instanceId ?? newInstanceId(), firstSeq: init.firstSeq, epoch }],
+    };
+    await device.write(slotOfGeneration(1) * headerSlotBytes, encodeHeaderSlot({ ...header, generation: 1 }));
+    await device.write(slotOfGeneration(2) * headerSlotBytes, encodeHeaderSlot(header));
+    await device.flush();
+    const index = new SeqIndex(ringBytes / blockBytes, init.firstSeq);
+    return new Journal({ device, header, index, head: ringStartBytes, nextSeq: init.firstSeq, keptBytes: 0, lastEpoch: epoch });
+  }
+
+  /** Opens a journal: picks the header slot, scans the ring (the recovery decision table), persists a new session. */
+  static async open(device: JournalDevice): Promise<{ journal: Journal; recovery: RecoveryReport }> {
+    if (!Number.isSafeInteger(device.sizeBytes) || device.sizeBytes % blockBytes !== 0 || device.sizeBytes < ringStartBytes) {
+      throw new TwinstoreError('JOURNAL_CORRUPT', `a device of ${device.sizeBytes} bytes cannot hold a journal`);
+    }
+    const slots = Buffer.alloc(ringStartBytes);
+    await device.read(0, slots);
+    const chosen = chooseHeader([parseHeaderSlot(slots.subarray(0, headerSlotBytes), 0), parseHeaderSlot(slots.subarray(headerSlotBytes), 1)]);
+    const header = chosen.state;
+    if (ringStartBytes + header.ringBytes > device.sizeBytes) {
+      throw new TwinstoreError('JOURNAL_CORRUPT', `the journal header names a ring of ${header.ringBytes} bytes, more than the device holds`);
+    }
+    assert(header.session < sessionMax, 'the session counter does not wrap');
+    const index = new SeqIndex(header.ringBytes / blockBytes, header.tailSeq);
+    const scan = await scanRing(device, header, index);
+    const journal = new Journal({
+      device, header: { ...header, session: header.session + 1, clean: false }, index, head: scan.head, nextSeq: scan.nextSeq,
+      keptBytes: scan.keptBytes, lastEpoch: scan.lastEpoch ?? header.instances[0]!.epoch,
+    });
+    await journal.persistHeader();
+    const recovery: RecoveryReport = {
+      case: scan.label, records: scan.nextSeq - header.tailSeq, damaged: scan.damaged, headerSlot: chosen.slot, headerCase: chosen.label, steps: scan.steps,
+      cleanShutdown: header.clean, tailSeq: header.tailSeq, nextSeq: scan.nextSeq,
+    };
+    return { journal, recovery };
+  }
+
+  get instanceId(): string {
+    return this.instances[0]!.id;
+  }
+
+  get role(): JournalRole {
+    return this.roleNow;
+  }
+
+  get epoch(): Epoch {
+    return this.instances[0]!.epoch;
+  }
+
+  get tailSeq(): number {
+    return this.cursor.tailSeq;
+  }
+
+  get nextSeq(): number {
+    return this.cursor.nextSeq;
+  }
+
+  get durableSeq(): number {
+    return this.cursor.durableSeq;
+  }
+
+  get appliedSeq(): number {
+    return this.cursor.appliedSeq;
+  }
+
+  /** Ring bytes held by records from the tail on, wrap waste included. */
+  get usedBytes(): number {
+    return this.keptBytes;
+  }
+
+  get capacityBytes(): number {
+    return this.ringBytes;
+  }
+
+  /** Synchronous: assigns the seq (or checks a given one is nextSeq) and ring space; JOURNAL_FULL when it does not fit. */
+  reserve(meta: Omit<RecordMeta, 'seq'> & { seq?: number }, dataBytes: number): Reservation {
+    this.checkUsable();
+    checkRecordMeta(meta, dataBytes, this.lastEpoch);
+    const seq = this.cursor.nextSeq;
+    if (meta.seq !== undefined && meta.seq !== seq) {
+      throw new TwinstoreError('JOURNAL_SEQ_MISMATCH', `record seq ${meta.seq} is not the journal's next seq ${seq}`, { field: 'seq' });
+    }
+    if (!epochNotOlder(meta.epoch, this.lastEpoch)) {
+      throw new TwinstoreError('JOURNAL_EPOCH_STALE', `record epoch ${formatEpoch(meta.epoch)} is older than the journal's ${formatEpoch(this.lastEpoch)}`, { field: 'epoch' });
+    }
+    const recordBytes = recordBytesFor(meta.kind, meta.length);
+    const wasteBytes = this.head + recordBytes > this.ringEnd ? this.ringEnd - this.head : 0;
+    const spanBytes = wasteBytes + recordBytes;
+    if (this.keptBytes + spanBytes > this.ringBytes) {
+      throw new TwinstoreError('JOURNAL_FULL', `journal of group ${this.groupId} is full: ${this.keptBytes} of ${this.ringBytes} bytes used, record needs ${spanBytes}`);
+    }
+    const spanStart = this.head;
+    const position = wasteBytes > 0 ? ringStartBytes : this.head;
+    this.head = position + recordBytes === this.ringEnd ? ringStartBytes : position + recordBytes;
+    this.keptBytes += spanBytes;
+    this.pinnedBytes += spanBytes;
+    const overBytes = this.pinnedBytes - this.ringBytes;
+    this.index.push(position, spanBytes, recordBytes, false);
+    this.pending.set(seq, { meta, spanStart, position, recordBytes, overBytes, writing: false, spaceReady: undefined, spaceFailed: undefined });
+    this.cursor.nextSeq = seq + 1;
+    this.lastEpoch = meta.epoch;
+    if (overBytes > 0) this.persistHeaderSoon();
+    return { seq, position, recordBytes };
+  }
+
+  /** Writes a reserved record: header block + data + zero padding to 4 KiB (and its wrap marker, if any). */
+  async write(reservation: Reservation, meta: WriteMeta, data: Buffer | undefined): Promise<void> {
+    this.checkUsable();
+    const pending = this.pending.get(reservation.seq);
+    assert(pending !== undefined && !pending.writing && pending.position === reservation.position, `seq ${reservation.seq} is reserved and written once`);
+    assert(sameMeta(pending.meta, meta), `the record written as seq ${reservation.seq} is the one reserved`);
+    checkData(meta, data);
+    pending.writing = true;
+    if (pending.overBytes > 0) await this.waitForSpace(pending);
+    this.checkUsable();
+    try {
+      await this.writeRecord(reservation.seq, pending, meta, data);
+    } catch (error) {
+      throw this.fail(error);
+    }
+    this.pending.delete(reservation.seq);
+    this.index.markWritten(reservation.seq);
+    while (this.cursor.writtenSeq < this.cursor.nextSeq && this.index.isWritten(this.cursor.writtenSeq)) this.cursor.writtenSeq += 1;
+  }
+
+  /** Group commit: one flush for every record whose write completed before the call; durableSeq moves over the contiguous prefix. */
+  async sync(): Promise<void> {
+    this.checkUsable();
+    if (this.cursor.writtenSeq <= this.cursor.durableSeq) return;
+    const running = this.roundRunning;
+    if (running !== undefined && this.roundRunningWrittenSeq >= this.cursor.writtenSeq) return running.promise;
+    return this.requestRound(false);
+  }
+
+  /** Durable records from `seq` on, in order, up to `maxBytes` of data (at least one record if there is one). */
+  async readFrom(seq: number, maxBytes: number): Promise<JournalRecord[]> {
+    this.checkUsable();
+    checkWholeNumber(seq, 'seq');
+    checkWholeNumber(maxBytes, 'maxBytes');
+    this.checkReadable(seq);
+    const runs = this.planRead(seq, Math.min(maxBytes, readBytesMax));
+    const discards = this.discards;
+    const records: JournalRecord[] = [];
+    for (const run of runs) {
+      const buffer = Buffer.allocUnsafe(run.bytes);
+      await this.device.read(run.position, buffer);
+      if (this.discards !== discards || run.firstSeq < this.cursor.tailSeq) {
+        throw new TwinstoreError('JOURNAL_RECORD_GONE', `journal record seq ${run.firstSeq} was released while it was read`, { field: 'seq' });
+      }
+      if (!decodeRun(buffer, run, records)) break;
+    }
+    return records;
+  }
+
+  /** Frees the ring space of records below `uptoSeq`; it is reused once a header with the new tail is durable. */
+  release(uptoSeq: number): void {
+    this.checkUsable();
+    this.checkDurableCursor(uptoSeq, 'uptoSeq');
+    if (uptoSeq <= this.cursor.tailSeq) return;
+    const bytes = this.index.dropBelow(uptoSeq);
+    this.keptBytes -= bytes;
+    this.releasedBytes += bytes;
+    this.cursor.tailSeq = uptoSeq;
+    if (this.releasedBytes >= this.ringBytes * releasedShareForHeader) this.persistHeaderSoon();
+  }
+
+  /** Receiver cursor: every record below `uptoSeq` is applied. Persisted with the next header. */
+  markApplied(uptoSeq: number): void {
+    this.checkUsable();
+    this.checkDurableCursor(uptoSeq, 'uptoSeq');
+    this.cursor.appliedSeq = Math.max(this.cursor.appliedSeq, uptoSeq);
+  }
+
+  /** Writes the next header slot (alternating, generation + CRC32C) with the cursors, then flushes. */
+  async persistHeader(): Promise<void> {
+    this.checkUsable();
+    return this.requestRound(true);
+  }
+
+  /** Role change: a new instance id and epoch, persisted; records are kept or discarded as asked. */
+  async setRole(role: JournalRole, epoch: Epoch, options: { keepRecords: boolean; firstSeq?: number }): Promise<void> {
+    this.checkUsable();
+    checkRole(role);
+    checkEpoch(epoch, 'epoch');
+    if (!epochNotOlder(epoch, this.lastEpoch)) {
+      throw new TwinstoreError('JOURNAL_EPOCH_STALE', `epoch ${formatEpoch(epoch)} is older than the journal's ${formatEpoch(this.lastEpoch)}`, { field: 'epoch' });
+    }
+    if (this.pending.size > 0) {
+      throw new TwinstoreError('BAD_REQUEST', `${this.pending.size} reserved records are not written yet; a role change waits for them`);
+    }
+    const entry: InstanceEntry = { id: newInstanceId(), firstSeq: this.cursor.nextSeq, epoch: freezeEpoch(epoch) };
+    if (options.keepRecords) {
+      if (options.firstSeq !== undefined && options.firstSeq !== this.cursor.nextSeq) {
+        throw new TwinstoreError('BAD_REQUEST', `records are kept, so the next seq stays ${this.cursor.nextSeq}`, { field: 'firstSeq' });
+      }
+      const older = this.liveInstances();
+      if (older.length >= instancesMax) {
+        throw new TwinstoreError('BAD_REQUEST', `records of ${older.length} instances are kept; release some before another role change keeps records`);
+      }
+      this.instances = [entry, ...older];
+    } else {
+      entry.firstSeq = options.firstSeq ?? this.cursor.nextSeq;
+      checkWholeNumber(entry.firstSeq, 'firstSeq');
+      this.discardRecords(entry.firstSeq);
+      this.instances = [entry];
+    }
+    this.roleNow = role;
+    this.lastEpoch = entry.epoch;
+    return this.requestRound(true);
+  }
+
+  /** Persists the header with the clean-shutdown flag; every later call fails with SHUTTING_DOWN. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.checkUsable();
+    if (this.pending.size > 0) {
+      throw new TwinstoreError('BAD_REQUEST', `${this.pending.size} reserved records are not written yet; close() waits for them`);
+    }
+    this.closing = true;
+    await this.requestRound(true);
+    this.closed = true;
+  }
+
+  // ---- space ------------------------------------------------------------------
+
+  private discardRecords(firstSeq: number): void {
+    this.releasedBytes += this.keptBytes;
+    this.keptBytes = 0;
+    this.index.reset(firstSeq);
+    this.cursor.tailSeq = firstSeq;
+    this.cursor.nextSeq = firstSeq;
+    this.cursor.writtenSeq = firstSeq;
+    this.cursor.durableSeq = firstSeq;
+    this.cursor.appliedSeq = firstSeq;
+    this.discards += 1;
+  }
+
+  private waitForSpace(pending: PendingRecord): Promise<void> {
+    return new Promise((resolve, reject) => {
+      pending.spaceReady = resolve;
+      pending.spaceFailed = reject;
+    });
+  }
+
+  /** A header naming a newer tail is durable: the bytes it freed may be overwritten now. */
+  private reclaim(releasedBytes: number): void {
+    this.pinnedBytes -= releasedBytes;
+    let overBytesMax = 0;
+    for (const pending of this.pending.values()) {
+      pending.overBytes -= releasedBytes;
+      overBytesMax = Math.max(overBytesMax, pending.overBytes);
+      if (pending.overBytes <= 0 && pending.spaceReady !== undefined) {
+        const ready = pending.spaceReady;
+        pending.spaceReady = undefined;
+        pending.spaceFailed = undefined;
+        ready();
+      }
+    }
+    assert(this.pinnedBytes >= this.keptBytes, 'the durable tail is never ahead of the kept records');
+    assert(this.pinnedBytes - this.ringBytes <= overBytesMax, 'only records still waiting reach past the durable tail');
+  }
+
+  /** Where the chain to the tail record starts: its wrap marker, the record, or the head when none is kept. */
+  private tailPosition(): number {
+    const seq = this.cursor.tailSeq;
+    if (seq === this.cursor.nextSeq) return this.head;
+    const wasteBytes = this.index.spanBytes(seq) - this.index.recordBytes(seq);
+    return wasteBytes === 0 ? this.index.position(seq) : this.ringEnd - wasteBytes;
+  }
+
+  /** The instance entries that still own kept records (entry 0 always). */
+  private liveInstances(): InstanceEntry[] {
+    return this.instances.filter((entry, i) => {
+      const newer = this.instances[i - 1];
+      return newer === undefined || newer.firstSeq > Math.max(entry.firstSeq, this.cursor.tailSeq);
+    });
+  }
+
+  // ---- writes -------------------------------------------------------------------
+
+  private async writeRecord(seq: number, pending: PendingRecord, meta: WriteMeta, data: Buffer | undefined): Promise<void> {
+    const template = this.templateFor(meta.epoch);
+    const fields: RecordFields = {
+      kind: meta.kind, wrap: false, seq, timestampMs: meta.timestampMs, offset: meta.offset, length: meta.length, lun: meta.lun,
+      session: this.session, dataCrc: dataCrcOf(data),
+    };
+    const borrowed: Buffer[] = [];
+    const writes: Promise<void>[] = [];
+    if (pending.spanStart !== pending.position) {
+      const marker = sharedPool.acquire(recordHeaderBytes);
+      borrowed.push(marker);
+      template.encode(marker, 0, { ...fields, kind: 'marker', wrap: true, offset: 0, length: 0, lun: 0, dataCrc: 0 });
+      writes.push(this.device.write(pending.spanStart, marker));
+    }
+    const dataBytes = data?.length ?? 0;
+    if (pending.recordBytes <= combinedWriteBytesMax) {
+      const record = sharedPool.acquire(pending.recordBytes);
+      borrowed.push(record);
+      template.encode(record, 0, fields);
+      data?.copy(record, recordHeaderBytes);
+      record.fill(0, recordHeaderBytes + dataBytes);
+      writes.push(this.device.write(pending.position, record));
+    } else {
+      const header = sharedPool.acquire(recordHeaderBytes);
+      borrowed.push(header);
+      template.encode(header, 0, fields);
+      writes.push(this.device.write(pending.position, header), this.device.write(pending.position + recordHeaderBytes, data!));
+      const paddingBytes = pending.recordBytes - recordHeaderBytes - dataBytes;
+      if (paddingBytes > 0) writes.push(this.device.write(pending.position + recordHeaderBytes + dataBytes, zeroBuffer.subarray(0, paddingBytes)));
+    }
+    const results = await Promise.allSettled(writes);
+    for (const buffer of borrowed) sharedPool.release(buffer);
+    const failed = results.find((result) => result.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+  }
+
+  private templateFor(epoch: Epoch): RecordTemplate {
+    const template = this.template;
+    if (template.instanceId === this.instanceId && sameEpoch(template.epoch, epoch)) return template;
+    this.template = new RecordTemplate(this.instanceId, this.groupId, epoch);
+    return this.template;
+  }
+
+  // ---- flush and header rounds ---------------------------------------------------
+
+  /** Joins the queued round (or queues one); a round is an optional header write plus one flush. */
+  private requestRound(header: boolean): Promise<void> {
+    let round = this.roundQueued;
+    if (round === undefined) {
+      round = newRound();
+      this.roundQueued = round;
+      if (this.roundRunning === undefined) queueMicrotask(() => this.startRound());
+    }
+    if (header) round.header = true;
+    return round.promise;
+  }
+
+  private persistHeaderSoon(): void {
+    this.requestRound(true).catch(() => undefined);
+  }
+
+  private startRound(): void {
+    const round = this.roundQueued;
+    if (round === undefined || this.roundRunning !== undefined) return;
+    this.roundQueued = undefined;
+    this.roundRunning = round;
+    this.runRound(round)
+      .then(() => round.resolve(), (error: unknown) => round.reject(this.fail(error)))
+      .finally(() => {
+        this.roundRunning = undefined;
+        this.startRound();
+      });
+  }
+
+  private async runRound(round: Round): Promise<void> {
+    if (this.failure !== undefined) throw this.failure;
+    const writtenSeq = this.cursor.writtenSeq;
+    const discards = this.discards;
+    this.roundRunningWrittenSeq = writtenSeq;
+    const capture = round.header ? this.captureHeader() : undefined;
+    if (capture !== undefined) await this.device.write(capture.slot * headerSlotBytes, capture.bytes);
+    await this.device.flush();
+    if (discards === this.discards) this.cursor.durableSeq = Math.max(this.cursor.durableSeq, writtenSeq);
+    if (capture !== undefined) this.reclaim(capture.releasedBytes);
+  }
+
+  private captureHeader(): HeaderCapture {
+    this.instances = this.liveInstances();
+    this.generation += 1;
+    const bytes = encodeHeaderSlot({
+      generation: this.generation, session: this.session, role: this.roleNow, clean: this.closing, ringBytes: this.ringBytes,
+      tailSeq: this.cursor.tailSeq, tailPosition: this.tailPosition(), appliedSeq: this.cursor.appliedSeq, groupId: this.groupId,
+      instances: this.instances,
+    });
+    const releasedBytes = this.releasedBytes;
+    this.releasedBytes = 0;
+    return { bytes, slot: slotOfGeneration(this.generation), releasedBytes };
+  }
+
+  // ---- reads ----------------------------------------------------------------------
+
+  private checkReadable(seq: number): void {
+    if (seq < this.cursor.tailSeq) {
+      throw new TwinstoreError('JOURNAL_RECORD_GONE', `journal record seq ${seq} was released (the tail is at ${this.cursor.tailSeq})`, { field: 'seq' });
+    }
+    if (seq > this.cursor.nextSeq) {
+      throw new TwinstoreError('JOURNAL_SEQ_MISMATCH', `journal has no seq ${seq} yet (next is ${this.cursor.nextSeq})`, { field: 'seq' });
+    }
+  }
+
+  /** Groups the durable records from `seq` into physically contiguous runs, within the read bounds. */
+  private planRead(seq: number, budgetBytes: number): ReadRun[] {
+    const runs: ReadRun[] = [];
+    let dataBytes = 0;
+    for (let next = seq; next < this.cursor.durableSeq && next - seq < readRecordsMax; next += 1) {
+      const recordBytes = this.index.recordBytes(next);
+      if (next > seq && dataBytes + recordBytes - recordHeaderBytes > budgetBytes) break;
+      dataBytes += recordBytes - recordHeaderBytes;
+      const position = this.index.position(next);
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last.position + last.bytes === position && last.bytes + recordBytes <= readRunBytesMax) {
+        last.bytes += recordBytes;
+        last.sizes.push(recordBytes);
+      } else {
+        runs.push({ firstSeq: next, position, bytes: recordBytes, sizes: [recordBytes] });
+      }
+    }
+    return runs;
+  }
+
+  private checkDurableCursor(seq: number, field: string): void {
+    checkWholeNumber(seq, field);
+    if (seq > this.cursor.durableSeq) {
+      throw new TwinstoreError('BAD_REQUEST', `${field} ${seq} is past the durable records (durableSeq ${this.cursor.durableSeq})`, { field });
+    }
+  }
+
+  // ---- failure ----------------------------------------------------------------------
+
+  private checkUsable(): void {
+    if (this.failure !== undefined) throw this.failure;
+    if (this.closed) throw new TwinstoreError('SHUTTING_DOWN', `journal of group ${this.groupId} is closed`);
+  }
+
+  /** Fail-stop: the first device error stops the journal; waiting writes fail with it. */
+  private fail(error: unknown): TwinstoreError {
+    if (this.failure === undefined) {
+      const message = error instanceof Error ? error.message : String(error);
+      this.failure = isTwinstoreError(error) ? error : new TwinstoreError('IO_ERROR', `journal device failed: ${message}`, { cause: error });
+      for (const pending of this.pending.values()) pending.spaceFailed?.(this.failure);
+    }
+    return this.failure;
+  }
+}
+
+interface ReadRun {
+  firstSeq: number;
+  position: number;
+  bytes: number;
+  sizes: number[];
+}
+
+/** Decodes the records of one run into `records`; false when it stopped at a damaged record (after at least one good one). */
+function decodeRun(buffer: Buffer, run: ReadRun, records: JournalRecord[]): boolean {
+  let at = 0;
+  for (let i = 0; i < run.sizes.length; i += 1) {
+    const seq = run.firstSeq + i;
+    const recordBytes = run.sizes[i]!;
+    const header = parseRecordHeader(buffer.subarray(at, at + recordHeaderBytes));
+    if (header === undefined || header.seq !== seq || header.wrap || recordBytesFor(header.kind, header.length) !== recordBytes) {
+      if (records.length > 0) return false;
+      throw new JournalRecordCorruptError(seq, undefined, 'has a damaged header');
+    }
+    const data = kindHasData(header.kind) ? buffer.subarray(at + recordHeaderBytes, at + recordHeaderBytes + header.length) : undefined;
+    if (data !== undefined && dataCrcOf(data) !== header.dataCrc) {
+      if (records.length > 0) return false;
+      const region = { seq, lun: header.lun, offset: header.offset, length: header.length };
+      throw new JournalRecordCorruptError(seq, region, `(lun ${header.lun}, offset ${header.offset}, length ${header.length}) fails its data checksum`);
+    }
+    records.push({
+      kind: header.kind, seq, epoch: header.epoch, timestampMs: header.timestampMs, lun: header.lun, offset: header.offset, length: header.length, data,
+    });
+    at += recordBytes;
+  }
+  return true;
+}
+
+function sameMeta(a: WriteMeta, b: WriteMeta): boolean {
+  return a.kind === b.kind && a.lun === b.lun && a.offset === b.offset && a.length === b.length && a.timestampMs === b.timestampMs && sameEpoch(a.epoch, b.epoch);
+}
+
+function newRound(): Round {
+  let resolve: () => void = () => undefined;
+  let reject: (error: unknown) => void = () => undefined;
+  const promise = new Promise<void>((onResolve, onReject) => {
+    resolve = onResolve;
+    reject = onReject;
+  });
+  promise.catch(() => undefined); // background rounds have no caller; callers that await still see the error
+  return { header: false, promise, resolve, reject };
+}
+
+function newInstanceId(): string {
+  return crypto.randomBytes(16).toString('hex');
+}
+
+function freezeEpoch(epoch: Epoch): Epoch {
+  return Object.freeze({ counter: epoch.counter, arrayId: epoch.arrayId, nonce: epoch.nonce });
+}

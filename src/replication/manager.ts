@@ -1,0 +1,283 @@
+// Journal groups of one array: boots them from the metadata, creates journals
+// and pairs (coordinating with the peer over the link), answers the peer's
+// link requests, and routes P-VOL host writes into the journaled write path.
+
+import crypto from 'node:crypto';
+import { TwinstoreError } from '../errors.js';
+import { Journal, type Epoch, type JournalRecord } from '../journal/index.js';
+import type { StorageEngine, Volume } from '../storage/index.js';
+import type { Logger } from '../util/log.js';
+import { VolumeJournalDevice } from './journal-device.js';
+import { MasterGroup } from './master-group.js';
+import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
+import { GROUP_DOCUMENT, type GroupMeta, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
+
+export interface PairCreateRequest {
+  group: string;
+  pvol: string;
+  svol: string;
+  journal: string;
+  remoteJournal: string;
+  overflow?: OverflowPolicy | undefined;
+  copyPaceBytesPerSecond?: number | undefined;
+}
+
+export interface ReplicationOptions {
+  engine: StorageEngine;
+  log: Logger;
+  peerChannel: (peerId: string) => PeerChannel | undefined;
+  defaults: { overflow: OverflowPolicy; throttleMsMax: number; regionBytes: number };
+}
+
+/** Parses ARRAY:NAME; a bare NAME belongs to `localId`. */
+export function splitRef(ref: string, localId: string): { array: string; name: string } {
+  const at = ref.indexOf(':');
+  return at < 0 ? { array: localId, name: ref } : { array: ref.slice(0, at), name: ref.slice(at + 1) };
+}
+
+export class ReplicationManager {
+  private readonly engine: StorageEngine;
+  private readonly log: Logger;
+  private readonly masters = new Map<string, MasterGroup>();
+  private readonly restores = new Map<string, RestoreGroup>();
+
+  constructor(private readonly options: ReplicationOptions) {
+    this.engine = options.engine;
+    this.log = options.log;
+  }
+
+  /** Opens every persisted group; resumes copies; after an unclean stop re-sends active regions. */
+  async start(): Promise<void> {
+    for (const meta of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).values()) {
+      const journalVolume = this.engine.volumeById(meta.journalVolumeId);
+      if (!journalVolume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${meta.name} is missing`);
+      const { journal, recovery } = await Journal.open(new VolumeJournalDevice(journalVolume, this.engine));
+      this.log.info({ group: meta.name, role: meta.role, recovery }, 'journal group opened');
+      if (meta.role === 'master') {
+        const group = this.newMaster(meta, journal);
+        const unclean = group.uncleanRegions();
+        if (unclean.length > 0) {
+          this.log.warn({ group: meta.name, regions: unclean.length }, 'unclean stop: re-sending active regions as base records');
+          await group.resend(unclean);
+        }
+        for (const pair of meta.pairs) group.startCopy(pair.pvolLun);
+      } else {
+        this.newRestore(meta, journal).start();
+      }
+    }
+  }
+
+  private newMaster(meta: GroupMeta, journal: Journal): MasterGroup {
+    const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes: this.options.defaults.regionBytes, log: this.log });
+    this.masters.set(meta.name, group);
+    return group;
+  }
+
+  private newRestore(meta: GroupMeta, journal: Journal): RestoreGroup {
+    const peer = this.options.peerChannel(meta.peer);
+    if (!peer) throw new TwinstoreError('PEER_UNKNOWN', `group ${meta.name} names peer ${meta.peer}, which is not configured`);
+    const group = new RestoreGroup({ meta, journal, engine: this.engine, peer, persist: (m) => this.persist(m), log: this.log });
+    this.restores.set(meta.name, group);
+    return group;
+  }
+
+  private persist(meta: GroupMeta): Promise<void> {
+    return this.engine.persist([{ t: 'doc', kind: GROUP_DOCUMENT, key: meta.name, value: meta }]);
+  }
+
+  /** The journaled writer for a volume that is a P-VOL, if it is one. */
+  masterOf(volume: Volume): { group: MasterGroup; lun: number } | undefined {
+    for (const group of this.masters.values()) {
+      const pvol = group.pvolByVolume(volume.meta.id);
+      if (pvol) return { group, lun: pvol.pair.pvolLun };
+    }
+    return undefined;
+  }
+
+  // ---- journals ---------------------------------------------------------------
+
+  async createJournal(name: string, sizeBytes: number): Promise<Volume> {
+    if (sizeBytes < Journal.MIN_BYTES) {
+      throw new TwinstoreError('BAD_REQUEST', `a journal must hold at least 4x the largest write: ${Journal.MIN_BYTES} bytes`, { field: 'size' });
+    }
+    const volume = await this.engine.createVolume({ name, sizeBytes, role: 'journal-free' });
+    await volume.writeZeroes(0, sizeBytes, true);
+    await this.engine.flush();
+    return volume;
+  }
+
+  journalInfo(name: string): Record<string, unknown> {
+    const volume = this.engine.volume(name);
+    if (!volume || !volume.meta.role.startsWith('journal')) throw new TwinstoreError('VOLUME_NOT_FOUND', `no journal named ${name}`);
+    const group = [...this.masters.values(), ...this.restores.values()].find((g) => g.meta.journalVolumeId === volume.meta.id);
+    const base = { name, role: volume.meta.role, sizeBytes: volume.sizeBytes, group: group?.meta.name ?? null };
+    if (!group) return base;
+    const j = group.journal;
+    return {
+      ...base,
+      instanceId: j.instanceId,
+      epoch: group.meta.epoch,
+      cursors: { tailSeq: j.tailSeq, nextSeq: j.nextSeq, durableSeq: j.durableSeq, appliedSeq: j.appliedSeq },
+      usedBytes: j.usedBytes,
+      capacityBytes: j.capacityBytes,
+      usedPercent: Math.round((1000 * j.usedBytes) / Math.max(1, j.capacityBytes)) / 10,
+    };
+  }
+
+  // ---- pairs --------------------------------------------------------------------
+
+  /** pair create, run on the master (P-VOL) array. */
+  async createPair(request: PairCreateRequest): Promise<PairDisplay[]> {
+    const local = this.engine.arrayId;
+    const pvolRef = splitRef(request.pvol, local);
+    const svolRef = splitRef(request.svol, local);
+    const journalRef = splitRef(request.journal, local);
+    const remoteJournalRef = splitRef(request.remoteJournal, svolRef.array);
+    if (pvolRef.array !== local || journalRef.array !== local) {
+      throw new TwinstoreError('BAD_REQUEST', `run pair create on the P-VOL's array or name it ${local}:NAME`, { field: 'pvol' });
+    }
+    if (svolRef.array === local || remoteJournalRef.array !== svolRef.array) {
+      throw new TwinstoreError('BAD_REQUEST', 'the S-VOL and the remote journal must be on the peer array (PEER:NAME)', { field: 'svol' });
+    }
+    const peer = this.options.peerChannel(svolRef.array);
+    if (!peer) throw new TwinstoreError('PEER_UNKNOWN', `no peer ${svolRef.array}; add it with peer add`);
+    const pvol = this.engine.volume(pvolRef.name);
+    if (!pvol) throw new TwinstoreError('VOLUME_NOT_FOUND', `no volume ${pvolRef.name}`, { field: 'pvol' });
+    if (pvol.meta.role !== 'simplex') throw new TwinstoreError('PAIR_INVALID', `${pvolRef.name} is ${pvol.meta.role}, not simplex`, { field: 'pvol' });
+    const existing = this.masters.get(request.group);
+    const journalVolume = this.engine.volume(journalRef.name);
+    if (!journalVolume) throw new TwinstoreError('VOLUME_NOT_FOUND', `no journal ${journalRef.name}`, { field: 'journal' });
+    if (existing ? existing.meta.journalVolumeId !== journalVolume.meta.id : journalVolume.meta.role !== 'journal-free') {
+      throw new TwinstoreError('PAIR_INVALID', `journal ${journalRef.name} is ${journalVolume.meta.role}; a new group needs a journal-free journal`, { field: 'journal' });
+    }
+    if (this.restores.has(request.group)) throw new TwinstoreError('PAIR_INVALID', `group ${request.group} receives on this array`, { field: 'group' });
+    await peer.request('pair.prepare', { group: request.group, svol: svolRef.name, journal: remoteJournalRef.name, sizeBytes: pvol.sizeBytes, master: local });
+
+    const epoch: Epoch = existing?.meta.epoch ?? { counter: 1, arrayId: local, nonce: crypto.randomBytes(8).toString('hex') };
+    const pair: PairMeta = {
+      pvolLun: pvol.meta.lun,
+      pvolName: pvol.name,
+      svolName: svolRef.name,
+      localVolumeId: pvol.meta.id,
+      sizeBytes: pvol.sizeBytes,
+      status: 'COPY',
+      statusReason: null,
+      copyOffset: 0,
+      copyLastSeq: null,
+    };
+    let group = existing;
+    if (!group) {
+      const journal = await Journal.format(new VolumeJournalDevice(journalVolume, this.engine), { groupId: request.group, role: 'master', epoch, firstSeq: 0 });
+      await this.engine.setRole(journalVolume.name, 'journal-master');
+      const meta: GroupMeta = {
+        name: request.group,
+        role: 'master',
+        peer: svolRef.array,
+        journalVolumeId: journalVolume.meta.id,
+        remoteJournal: remoteJournalRef.name,
+        overflow: request.overflow ?? this.options.defaults.overflow,
+        throttleMsMax: this.options.defaults.throttleMsMax,
+        copyPaceBytesPerSecond: request.copyPaceBytesPerSecond ?? 0,
+        epoch,
+        epochs: [{ epoch, firstSeq: 0 }],
+        pairs: [],
+        createdAt: new Date().toISOString(),
+      };
+      group = this.newMaster(meta, journal);
+    }
+    await peer.request('pair.join', { group: request.group, master: local, epoch, journal: remoteJournalRef.name, remoteJournal: journalRef.name, pair: { ...pair, localVolumeId: -1 } });
+    group.meta.pairs.push(pair);
+    group.addPair(pair, this.options.defaults.regionBytes);
+    await this.persist(group.meta);
+    await this.engine.setRole(pvol.name, 'pvol');
+    group.startCopy(pair.pvolLun);
+    this.log.info({ group: request.group, pvol: pvol.name, svol: request.svol }, 'pair created');
+    return this.display(request.group);
+  }
+
+  /** On the restore side: can this S-VOL and journal join group `group`? */
+  prepare(body: { group: string; svol: string; journal: string; sizeBytes: number; master: string }): void {
+    const svol = this.engine.volume(body.svol);
+    if (!svol) throw new TwinstoreError('VOLUME_NOT_FOUND', `no S-VOL ${body.svol} on ${this.engine.arrayId}`, { field: 'svol' });
+    if (svol.meta.role !== 'simplex') throw new TwinstoreError('PAIR_INVALID', `S-VOL ${body.svol} is ${svol.meta.role}, not SMPL`, { field: 'svol' });
+    if (svol.sizeBytes !== body.sizeBytes) {
+      throw new TwinstoreError('PAIR_INVALID', `S-VOL ${body.svol} holds ${svol.sizeBytes} bytes, the P-VOL ${body.sizeBytes}`, { field: 'svol' });
+    }
+    if (this.openSessions(svol.name) > 0) throw new TwinstoreError('VOLUME_BUSY', `S-VOL ${body.svol} is open by a host; close it first`, { field: 'svol' });
+    const journal = this.engine.volume(body.journal);
+    if (!journal) throw new TwinstoreError('VOLUME_NOT_FOUND', `no journal ${body.journal} on ${this.engine.arrayId}`, { field: 'remoteJournal' });
+    const existing = this.restores.get(body.group);
+    if (existing ? existing.meta.journalVolumeId !== journal.meta.id : journal.meta.role !== 'journal-free') {
+      throw new TwinstoreError('PAIR_INVALID', `journal ${body.journal} is ${journal.meta.role}`, { field: 'remoteJournal' });
+    }
+    if (this.masters.has(body.group)) throw new TwinstoreError('PAIR_INVALID', `group ${body.group} sends from this array`, { field: 'group' });
+  }
+
+  /** Session counts come from the NBD layer; set by the array. */
+  openSessions: (volumeName: string) => number = () => 0;
+
+  async join(body: { group: string; master: string; epoch: Epoch; journal: string; remoteJournal: string; pair: PairMeta }): Promise<void> {
+    this.prepare({ group: body.group, svol: body.pair.svolName, journal: body.journal, sizeBytes: body.pair.sizeBytes, master: body.master });
+    const svol = this.engine.volume(body.pair.svolName)!;
+    let group = this.restores.get(body.group);
+    if (!group) {
+      const journalVolume = this.engine.volume(body.journal)!;
+      const journal = await Journal.format(new VolumeJournalDevice(journalVolume, this.engine), { groupId: body.group, role: 'restore', epoch: body.epoch, firstSeq: 0 });
+      await this.engine.setRole(journalVolume.name, 'journal-restore');
+      const meta: GroupMeta = {
+        name: body.group,
+        role: 'restore',
+        peer: body.master,
+        journalVolumeId: journalVolume.meta.id,
+        remoteJournal: body.remoteJournal,
+        overflow: this.options.defaults.overflow,
+        throttleMsMax: this.options.defaults.throttleMsMax,
+        copyPaceBytesPerSecond: 0,
+        epoch: body.epoch,
+        epochs: [{ epoch: body.epoch, firstSeq: 0 }],
+        pairs: [],
+        createdAt: new Date().toISOString(),
+      };
+      group = this.newRestore(meta, journal);
+      group.start();
+    }
+    group.meta.pairs.push({ ...body.pair, localVolumeId: svol.meta.id });
+    await this.persist(group.meta);
+    await this.engine.setRole(svol.name, 'svol');
+  }
+
+  /** The master side of `journal.read`. */
+  async readJournal(body: { group: string; fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number }): Promise<{ body: JournalReadReply; payload: Buffer[] }> {
+    const group = this.masters.get(body.group);
+    if (!group) throw new TwinstoreError('PAIR_INVALID', `no group ${body.group} sends from ${this.engine.arrayId}`);
+    const records: JournalRecord[] = await group.readJournal(body);
+    const payload: Buffer[] = [];
+    const wire: WireRecord[] = records.map((r) => {
+      if (r.data) payload.push(r.data);
+      return { kind: r.kind, seq: r.seq, epoch: r.epoch, timestampMs: r.timestampMs, lun: r.lun, offset: r.offset, length: r.length, dataBytes: r.data?.length ?? 0 };
+    });
+    const pairs = group.meta.pairs.map((p) => ({ pvolLun: p.pvolLun, status: p.status, statusReason: p.statusReason }));
+    return { body: { records: wire, masterNextSeq: group.journal.nextSeq, pairs }, payload };
+  }
+
+  display(groupName?: string): PairDisplay[] {
+    const out: PairDisplay[] = [];
+    for (const group of this.masters.values()) {
+      if (groupName === undefined || group.meta.name === groupName) out.push(...group.display(this.options.peerChannel(group.meta.peer)?.connected ?? false));
+    }
+    for (const group of this.restores.values()) {
+      if (groupName === undefined || group.meta.name === groupName) out.push(...group.display());
+    }
+    if (groupName !== undefined && out.length === 0) throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${groupName} on ${this.engine.arrayId}`);
+    return out;
+  }
+
+  restoreGroup(name: string): RestoreGroup | undefined {
+    return this.restores.get(name);
+  }
+
+  async stop(): Promise<void> {
+    for (const group of this.restores.values()) await group.stop();
+    for (const group of this.masters.values()) await group.stop();
+  }
+}

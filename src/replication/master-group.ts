@@ -1,0 +1,469 @@
+// The sending side of a journal group (DESIGN.md §3, §5, §6): the P-VOL write
+// path, the initial copy, and serving the receiver's journal reads.
+//
+// Write path, per host write: take the range lock (overlapping writes then
+// take sequence numbers in the order they reach the P-VOL); reserve sequence
+// and journal place in one synchronous step; mark the region in the activity
+// log (durable before any write); write the record; only then write the P-VOL.
+// FUA and FLUSH wait until every record up to the last completed one is
+// durable. Only durable records are ever sent, and the journal is freed only
+// up to what the receiver says it has applied.
+
+import { EventEmitter } from 'node:events';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
+import type { Journal, JournalRecord, RecordKind } from '../journal/index.js';
+import { RangeLock } from '../storage/range-lock.js';
+import type { StorageEngine, Volume } from '../storage/index.js';
+import type { Logger } from '../util/log.js';
+import { isPlanted } from '../util/planted.js';
+import { DurableRegionSet } from './region-set.js';
+import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
+
+const copyChunkBytes = 2 ** 20;
+const readBatchBytesMax = 16 * 2 ** 20;
+const longPollMs = 250;
+const activityRegionBytes = 4 * 2 ** 20;
+const activityRegionsMax = 1024;
+/** Base records leave this share of the journal to host writes. */
+const copyReserveFraction = 0.25;
+
+interface Pvol {
+  pair: PairMeta;
+  volume: Volume;
+  locks: RangeLock;
+  activity: DurableRegionSet;
+  bitmap: DurableRegionSet;
+  /** Host writes in flight per activity region. */
+  activeWrites: Map<number, number>;
+}
+
+interface Unapplied {
+  seq: number;
+  timestampMs: number;
+  bytes: number;
+  lun: number;
+  offset: number;
+  length: number;
+}
+
+export interface MasterGroupOptions {
+  meta: GroupMeta;
+  journal: Journal;
+  engine: StorageEngine;
+  persist: (meta: GroupMeta) => Promise<void>;
+  regionBytes: number;
+  log: Logger;
+  now?: () => number;
+}
+
+export class MasterGroup extends EventEmitter {
+  readonly meta: GroupMeta;
+  readonly journal: Journal;
+  private readonly engine: StorageEngine;
+  private readonly persistMeta: (meta: GroupMeta) => Promise<void>;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly pvols = new Map<number, Pvol>();
+  /** Records not yet applied by the receiver, oldest first (for lag and folding into bitmaps). */
+  private unapplied: Unapplied[] = [];
+  /** Highest seq whose journal write completed. */
+  private writtenSeq = -1;
+  private syncing: Promise<void> | undefined;
+  private readonly durableWaiters = new Set<() => void>();
+  private receiverApplied = 0;
+  private receiverStored = 0;
+  private lastHeardMs = 0;
+  private copying = new Set<number>();
+  private stopped = false;
+
+  constructor(options: MasterGroupOptions) {
+    super();
+    this.meta = options.meta;
+    this.journal = options.journal;
+    this.engine = options.engine;
+    this.persistMeta = options.persist;
+    this.log = options.log.child({ group: options.meta.name });
+    this.now = options.now ?? Date.now;
+    this.receiverApplied = this.journal.tailSeq;
+    for (const pair of this.meta.pairs) this.attachPair(pair, options.regionBytes);
+  }
+
+  private attachPair(pair: PairMeta, regionBytes: number): void {
+    const volume = this.engine.volumeById(pair.localVolumeId);
+    if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `P-VOL ${pair.pvolName} of group ${this.meta.name} is missing`);
+    this.pvols.set(pair.pvolLun, {
+      pair,
+      volume,
+      locks: new RangeLock(),
+      activity: new DurableRegionSet(this.engine, `al:${volume.meta.id}`, activityRegionBytes),
+      bitmap: new DurableRegionSet(this.engine, bitmapSetName(this.meta.name, pair.pvolLun), regionBytes),
+      activeWrites: new Map(),
+    });
+  }
+
+  addPair(pair: PairMeta, regionBytes: number): void {
+    this.attachPair(pair, regionBytes);
+  }
+
+  hasPvol(volumeId: number): boolean {
+    return [...this.pvols.values()].some((p) => p.volume.meta.id === volumeId);
+  }
+
+  pvolByVolume(volumeId: number): Pvol | undefined {
+    return [...this.pvols.values()].find((p) => p.volume.meta.id === volumeId);
+  }
+
+  // ---- host write path ----------------------------------------------------
+
+  write(lun: number, offset: number, data: Buffer): Promise<void> {
+    return this.hostWrite(lun, 'write', offset, data.length, data, (v) => v.write(offset, data));
+  }
+
+  writeZeroes(lun: number, offset: number, length: number, keepAllocated: boolean): Promise<void> {
+    return this.hostWrite(lun, 'zero', offset, length, undefined, (v) => v.writeZeroes(offset, length, keepAllocated));
+  }
+
+  trim(lun: number, offset: number, length: number): Promise<void> {
+    return this.hostWrite(lun, 'trim', offset, length, undefined, (v) => v.writeZeroes(offset, length, false));
+  }
+
+  private async hostWrite(lun: number, kind: RecordKind, offset: number, length: number, data: Buffer | undefined, apply: (v: Volume) => Promise<void>): Promise<void> {
+    const pvol = this.pvolOf(lun);
+    const unlock = await pvol.locks.acquire(offset, length);
+    const regions = pvol.activity.regionsOf(offset, length);
+    for (const r of regions) pvol.activeWrites.set(r, (pvol.activeWrites.get(r) ?? 0) + 1);
+    try {
+      if (!this.journaling(pvol)) {
+        await pvol.bitmap.mark(offset, length);
+        await apply(pvol.volume);
+        return;
+      }
+      const reservation = await this.reserveForHost(pvol, kind, offset, length);
+      if (reservation === undefined) {
+        await pvol.bitmap.mark(offset, length);
+        await apply(pvol.volume);
+        return;
+      }
+      const meta = { kind, epoch: this.meta.epoch, timestampMs: reservation.timestampMs, lun, offset, length };
+      await this.markActivity(pvol, offset, length);
+      if (isPlanted('pvol-before-journal')) await apply(pvol.volume);
+      await this.journal.write(reservation.reservation, meta, data);
+      this.recordWritten(reservation.reservation.seq);
+      if (!isPlanted('pvol-before-journal')) await apply(pvol.volume);
+    } finally {
+      for (const r of regions) {
+        const left = (pvol.activeWrites.get(r) ?? 1) - 1;
+        if (left === 0) pvol.activeWrites.delete(r);
+        else pvol.activeWrites.set(r, left);
+      }
+      unlock();
+    }
+  }
+
+  private journaling(pvol: Pvol): boolean {
+    return pvol.pair.status === 'COPY' || pvol.pair.status === 'PAIR';
+  }
+
+  /** Reserves a record for a host write; on a full journal applies the overflow policy (undefined: suspended). */
+  private async reserveForHost(pvol: Pvol, kind: RecordKind, offset: number, length: number) {
+    const dataBytes = kind === 'write' ? length : 0;
+    const deadline = this.now() + (this.meta.overflow === 'throttle' ? this.meta.throttleMsMax : 0);
+    for (;;) {
+      if (!this.journaling(pvol)) return undefined;
+      const timestampMs = this.now();
+      try {
+        const reservation = this.journal.reserve({ kind, epoch: this.meta.epoch, timestampMs, lun: pvol.pair.pvolLun, offset, length }, dataBytes);
+        this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes, lun: pvol.pair.pvolLun, offset, length });
+        return { reservation, timestampMs };
+      } catch (error) {
+        if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
+        if (this.now() >= deadline) {
+          await this.suspend('journal-full');
+          return undefined;
+        }
+        await this.waitForSpace(Math.min(50, deadline - this.now()));
+      }
+    }
+  }
+
+  private async markActivity(pvol: Pvol, offset: number, length: number): Promise<void> {
+    if (pvol.activity.regionsOf(offset, length).every((r) => pvol.activity.has(r))) return;
+    if (pvol.activity.size >= activityRegionsMax) await this.retireActivity(pvol);
+    await pvol.activity.mark(offset, length);
+  }
+
+  /** Makes all completed writes durable, then drops activity regions with no write in flight. */
+  private async retireActivity(pvol: Pvol): Promise<void> {
+    const candidates = pvol.activity.values().filter((r) => !pvol.activeWrites.has(r));
+    await this.engine.flush();
+    await pvol.activity.remove(candidates.filter((r) => !pvol.activeWrites.has(r)));
+  }
+
+  private recordWritten(seq: number): void {
+    if (seq > this.writtenSeq) this.writtenSeq = seq;
+    if (this.durableWaiters.size > 0) this.scheduleSync();
+  }
+
+  /** FLUSH/FUA: every record written so far, and every earlier one, durable; P-VOLs synced too. */
+  async flush(): Promise<void> {
+    const target = this.writtenSeq;
+    await this.engine.flush();
+    while (this.journal.durableSeq <= target && !this.stopped) {
+      await this.syncJournal();
+      if (this.journal.durableSeq <= target) await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  private scheduleSync(): void {
+    if (this.syncing) return;
+    void this.syncJournal().catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'journal sync failed'));
+  }
+
+  private syncJournal(): Promise<void> {
+    if (this.syncing) return this.syncing;
+    const round = this.journal.sync().finally(() => {
+      this.syncing = undefined;
+      for (const wake of [...this.durableWaiters]) wake();
+      if (this.durableWaiters.size > 0 && this.journal.durableSeq <= this.writtenSeq) this.scheduleSync();
+    });
+    this.syncing = round;
+    return round;
+  }
+
+  private waitForSpace(ms: number): Promise<void> {
+    return new Promise((resolve) => setTimeout(resolve, Math.max(1, ms)));
+  }
+
+  // ---- suspension -----------------------------------------------------------
+
+  /** PSUE for the whole group: every unapplied record goes into the bitmaps; host writes go on, tracked. */
+  async suspend(reason: string): Promise<void> {
+    if (this.meta.pairs.every((p) => p.status === 'PSUE' || p.status === 'PSUS')) return;
+    this.log.warn({ reason }, 'suspending journal group');
+    for (const pair of this.meta.pairs) {
+      pair.status = 'PSUE';
+      pair.statusReason = reason;
+    }
+    const folded = new Map<number, number[]>();
+    for (const record of this.unapplied) {
+      const pvol = this.pvols.get(record.lun);
+      if (!pvol) continue;
+      const list = folded.get(record.lun) ?? [];
+      list.push(...pvol.bitmap.regionsOf(record.offset, record.length));
+      folded.set(record.lun, list);
+    }
+    for (const [lun, regions] of folded) await this.pvols.get(lun)!.bitmap.addAll(regions);
+    await this.persistMeta(this.meta);
+    this.emit('changed');
+  }
+
+  // ---- initial copy --------------------------------------------------------
+
+  /** Queues base records for the whole P-VOL (or what is left of it after a restart). */
+  startCopy(lun: number): void {
+    if (this.copying.has(lun)) return;
+    const pvol = this.pvolOf(lun);
+    if (pvol.pair.status !== 'COPY' || pvol.pair.copyLastSeq !== null) return;
+    this.copying.add(lun);
+    void this.copyVolume(pvol)
+      .catch((error: unknown) => {
+        this.log.error({ err: (error as Error).message, lun }, 'initial copy failed');
+        return this.suspend(`copy-error: ${(error as Error).message}`);
+      })
+      .finally(() => this.copying.delete(lun));
+  }
+
+  private async copyVolume(pvol: Pvol): Promise<void> {
+    const size = pvol.volume.sizeBytes;
+    let lastSeq = -1;
+    let paced = this.now();
+    while (pvol.pair.copyOffset < size && !this.stopped && pvol.pair.status === 'COPY') {
+      const offset = pvol.pair.copyOffset;
+      const length = Math.min(copyChunkBytes, size - offset);
+      lastSeq = await this.copyChunk(pvol, offset, length);
+      pvol.pair.copyOffset = offset + length;
+      if (pvol.pair.copyOffset % (64 * copyChunkBytes) === 0) await this.persistMeta(this.meta);
+      if (this.meta.copyPaceBytesPerSecond > 0) {
+        paced += (length / this.meta.copyPaceBytesPerSecond) * 1000;
+        const wait = paced - this.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+    if (pvol.pair.copyOffset >= size && pvol.pair.status === 'COPY') {
+      pvol.pair.copyLastSeq = lastSeq;
+      await this.persistMeta(this.meta);
+      this.scheduleSync();
+      this.checkCopyDone();
+    }
+  }
+
+  /** One chunk under the range lock: a base record with its data, or a trim record for a hole. */
+  private async copyChunk(pvol: Pvol, offset: number, length: number): Promise<number> {
+    const unlock = await pvol.locks.acquire(offset, length);
+    try {
+      const hole = pvol.volume.blockStatus(offset, length, 2).every((e) => e.hole);
+      const kind: RecordKind = hole ? 'trim' : 'base';
+      const data = hole ? undefined : Buffer.alloc(length);
+      if (data) await pvol.volume.read(offset, data);
+      for (;;) {
+        if (this.journal.usedBytes + length <= this.journal.capacityBytes * (1 - copyReserveFraction)) {
+          try {
+            const timestampMs = this.now();
+            const meta = { kind, epoch: this.meta.epoch, timestampMs, lun: pvol.pair.pvolLun, offset, length };
+            const reservation = this.journal.reserve(meta, data ? length : 0);
+            this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes, lun: pvol.pair.pvolLun, offset, length });
+            await this.journal.write(reservation, meta, data);
+            this.recordWritten(reservation.seq);
+            return reservation.seq;
+          } catch (error) {
+            if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
+          }
+        }
+        if (this.stopped || pvol.pair.status !== 'COPY') return -1;
+        await this.waitForSpace(20);
+      }
+    } finally {
+      unlock();
+    }
+  }
+
+  private checkCopyDone(): void {
+    let changed = false;
+    for (const pair of this.meta.pairs) {
+      if (pair.status === 'COPY' && pair.copyLastSeq !== null && this.receiverApplied > pair.copyLastSeq) {
+        pair.status = 'PAIR';
+        pair.statusReason = null;
+        changed = true;
+        this.log.info({ pvol: pair.pvolName }, 'initial copy done: PAIR');
+      }
+    }
+    if (changed) {
+      void this.persistMeta(this.meta).then(() => this.emit('changed'));
+    }
+  }
+
+  // ---- serving the receiver ------------------------------------------------
+
+  /** The receiver's pull (DESIGN.md §5): durable records from `fromSeq`, and its cursors. */
+  async readJournal(request: { fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number }): Promise<JournalRecord[]> {
+    this.lastHeardMs = this.now();
+    this.noteReceiver(request.storedSeq, request.appliedSeq);
+    if (request.fromSeq < this.journal.tailSeq) {
+      throw new TwinstoreError('JOURNAL_RECORD_GONE', `group ${this.meta.name}: records before ${this.journal.tailSeq} are gone; receiver asked from ${request.fromSeq}`);
+    }
+    if (this.journal.durableSeq <= request.fromSeq) {
+      if (this.writtenSeq >= request.fromSeq) this.scheduleSync();
+      await this.waitDurable(request.fromSeq, longPollMs);
+    }
+    if (this.journal.durableSeq <= request.fromSeq) return [];
+    return this.journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax));
+  }
+
+  private waitDurable(seq: number, timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        if (this.journal.durableSeq > seq || this.stopped) finish();
+      };
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.durableWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(finish, timeoutMs);
+      this.durableWaiters.add(done);
+      if (this.writtenSeq >= seq) this.scheduleSync();
+    });
+  }
+
+  private noteReceiver(storedSeq: number, appliedSeq: number): void {
+    this.receiverStored = Math.max(this.receiverStored, storedSeq);
+    if (appliedSeq > this.receiverApplied) {
+      this.receiverApplied = appliedSeq;
+      this.journal.release(isPlanted('free-at-stored') ? Math.max(appliedSeq, storedSeq) : appliedSeq);
+      while (this.unapplied.length > 0 && this.unapplied[0]!.seq < appliedSeq) this.unapplied.shift();
+      void this.journal.persistHeader().catch((error: unknown) => this.log.warn({ err: (error as Error).message }, 'journal header write failed'));
+      this.checkCopyDone();
+    }
+  }
+
+  // ---- display --------------------------------------------------------------
+
+  display(peerConnected: boolean): PairDisplay[] {
+    const lagRecords = Math.max(0, this.journal.nextSeq - this.receiverApplied);
+    const lagBytes = this.unapplied.reduce((sum, r) => sum + r.bytes, 0);
+    const oldest = this.unapplied[0];
+    const lagSeconds = oldest ? Math.max(0, (this.now() - oldest.timestampMs) / 1000) : 0;
+    const consistencySeq = this.receiverApplied - 1;
+    return this.meta.pairs.map((pair) => ({
+      group: this.meta.name,
+      direction: `${this.engine.arrayId}->${this.meta.peer}`,
+      epoch: formatEpoch(this.meta.epoch),
+      pvol: `${this.engine.arrayId}:${pair.pvolName}`,
+      svol: `${this.meta.peer}:${pair.svolName}`,
+      status: pair.status,
+      statusReason: pair.statusReason ?? (peerConnected ? null : 'link-down'),
+      copyPercent: pair.status === 'COPY' ? Math.floor((100 * pair.copyOffset) / Math.max(1, pair.sizeBytes)) : 100,
+      journalUsedPercent: Math.round((1000 * this.journal.usedBytes) / Math.max(1, this.journal.capacityBytes)) / 10,
+      lagRecords,
+      lagBytes,
+      lagSeconds: Math.round(lagSeconds * 1000) / 1000,
+      consistencySeq,
+      consistencyTime: null,
+      restoring: false,
+    }));
+  }
+
+  get receiverCursors(): { storedSeq: number; appliedSeq: number; lastHeardMs: number } {
+    return { storedSeq: this.receiverStored, appliedSeq: this.receiverApplied, lastHeardMs: this.lastHeardMs };
+  }
+
+  private pvolOf(lun: number): Pvol {
+    const pvol = this.pvols.get(lun);
+    if (!pvol) throw new TwinstoreError('VOLUME_NOT_FOUND', `group ${this.meta.name} has no P-VOL with LUN ${lun}`);
+    return pvol;
+  }
+
+  /** Clean stop: make everything durable, clear the activity logs (no unclean-stop resend needed). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const wake of [...this.durableWaiters]) wake();
+    await this.engine.flush();
+    await this.journal.sync();
+    await this.journal.persistHeader();
+    for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
+  }
+
+  /** After an unclean stop: the regions the activity log names, to re-send as base records. */
+  uncleanRegions(): Array<{ lun: number; offset: number; length: number }> {
+    const out: Array<{ lun: number; offset: number; length: number }> = [];
+    for (const pvol of this.pvols.values()) {
+      for (const r of pvol.activity.values()) {
+        const offset = r * activityRegionBytes;
+        if (offset < pvol.volume.sizeBytes) out.push({ lun: pvol.pair.pvolLun, offset, length: Math.min(activityRegionBytes, pvol.volume.sizeBytes - offset) });
+      }
+    }
+    return out;
+  }
+
+  /** Re-sends regions as base records (after an unclean stop), in the group's sequence space. */
+  async resend(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
+    for (const region of regions) {
+      const pvol = this.pvolOf(region.lun);
+      if (!this.journaling(pvol)) continue;
+      for (let at = region.offset; at < region.offset + region.length; at += copyChunkBytes) {
+        await this.copyChunkForResend(pvol, at, Math.min(copyChunkBytes, region.offset + region.length - at));
+      }
+    }
+    this.scheduleSync();
+  }
+
+  private async copyChunkForResend(pvol: Pvol, offset: number, length: number): Promise<void> {
+    const status = pvol.pair.status;
+    pvol.pair.status = 'COPY';
+    try {
+      await this.copyChunk(pvol, offset, length);
+    } finally {
+      pvol.pair.status = status;
+    }
+  }
+}

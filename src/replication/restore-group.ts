@@ -1,0 +1,233 @@
+// The receiving side of a journal group (DESIGN.md §5): pull durable records
+// from the master over the link (each request carries our storedSeq and
+// appliedSeq), append them to the restore journal and make them durable, then
+// apply them to the S-VOLs strictly in sequence order, make the S-VOLs durable,
+// and only then advance (and persist) `applied`. Re-applying after a crash is
+// harmless: records are idempotent writes applied in order (redo).
+
+import { EventEmitter } from 'node:events';
+import { TwinstoreError } from '../errors.js';
+import type { Journal, JournalRecord, RecordMeta } from '../journal/index.js';
+import type { StorageEngine, Volume } from '../storage/index.js';
+import type { Logger } from '../util/log.js';
+import { isPlanted } from '../util/planted.js';
+import { formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
+
+const pullBytesMax = 8 * 2 ** 20;
+const applyBatchBytesMax = 8 * 2 ** 20;
+const retryMs = 200;
+
+export interface PeerChannel {
+  readonly connected: boolean;
+  request(method: string, body: unknown, payload?: Buffer[]): Promise<{ body: unknown; payload: Buffer[] }>;
+}
+
+export interface WireRecord extends RecordMeta {
+  dataBytes: number;
+}
+
+export interface JournalReadReply {
+  records: WireRecord[];
+  /** The master's newest sequence, for display on this side. */
+  masterNextSeq: number;
+  /** Pair states as the master sees them (COPY → PAIR is decided there). */
+  pairs: Array<{ pvolLun: number; status: PairMeta['status']; statusReason: string | null }>;
+}
+
+export interface RestoreGroupOptions {
+  meta: GroupMeta;
+  journal: Journal;
+  engine: StorageEngine;
+  peer: PeerChannel;
+  persist: (meta: GroupMeta) => Promise<void>;
+  log: Logger;
+}
+
+export class RestoreGroup extends EventEmitter {
+  readonly meta: GroupMeta;
+  readonly journal: Journal;
+  private readonly engine: StorageEngine;
+  private readonly peer: PeerChannel;
+  private readonly log: Logger;
+  private readonly persistMeta: (meta: GroupMeta) => Promise<void>;
+  private running = false;
+  private applyWake: (() => void) | undefined;
+  private pulling: Promise<void> | undefined;
+  private applying: Promise<void> | undefined;
+  private lastApplied: { seq: number; timestampMs: number } | undefined;
+  private masterNextSeq = 0;
+  private pausedApply = false;
+
+  constructor(options: RestoreGroupOptions) {
+    super();
+    this.meta = options.meta;
+    this.journal = options.journal;
+    this.engine = options.engine;
+    this.peer = options.peer;
+    this.persistMeta = options.persist;
+    this.log = options.log.child({ group: options.meta.name });
+  }
+
+  /** Follows the master's view of each pair's status. */
+  private async adoptStatuses(pairs: JournalReadReply['pairs']): Promise<void> {
+    let changed = false;
+    for (const theirs of pairs) {
+      const ours = this.meta.pairs.find((p) => p.pvolLun === theirs.pvolLun);
+      if (!ours || (ours.status === theirs.status && ours.statusReason === theirs.statusReason)) continue;
+      ours.status = theirs.status;
+      ours.statusReason = theirs.statusReason;
+      changed = true;
+    }
+    if (changed) await this.persistMeta(this.meta);
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.pulling = this.pullLoop();
+    this.applying = this.applyLoop();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.applyWake?.();
+    await Promise.allSettled([this.pulling, this.applying]);
+    await this.journal.persistHeader().catch(() => undefined);
+  }
+
+  /** Test and operator hook: hold restore (records keep arriving and are stored). */
+  setApplyPaused(paused: boolean): void {
+    this.pausedApply = paused;
+    if (!paused) this.applyWake?.();
+  }
+
+  private async pullLoop(): Promise<void> {
+    while (this.running) {
+      if (!this.peer.connected) {
+        await sleep(retryMs);
+        continue;
+      }
+      try {
+        await this.pullOnce();
+      } catch (error) {
+        if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
+        await sleep(retryMs);
+      }
+    }
+  }
+
+  private async pullOnce(): Promise<void> {
+    const response = await this.peer.request('journal.read', {
+      group: this.meta.name,
+      fromSeq: this.journal.nextSeq,
+      maxBytes: pullBytesMax,
+      storedSeq: this.journal.durableSeq,
+      appliedSeq: this.journal.appliedSeq,
+    });
+    const reply = response.body as JournalReadReply;
+    this.masterNextSeq = Math.max(this.masterNextSeq, reply.masterNextSeq);
+    await this.adoptStatuses(reply.pairs);
+    let payloadIndex = 0;
+    const writes: Promise<void>[] = [];
+    for (const record of reply.records) {
+      const data = record.dataBytes > 0 ? response.payload[payloadIndex++] : undefined;
+      if (record.dataBytes > 0 && (!data || data.length !== record.dataBytes)) {
+        throw new TwinstoreError('LINK_PROTOCOL', `record ${record.seq} arrived without its ${record.dataBytes} data bytes`);
+      }
+      if (record.seq !== this.journal.nextSeq) {
+        throw new TwinstoreError('LINK_PROTOCOL', `record ${record.seq} arrived where ${this.journal.nextSeq} was expected`);
+      }
+      const meta = { kind: record.kind, epoch: record.epoch, timestampMs: record.timestampMs, lun: record.lun, offset: record.offset, length: record.length };
+      const reservation = this.journal.reserve({ ...meta, seq: record.seq }, record.dataBytes);
+      writes.push(this.journal.write(reservation, meta, data));
+    }
+    if (writes.length === 0) return;
+    await Promise.all(writes);
+    await this.journal.sync();
+    this.applyWake?.();
+  }
+
+  private async applyLoop(): Promise<void> {
+    while (this.running) {
+      if (this.pausedApply || this.journal.appliedSeq >= this.journal.durableSeq) {
+        await new Promise<void>((resolve) => {
+          this.applyWake = resolve;
+          setTimeout(resolve, retryMs);
+        });
+        this.applyWake = undefined;
+        continue;
+      }
+      try {
+        await this.applyBatch();
+      } catch (error) {
+        this.log.error({ err: (error as Error).message }, 'restore failed; retrying');
+        await sleep(retryMs);
+      }
+    }
+  }
+
+  private async applyBatch(): Promise<void> {
+    const records = await this.journal.readFrom(this.journal.appliedSeq, applyBatchBytesMax);
+    if (records.length === 0) return;
+    const ordered = isPlanted('restore-out-of-order') && records.length >= 2 ? swapFirstTwo(records) : records;
+    for (const record of ordered) await this.apply(record);
+    await this.engine.flush();
+    const last = records[records.length - 1]!;
+    this.journal.markApplied(last.seq + 1);
+    this.journal.release(last.seq + 1);
+    await this.journal.persistHeader();
+    this.lastApplied = { seq: last.seq, timestampMs: last.timestampMs };
+    this.emit('applied', last.seq);
+  }
+
+  private async apply(record: JournalRecord): Promise<void> {
+    if (record.kind === 'marker') return;
+    const volume = this.svolOf(record.lun);
+    switch (record.kind) {
+      case 'write':
+      case 'base':
+        await volume.write(record.offset, record.data!);
+        return;
+      case 'zero':
+      case 'trim':
+        await volume.writeZeroes(record.offset, record.length, false);
+        return;
+    }
+  }
+
+  private svolOf(lun: number): Volume {
+    const pair = this.meta.pairs.find((p) => p.pvolLun === lun);
+    const volume = pair ? this.engine.volumeById(pair.localVolumeId) : undefined;
+    if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `group ${this.meta.name} has no S-VOL for LUN ${lun}`);
+    return volume;
+  }
+
+  display(): PairDisplay[] {
+    const applied = this.journal.appliedSeq;
+    return this.meta.pairs.map((pair) => ({
+      group: this.meta.name,
+      direction: `${this.meta.peer}->${this.engine.arrayId}`,
+      epoch: formatEpoch(this.meta.epoch),
+      pvol: `${this.meta.peer}:${pair.pvolName}`,
+      svol: `${this.engine.arrayId}:${pair.svolName}`,
+      status: pair.status,
+      statusReason: pair.statusReason ?? (this.peer.connected ? null : 'link-down'),
+      copyPercent: pair.status === 'COPY' ? -1 : 100,
+      journalUsedPercent: Math.round((1000 * this.journal.usedBytes) / Math.max(1, this.journal.capacityBytes)) / 10,
+      lagRecords: Math.max(0, this.masterNextSeq - applied),
+      lagBytes: -1,
+      lagSeconds: -1,
+      consistencySeq: applied - 1,
+      consistencyTime: this.lastApplied ? new Date(this.lastApplied.timestampMs).toISOString() : null,
+      restoring: this.journal.appliedSeq < this.journal.durableSeq,
+    }));
+  }
+}
+
+function swapFirstTwo(records: JournalRecord[]): JournalRecord[] {
+  return [records[1]!, records[0]!, ...records.slice(2)];
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,250 @@
+// Goal: each row of the recovery decision table (src/journal/recovery.ts,
+// docs/journal-format.md) is reached by a real journal on a device, and
+// open() then keeps exactly the records that row says: damage in the middle is
+// reported and the scan goes on; damage at the end, a gap in a batch, leftovers
+// of an older instance, of an earlier session or of a previous lap are never
+// replayed. Method: an in-memory device; the on-disk state of each case is made
+// by the journal itself plus a crash, or planted (garbage over a header, one
+// flipped data byte, a record encoded with the journal's own encoder at the
+// place the scan looks next); then Journal.open and its RecoveryReport.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { crc32c } from '@node-rs/crc32';
+import { Journal, type Epoch, type MemoryJournalDevice, type RecoveryReport, type Reservation } from '../../src/journal/index.js';
+import { RecordTemplate, recordBytesFor } from '../../src/journal/layout.js';
+import { append, epochA, epochB, formatted, memoryDevice, pattern, readAll, recordMeta } from './helpers.js';
+
+const ringStart = 8192;
+const mib = 2 ** 20;
+
+interface Opened {
+  device: MemoryJournalDevice;
+  journal: Journal;
+  recovery: RecoveryReport;
+}
+
+/** Formats a journal and appends `count` synced write records of `length` bytes (seed = seq). */
+async function withRecords(count: number, length = 6000): Promise<{ device: MemoryJournalDevice; journal: Journal; reservations: Reservation[] }> {
+  const device = memoryDevice();
+  const journal = await formatted(device);
+  const reservations: Reservation[] = [];
+  for (let i = 0; i < count; i += 1) reservations.push(await append(journal, recordMeta('write', length), journal.nextSeq));
+  await journal.sync();
+  return { device, journal, reservations };
+}
+
+/** Power cut (every unflushed write dropped), then open. */
+async function reopen(device: MemoryJournalDevice): Promise<Opened> {
+  const after = device.crash();
+  const { journal, recovery } = await Journal.open(after);
+  return { device: after, journal, recovery };
+}
+
+function garbage(bytes: number, seed = 7): Buffer {
+  return pattern(seed, bytes);
+}
+
+interface Planted {
+  seq: number;
+  session?: number;
+  epoch?: Epoch;
+  instanceId?: string;
+}
+
+/** Encodes a write record with the journal's own encoder and plants it durably at `position`. */
+async function plantRecord(device: MemoryJournalDevice, position: number, planted: Planted): Promise<void> {
+  const length = 6000;
+  const data = pattern(planted.seq, length);
+  const block = Buffer.alloc(recordBytesFor('write', length));
+  const template = new RecordTemplate(planted.instanceId ?? 'instance-1', 'group-1', planted.epoch ?? epochA);
+  template.encode(block, 0, {
+    kind: 'write', wrap: false, seq: planted.seq, timestampMs: 1, offset: 0, length, lun: 3, session: planted.session ?? 1, dataCrc: crc32c(data),
+  });
+  data.copy(block, 4096);
+  await device.plant(position, block);
+}
+
+function end(reservation: Reservation): number {
+  return reservation.position + reservation.recordBytes;
+}
+
+function seqs(records: { seq: number }[]): number[] {
+  return records.map((record) => record.seq);
+}
+
+test('empty: a freshly formatted journal opens with no records', async () => {
+  const device = memoryDevice();
+  await formatted(device);
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'empty');
+  assert.deepEqual(recovery.steps, { empty: 1 });
+  assert.equal(recovery.records, 0);
+  assert.equal(journal.nextSeq, 1);
+  assert.deepEqual(await journal.readFrom(1, mib), []);
+});
+
+test('end: the scan stops at the first block without a valid header; a torn last header is discarded', async () => {
+  const { device, reservations } = await withRecords(4);
+  await device.plant(reservations[3]!.position + 100, garbage(200)); // record 4's header block is torn
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'end');
+  assert.deepEqual(recovery.steps, { record: 3, end: 1 });
+  assert.deepEqual(seqs(await readAll(journal)), [1, 2, 3]);
+  assert.equal(journal.nextSeq, 4);
+});
+
+test('gap (partial batch) and stale_session: records after the first missing seq are discarded and never come back', async () => {
+  const { device, reservations } = await withRecords(5);
+  await device.plant(reservations[2]!.position, garbage(4096)); // seq 3 never landed; 4 and 5 did
+  const first = await reopen(device);
+  assert.equal(first.recovery.case, 'gap');
+  assert.equal(first.recovery.records, 2);
+  assert.deepEqual(seqs(await readAll(first.journal)), [1, 2]);
+  assert.equal(first.journal.nextSeq, 3);
+  // The journal goes on from seq 3 (same size, same place); the old 4 and 5 are of an earlier session.
+  await append(first.journal, recordMeta('write', 6000), 103);
+  await first.journal.sync();
+  const second = await reopen(first.device);
+  assert.equal(second.recovery.case, 'stale_session');
+  assert.deepEqual(seqs(await readAll(second.journal)), [1, 2, 3]);
+  assert.deepEqual((await second.journal.readFrom(3, mib))[0]!.data, pattern(103, 6000));
+});
+
+test('foreign_instance: records of an older instance left in the ring are not replayed', async () => {
+  const { device } = await withRecords(3);
+  await Journal.format(device, { groupId: 'group-1', role: 'master', epoch: epochA, firstSeq: 1, instanceId: 'instance-2' });
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'foreign_instance');
+  assert.equal(recovery.records, 0);
+  assert.equal(journal.instanceId, 'instance-2');
+  assert.equal(journal.nextSeq, 1);
+});
+
+test('foreign_instance: a journal formatted over another group\'s journal ignores its records', async () => {
+  const { device } = await withRecords(3);
+  await Journal.format(device, { groupId: 'group-2', role: 'restore', epoch: epochA, firstSeq: 1, instanceId: 'instance-1' });
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'foreign_instance');
+  assert.deepEqual([journal.groupId, journal.nextSeq], ['group-2', 1]);
+});
+
+test('foreign_instance: after a role change that discards records, the old instance\'s records stay dead', async () => {
+  const { device, journal } = await withRecords(3);
+  await journal.setRole('restore', epochB, { keepRecords: false, firstSeq: 1 });
+  // The new instance starts at the head; plant an old-instance record exactly there.
+  await plantRecord(device, ringStart + 3 * 12288, { seq: 1, instanceId: 'instance-1' });
+  const { recovery, journal: reopened } = await reopen(device);
+  assert.equal(recovery.case, 'foreign_instance');
+  assert.equal(reopened.nextSeq, 1);
+  assert.equal(reopened.role, 'restore');
+});
+
+test('stale_lap: the record after the head is from the previous lap of the ring (lower seq)', async () => {
+  const device = memoryDevice();
+  const journal = await formatted(device);
+  const length = mib - 4096; // 1 MiB records: a lap of the ring is 128 of them plus a wrap
+  for (let i = 0; i < 150; i += 1) {
+    await append(journal, recordMeta('write', length), journal.nextSeq);
+    await journal.sync();
+    journal.release(journal.durableSeq - Math.min(10, journal.durableSeq - journal.tailSeq));
+  }
+  await journal.persistHeader();
+  const { journal: reopened, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'stale_lap');
+  assert.equal(reopened.nextSeq, 151);
+  const records = await readAll(reopened);
+  assert.deepEqual(seqs(records), Array.from({ length: 151 - reopened.tailSeq }, (_, i) => reopened.tailSeq + i));
+  for (const record of records) assert.ok(record.data!.equals(pattern(record.seq, length)), `seq ${record.seq} reads back`);
+});
+
+test('seq_ahead: a record with a higher seq where the next one should begin ends the scan', async () => {
+  const { device, reservations } = await withRecords(3);
+  await plantRecord(device, end(reservations[2]!), { seq: 5 });
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'seq_ahead');
+  assert.equal(journal.nextSeq, 4);
+});
+
+test('header_behind_ring: a newer record at the persisted tail itself means a lost header: JOURNAL_CORRUPT', async () => {
+  const device = memoryDevice();
+  await formatted(device);
+  await plantRecord(device, ringStart, { seq: 9 });
+  await assert.rejects(Journal.open(device), { code: 'JOURNAL_CORRUPT' });
+});
+
+test('stale_epoch: a record older than the journal\'s epoch is not accepted', async () => {
+  const { device, reservations } = await withRecords(2);
+  await plantRecord(device, end(reservations[1]!), { seq: 3, epoch: { counter: 0, arrayId: 'site-a', nonce: '0000000000000000' } });
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'stale_epoch');
+  assert.equal(journal.nextSeq, 3);
+});
+
+test('stale_session: a record written by a later session than the header knows is not accepted', async () => {
+  const { device, reservations } = await withRecords(2);
+  await plantRecord(device, end(reservations[1]!), { seq: 3, session: 9 });
+  const { recovery } = await reopen(device);
+  assert.equal(recovery.case, 'stale_session');
+});
+
+test('wrap: the scan follows a wrap marker to the ring start, and records straddle nothing', async () => {
+  const device = memoryDevice();
+  const journal = await formatted(device);
+  const length = 3 * mib + 5; // a lap is 42 of them plus a wrap
+  const reservations: Reservation[] = [];
+  for (let i = 0; i < 50; i += 1) {
+    reservations.push(await append(journal, recordMeta('write', length), journal.nextSeq));
+    await journal.sync();
+    if (i < 35) journal.release(journal.durableSeq - Math.min(5, journal.durableSeq - journal.tailSeq));
+  }
+  const wrapped = reservations.findIndex((r, i) => i > 0 && r.position < reservations[i - 1]!.position);
+  assert.ok(wrapped > 0, 'the ring wrapped');
+  assert.equal(reservations[wrapped]!.position, ringStart);
+  for (const r of reservations) assert.ok(r.position + r.recordBytes <= Journal.MIN_BYTES, 'no record straddles the ring end');
+  assert.ok(journal.tailSeq < reservations[wrapped]!.seq, 'the wrap is inside the kept records');
+  await journal.persistHeader();
+  const { journal: reopened, recovery } = await reopen(device);
+  assert.equal(recovery.steps.wrap, 1);
+  const records = await readAll(reopened);
+  assert.deepEqual(seqs(records), Array.from({ length: 51 - reopened.tailSeq }, (_, i) => reopened.tailSeq + i));
+  for (const record of records) assert.ok(record.data!.equals(pattern(record.seq, length)));
+});
+
+test('damaged: a bad data checksum in the middle is reported, the scan goes on, and reading it fails naming the seq', async () => {
+  const { device, reservations } = await withRecords(5);
+  await device.plant(reservations[2]!.position + 4096 + 10, Buffer.from([0xff ^ pattern(3, 11)[10]!]));
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'end');
+  assert.deepEqual(recovery.damaged, [{ seq: 3, lun: 3, offset: 4096 * 7, length: 6000 }]);
+  assert.equal(recovery.steps.damaged, 1);
+  assert.equal(journal.nextSeq, 6);
+  assert.deepEqual(seqs(await journal.readFrom(1, 64 * mib)), [1, 2], 'a batch stops before the damaged record');
+  await assert.rejects(journal.readFrom(3, mib), (error: Error & { code?: string; seq?: number; region?: unknown }) => {
+    assert.equal(error.code, 'JOURNAL_RECORD_CORRUPT');
+    assert.match(error.message, /seq 3\b/);
+    assert.equal(error.seq, 3);
+    assert.deepEqual(error.region, { seq: 3, lun: 3, offset: 4096 * 7, length: 6000 });
+    return true;
+  });
+  assert.deepEqual(seqs(await journal.readFrom(4, mib)), [4, 5]);
+});
+
+test('torn_data_end: a bad data checksum in the last record is a torn write: discarded', async () => {
+  const { device, reservations } = await withRecords(5);
+  await device.plant(reservations[4]!.position + 4096 + 3000, garbage(512));
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'torn_data_end');
+  assert.deepEqual(recovery.damaged, []);
+  assert.deepEqual(seqs(await readAll(journal)), [1, 2, 3, 4]);
+  assert.equal(journal.nextSeq, 5);
+});
+
+test('record: every accepted record is counted, and nothing but the chain is read', async () => {
+  const { device } = await withRecords(20);
+  const { recovery } = await reopen(device);
+  assert.deepEqual(recovery.steps, { record: 20, end: 1 });
+  assert.equal(recovery.records, 20);
+  assert.equal(recovery.tailSeq, 1);
+  assert.equal(recovery.nextSeq, 21);
+});
