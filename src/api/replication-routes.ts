@@ -14,6 +14,8 @@ export interface ReplicationControl {
   showJournal(name: string): Record<string, unknown>;
   createPair(body: { group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: 'suspend' | 'throttle' | undefined; copyPaceBytesPerSecond?: number | undefined }): Promise<unknown>;
   displayPairs(group: string | undefined): Promise<unknown[]>;
+  setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }>;
+  deleteGroup(group: string, force: boolean): Promise<{ deleted: string }>;
 }
 
 const peerSchema = z.strictObject({ id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be an array id'), link: z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[^\]]+\]:\d{1,5}$/, 'must be HOST:PORT') });
@@ -61,4 +63,12 @@ export function addReplicationRoutes(app: FastifyInstance, control: () => Replic
     return reply.code(201).send({ pairs });
   });
   app.get<{ Querystring: { group?: string } }>('/v1/pairs', async (request) => ({ pairs: await control().displayPairs(request.query.group) }));
+  app.post('/v1/pairs/restore', async (request) => {
+    const body = parseBody(z.strictObject({ group: z.string().min(1), paused: z.boolean() }), request.body);
+    return control().setRestorePaused(body.group, body.paused);
+  });
+  app.delete<{ Params: { group: string }; Querystring: { force?: string } }>('/v1/groups/:group', async (request) => {
+    const force = request.query.force === 'true' || request.query.force === '1';
+    return control().deleteGroup(request.params.group, force);
+  });
 }

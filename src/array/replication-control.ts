@@ -75,6 +75,9 @@ export class ArrayReplication implements ReplicationControl {
       case 'pair.join':
         await this.manager.join(body as never);
         return { body: { ok: true }, payload: [] };
+      case 'group.delete':
+        await this.manager.deleteGroup(String(body.group));
+        return { body: { ok: true }, payload: [] };
       case 'pair.display':
         return { body: { pairs: this.manager.display(body.group as string | undefined) }, payload: [] };
       case 'api.forward': {
@@ -134,6 +137,24 @@ export class ArrayReplication implements ReplicationControl {
 
   async displayPairs(group: string | undefined): Promise<unknown[]> {
     return this.manager.display(group);
+  }
+
+  async setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }> {
+    const restore = this.manager.restoreGroup(group);
+    if (!restore) throw new TwinstoreError('GROUP_NOT_FOUND', `group ${group} does not receive on ${this.config.arrayId}`, { field: 'group' });
+    restore.setApplyPaused(paused);
+    return { group, paused };
+  }
+
+  async deleteGroup(group: string, force: boolean): Promise<{ deleted: string }> {
+    const peerId = this.manager.peerOfGroup(group);
+    const peer = this.peers.get(peerId);
+    if (!force) {
+      if (!peer?.connected) throw new TwinstoreError('LINK_DOWN', `peer ${peerId} is not reachable; use --force to end the pair on ${this.config.arrayId} alone`);
+      await peer.request('group.delete', { group });
+    }
+    await this.manager.deleteGroup(group);
+    return { deleted: group };
   }
 
   async stop(): Promise<void> {

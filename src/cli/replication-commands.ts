@@ -84,6 +84,27 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
       const { pairs } = await connect(globals()).request<{ pairs: PairDisplay[] }>('POST', '/v1/pairs', body);
       print(opts.json ?? globals().json, { pairs }, () => pairTable(pairs));
     });
+  pair.command('delete')
+    .description('end every pair of a group on both arrays (--force: on this array alone, when the peer is gone)')
+    .requiredOption('--group <group>', 'journal group')
+    .option('--force', 'end the pairs here even if the peer cannot be reached')
+    .option('--json', 'print JSON')
+    .action(async (opts: { group: string; force?: boolean; json?: boolean }) => {
+      const query = opts.force ? '?force=true' : '';
+      const result = await connect(globals()).request<{ deleted: string }>('DELETE', `/v1/groups/${encodeURIComponent(opts.group)}${query}`);
+      print(opts.json ?? globals().json, result, () => `deleted journal group ${result.deleted}`);
+    });
+  pair.command('restore')
+    .description('pause or resume applying records to the S-VOLs (run on the receiving array)')
+    .requiredOption('--group <group>', 'journal group')
+    .option('--pause', 'hold restore: records keep arriving and are stored')
+    .option('--resume', 'apply again')
+    .option('--json', 'print JSON')
+    .action(async (opts: { group: string; pause?: boolean; resume?: boolean; json?: boolean }) => {
+      if (opts.pause === opts.resume) throw new TwinstoreError('BAD_REQUEST', 'say --pause or --resume', { field: 'pause' });
+      const result = await connect(globals()).request<{ group: string; paused: boolean }>('POST', '/v1/pairs/restore', { group: opts.group, paused: opts.pause === true });
+      print(opts.json ?? globals().json, result, () => `restore of ${result.group} ${result.paused ? 'paused' : 'resumed'}`);
+    });
   pair.command('display')
     .description('pair status, copy progress, lag and consistency point')
     .option('--group <group>', 'one group')

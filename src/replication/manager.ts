@@ -272,6 +272,32 @@ export class ReplicationManager {
     return out;
   }
 
+  peerOfGroup(name: string): string {
+    const group = this.masters.get(name) ?? this.restores.get(name);
+    if (!group) throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${name} on ${this.engine.arrayId}`, { field: 'group' });
+    return group.meta.peer;
+  }
+
+  /** Ends every pair of the group on this array: volumes back to simplex, the journal free again. */
+  async deleteGroup(name: string): Promise<void> {
+    const master = this.masters.get(name);
+    const restore = this.restores.get(name);
+    const group = master ?? restore;
+    if (!group) throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${name} on ${this.engine.arrayId}`, { field: 'group' });
+    await (master ?? restore)!.stop();
+    this.masters.delete(name);
+    this.restores.delete(name);
+    for (const pair of group.meta.pairs) {
+      const volume = this.engine.volumeById(pair.localVolumeId);
+      if (volume) await this.engine.setRole(volume.name, 'simplex');
+      await this.engine.persist([{ t: 'regions', set: `bitmap:${name}:${pair.pvolLun}`, clear: true }]);
+    }
+    const journal = this.engine.volumeById(group.meta.journalVolumeId);
+    if (journal) await this.engine.setRole(journal.name, 'journal-free');
+    await this.engine.persist([{ t: 'doc', kind: GROUP_DOCUMENT, key: name }]);
+    this.log.info({ group: name }, 'journal group deleted');
+  }
+
   restoreGroup(name: string): RestoreGroup | undefined {
     return this.restores.get(name);
   }

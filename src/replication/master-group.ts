@@ -431,6 +431,7 @@ export class MasterGroup extends EventEmitter {
     await this.journal.sync();
     await this.journal.persistHeader();
     for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
+    await this.journal.close();
   }
 
   /** After an unclean stop: the regions the activity log names, to re-send as base records. */

@@ -92,7 +92,7 @@ export class RestoreGroup extends EventEmitter {
     this.running = false;
     this.applyWake?.();
     await Promise.allSettled([this.pulling, this.applying]);
-    await this.journal.persistHeader().catch(() => undefined);
+    await this.journal.close().catch(() => undefined);
   }
 
   /** Test and operator hook: hold restore (records keep arriving and are stored). */
