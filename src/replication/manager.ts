@@ -55,10 +55,12 @@ export class ReplicationManager {
       this.log.info({ group: meta.name, role: meta.role, recovery }, 'journal group opened');
       if (meta.role === 'master') {
         const group = this.newMaster(meta, journal);
+        await group.loadUnapplied();
         const unclean = group.uncleanRegions();
         if (unclean.length > 0) {
+          // Not awaited: the resend may wait for journal space, which only the peer can free.
           this.log.warn({ group: meta.name, regions: unclean.length }, 'unclean stop: re-sending active regions as base records');
-          await group.resend(unclean);
+          void group.resend(unclean).catch((error: unknown) => this.log.error({ group: meta.name, err: (error as Error).message }, 'resend after unclean stop failed'));
         }
         for (const pair of meta.pairs) group.startCopy(pair.pvolLun);
       } else {

@@ -244,17 +244,46 @@ export class MasterGroup extends EventEmitter {
       pair.status = 'PSUE';
       pair.statusReason = reason;
     }
+    await this.persistMeta(this.meta);
+    await this.foldUnapplied();
+    this.emit('changed');
+  }
+
+  /**
+   * Every record the receiver has not applied goes into the region bitmaps, read back
+   * from the journal itself (which keeps them until the receiver's appliedSeq), so a
+   * later resync copies those regions.
+   */
+  private async foldUnapplied(): Promise<void> {
     const folded = new Map<number, number[]>();
-    for (const record of this.unapplied) {
-      const pvol = this.pvols.get(record.lun);
-      if (!pvol) continue;
-      const list = folded.get(record.lun) ?? [];
-      list.push(...pvol.bitmap.regionsOf(record.offset, record.length));
-      folded.set(record.lun, list);
+    await this.journal.sync();
+    let seq = this.receiverApplied;
+    while (seq < this.journal.durableSeq) {
+      const records = await this.journal.readFrom(seq, readBatchBytesMax);
+      if (records.length === 0) break;
+      for (const record of records) {
+        const pvol = this.pvols.get(record.lun);
+        if (pvol && record.kind !== 'marker') folded.set(record.lun, [...(folded.get(record.lun) ?? []), ...pvol.bitmap.regionsOf(record.offset, record.length)]);
+      }
+      seq = records[records.length - 1]!.seq + 1;
     }
     for (const [lun, regions] of folded) await this.pvols.get(lun)!.bitmap.addAll(regions);
-    await this.persistMeta(this.meta);
-    this.emit('changed');
+    this.log.info({ records: seq - this.receiverApplied, regions: [...folded.values()].reduce((n, r) => n + r.length, 0) }, 'unapplied records folded into the bitmaps');
+  }
+
+  /** After a restart: the records still kept (not applied by the receiver) give lag and folding their start. */
+  async loadUnapplied(): Promise<void> {
+    let seq = this.journal.tailSeq;
+    this.unapplied = [];
+    while (seq < this.journal.durableSeq) {
+      const records = await this.journal.readFrom(seq, readBatchBytesMax);
+      if (records.length === 0) break;
+      for (const r of records) {
+        this.unapplied.push({ seq: r.seq, timestampMs: r.timestampMs, bytes: 4096 + Math.ceil((r.data?.length ?? 0) / 4096) * 4096, lun: r.lun, offset: r.offset, length: r.length });
+      }
+      seq = records[records.length - 1]!.seq + 1;
+    }
+    this.writtenSeq = this.journal.nextSeq - 1;
   }
 
   // ---- initial copy --------------------------------------------------------
@@ -381,7 +410,6 @@ export class MasterGroup extends EventEmitter {
       this.receiverApplied = appliedSeq;
       this.journal.release(isPlanted('free-at-stored') ? Math.max(appliedSeq, storedSeq) : appliedSeq);
       while (this.unapplied.length > 0 && this.unapplied[0]!.seq < appliedSeq) this.unapplied.shift();
-      void this.journal.persistHeader().catch((error: unknown) => this.log.warn({ err: (error as Error).message }, 'journal header write failed'));
       this.checkCopyDone();
     }
   }
