@@ -71,7 +71,7 @@ function twinstoreConfig(driveBytes: number): string {
   ].join('\n');
 }
 
-async function readReadyLine(server: Tracked): Promise<{ nbd: string }> {
+export async function readReadyLine(server: Tracked): Promise<{ nbd: string }> {
   const lines = readline.createInterface({ input: server.child.stdout! });
   const line = await Promise.race([
     new Promise<string>((resolve) => lines.once('line', resolve)),
@@ -91,7 +91,6 @@ export async function startTwinstore(options: TargetOptions): Promise<Target> {
   await fs.promises.writeFile(configFile, twinstoreConfig(options.imageBytes + driveSlackBytes));
   const server = options.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', configFile], {
     label: 'twinstore serve',
-    env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
     stdout: 'pipe',
   });
   const ready = await readReadyLine(server);
