@@ -182,7 +182,7 @@ export function writePsk(dir: string): string {
 }
 
 /** Two arrays that know each other as peers, linked with one PSK. */
-export async function startPairOfArrays(t: TestContext, options: { env?: Record<string, string>; drives?: string[] } = {}): Promise<{ a: RunningArray; b: RunningArray; psk: string }> {
+export async function startPairOfArrays(t: TestContext, options: { env?: Record<string, string>; drives?: string[]; extraConfig?: string } = {}): Promise<{ a: RunningArray; b: RunningArray; psk: string }> {
   const dir = tempDir(t);
   const psk = writePsk(dir);
   const a = await startArray(t, { id: 'site-a', pskFile: psk, ...options });
