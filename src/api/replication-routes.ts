@@ -5,6 +5,7 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { TwinstoreError } from '../errors.js';
+import type { GroupStats } from '../replication/index.js';
 import { parseSize } from '../util/size.js';
 
 export interface ReplicationControl {
@@ -16,6 +17,8 @@ export interface ReplicationControl {
   displayPairs(group: string | undefined): Promise<unknown[]>;
   setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }>;
   deleteGroup(group: string, force: boolean): Promise<{ deleted: string }>;
+  /** Read-only journal numbers per group, for /metrics. */
+  groupStats(): GroupStats[];
 }
 
 const peerSchema = z.strictObject({ id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be an array id'), link: z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[^\]]+\]:\d{1,5}$/, 'must be HOST:PORT') });

@@ -1,4 +1,5 @@
-// The management API: HTTP + JSON under /v1/, bearer-token authenticated.
+// The management API: HTTP + JSON under /v1/, bearer-token authenticated, and
+// Prometheus metrics at /metrics (no token: metrics-routes.ts says why).
 // Bodies are validated with zod and a bad one gets 400 naming the field; every
 // error answers {"error": {"code", "message", "field"?}} with a code from the
 // catalogue in errors.ts.
@@ -11,6 +12,7 @@ import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { parseSize } from '../util/size.js';
 import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
+import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
 
 export interface VolumeJson {
   name: string;
@@ -74,6 +76,7 @@ export class ApiServer {
     this.app.setNotFoundHandler((request, reply) => sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log));
     this.routes(options.control);
     addReplicationRoutes(this.app, options.replication);
+    addMetricsRoutes(this.app, options.replication);
   }
 
   /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here. */
@@ -98,6 +101,8 @@ export class ApiServer {
   }
 
   private authenticate(request: FastifyRequest): void {
+    // Prometheus scrapes without a token; /metrics shows no secrets (metrics-routes.ts).
+    if (request.routeOptions.url === METRICS_PATH) return;
     const header = request.headers.authorization ?? '';
     const match = /^Bearer (.+)$/.exec(header);
     const given = Buffer.from(match?.[1] ?? '', 'utf8');

@@ -6,7 +6,7 @@ import { TwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { parseHostPort } from '../config/index.js';
 import { LinkServer, PeerLink, readPskFile, type LinkIdentity, type LinkRequest, type LinkResponse } from '../link/index.js';
-import { ReplicationManager, PEER_DOCUMENT, type PeerMeta } from '../replication/index.js';
+import { ReplicationManager, PEER_DOCUMENT, type GroupStats, type PeerMeta } from '../replication/index.js';
 import type { ReplicationControl } from '../api/index.js';
 import type { StorageEngine } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
@@ -137,6 +137,10 @@ export class ArrayReplication implements ReplicationControl {
 
   async displayPairs(group: string | undefined): Promise<unknown[]> {
     return this.manager.display(group);
+  }
+
+  groupStats(): GroupStats[] {
+    return this.manager.groupStats();
   }
 
   async setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }> {

@@ -10,7 +10,7 @@ import type { Logger } from '../util/log.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
 import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
-import { GROUP_DOCUMENT, type GroupMeta, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
+import { GROUP_DOCUMENT, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
 
 export interface PairCreateRequest {
   group: string;
@@ -20,6 +20,24 @@ export interface PairCreateRequest {
   remoteJournal: string;
   overflow?: OverflowPolicy | undefined;
   copyPaceBytesPerSecond?: number | undefined;
+}
+
+/**
+ * One group's journal numbers, read at scrape time for /metrics. Sequence
+ * numbers start at 0 when a group is made, so a seq is also a count of records.
+ */
+export interface GroupStats {
+  group: string;
+  role: GroupRole;
+  peer: string;
+  journalUsedBytes: number;
+  journalCapacityBytes: number;
+  /** Master: records written to the master journal. Restore: records received. */
+  journaledRecords: number;
+  /** Records the receiver holds durably (on the master: as the receiver last said). */
+  storedRecords: number;
+  /** Records applied to the S-VOLs (on the master: as the receiver last said). */
+  appliedRecords: number;
 }
 
 export interface ReplicationOptions {
@@ -300,6 +318,25 @@ export class ReplicationManager {
     this.log.info({ group: name }, 'journal group deleted');
   }
 
+  /** Read-only: every group's journal numbers (for /metrics). */
+  groupStats(): GroupStats[] {
+    const out: GroupStats[] = [];
+    for (const group of this.masters.values()) {
+      const receiver = group.receiverCursors;
+      out.push({
+        ...statsBase(group.meta, group.journal),
+        journaledRecords: group.journal.nextSeq,
+        storedRecords: Math.max(receiver.storedSeq, receiver.appliedSeq),
+        appliedRecords: receiver.appliedSeq,
+      });
+    }
+    for (const group of this.restores.values()) {
+      const journal = group.journal;
+      out.push({ ...statsBase(group.meta, journal), journaledRecords: journal.nextSeq, storedRecords: journal.durableSeq, appliedRecords: journal.appliedSeq });
+    }
+    return out;
+  }
+
   restoreGroup(name: string): RestoreGroup | undefined {
     return this.restores.get(name);
   }
@@ -308,4 +345,8 @@ export class ReplicationManager {
     for (const group of this.restores.values()) await group.stop();
     for (const group of this.masters.values()) await group.stop();
   }
+}
+
+function statsBase(meta: GroupMeta, journal: Journal): Pick<GroupStats, 'group' | 'role' | 'peer' | 'journalUsedBytes' | 'journalCapacityBytes'> {
+  return { group: meta.name, role: meta.role, peer: meta.peer, journalUsedBytes: journal.usedBytes, journalCapacityBytes: journal.capacityBytes };
 }

@@ -11,7 +11,7 @@
 
 import { EventEmitter } from 'node:events';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import type { Journal, JournalRecord, RecordKind } from '../journal/index.js';
+import { JournalRecordCorruptError, type Journal, type JournalRecord, type RecordKind } from '../journal/index.js';
 import { RangeLock } from '../storage/range-lock.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
@@ -258,13 +258,22 @@ export class MasterGroup extends EventEmitter {
     const folded = new Map<number, number[]>();
     await this.journal.sync();
     let seq = this.receiverApplied;
+    const fold = (lun: number, offset: number, length: number): void => {
+      const pvol = this.pvols.get(lun);
+      if (pvol) folded.set(lun, [...(folded.get(lun) ?? []), ...pvol.bitmap.regionsOf(offset, length)]);
+    };
     while (seq < this.journal.durableSeq) {
-      const records = await this.journal.readFrom(seq, readBatchBytesMax);
-      if (records.length === 0) break;
-      for (const record of records) {
-        const pvol = this.pvols.get(record.lun);
-        if (pvol && record.kind !== 'marker') folded.set(record.lun, [...(folded.get(record.lun) ?? []), ...pvol.bitmap.regionsOf(record.offset, record.length)]);
+      let records: JournalRecord[];
+      try {
+        records = await this.journal.readFrom(seq, readBatchBytesMax);
+      } catch (error) {
+        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
+        if (error.region) fold(error.region.lun, error.region.offset, error.region.length);
+        seq += 1;
+        continue;
       }
+      if (records.length === 0) break;
+      for (const record of records) if (record.kind !== 'marker') fold(record.lun, record.offset, record.length);
       seq = records[records.length - 1]!.seq + 1;
     }
     for (const [lun, regions] of folded) await this.pvols.get(lun)!.bitmap.addAll(regions);
@@ -385,7 +394,21 @@ export class MasterGroup extends EventEmitter {
       await this.waitDurable(request.fromSeq, longPollMs);
     }
     if (this.journal.durableSeq <= request.fromSeq) return [];
-    return this.journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax));
+    try {
+      return await this.journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax));
+    } catch (error) {
+      if (error instanceof JournalRecordCorruptError) await this.suspendForDamage(error);
+      throw error;
+    }
+  }
+
+  /** A record that fails its checksum is never sent: the group suspends and its region goes into the bitmap. */
+  private async suspendForDamage(error: JournalRecordCorruptError): Promise<void> {
+    this.log.error({ seq: error.seq, region: error.region }, 'journal record fails its checksum; suspending');
+    const region = error.region;
+    const pvol = region ? this.pvols.get(region.lun) : undefined;
+    if (pvol && region) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(region.offset, region.length));
+    await this.suspend(`bad-record: seq ${error.seq}`);
   }
 
   private waitDurable(seq: number, timeoutMs: number): Promise<void> {
