@@ -2,7 +2,7 @@
 // (from the config's peers[] and from `peer add`), the journal groups, the
 // link requests the peer may send, and the API's replication routes.
 
-import { TwinstoreError } from '../errors.js';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { parseHostPort } from '../config/index.js';
 import { LinkServer, PeerLink, readPskFile, type LinkIdentity, type LinkRequest, type LinkResponse } from '../link/index.js';
@@ -155,7 +155,13 @@ export class ArrayReplication implements ReplicationControl {
     const peer = this.peers.get(peerId);
     if (!force) {
       if (!peer?.connected) throw new TwinstoreError('LINK_DOWN', `peer ${peerId} is not reachable; use --force to end the pair on ${this.config.arrayId} alone`);
-      await peer.request('group.delete', { group });
+      try {
+        await peer.request('group.delete', { group });
+      } catch (error) {
+        // Already ended there (a --force delete while we were away): end it here too.
+        if (!isTwinstoreError(error) || error.code !== 'GROUP_NOT_FOUND') throw error;
+        this.log.info({ group, peer: peerId }, 'pair delete: the peer no longer has the group');
+      }
     }
     await this.manager.deleteGroup(group);
     return { deleted: group };

@@ -62,6 +62,11 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     }
     seen.add(drive.path);
   });
+  if (config.link.pskFile === undefined && (config.listen.link !== undefined || config.peers.length > 0)) {
+    // Checked here, before any drive or data folder is touched (the array checks peers added at run time again).
+    const key = config.peers.length > 0 ? ['peers'] : ['listen', 'link'];
+    throw new TwinstoreError('CONFIG_INVALID', `${file} line ${lineOf(doc, lines, key)}: link.pskFile: is required when listen.link or peers are set (make a key with twinstore keys)`, { field: 'link.pskFile' });
+  }
   return {
     file: path.resolve(file),
     arrayId: config.array.id,

@@ -167,7 +167,10 @@ export class ReplicationManager {
     const existing = this.masters.get(request.group);
     const journalVolume = this.engine.volume(journalRef.name);
     if (!journalVolume) throw new TwinstoreError('VOLUME_NOT_FOUND', `no journal ${journalRef.name}`, { field: 'journal' });
-    if (existing ? existing.meta.journalVolumeId !== journalVolume.meta.id : journalVolume.meta.role !== 'journal-free') {
+    if (existing && existing.meta.journalVolumeId !== journalVolume.meta.id) {
+      throw new TwinstoreError('PAIR_INVALID', `group ${request.group} already uses journal ${this.journalName(existing.meta)}; name that one`, { field: 'journal' });
+    }
+    if (!existing && journalVolume.meta.role !== 'journal-free') {
       throw new TwinstoreError('PAIR_INVALID', `journal ${journalRef.name} is ${journalVolume.meta.role}; a new group needs a journal-free journal`, { field: 'journal' });
     }
     if (this.restores.has(request.group)) throw new TwinstoreError('PAIR_INVALID', `group ${request.group} receives on this array`, { field: 'group' });
@@ -227,10 +230,17 @@ export class ReplicationManager {
     const journal = this.engine.volume(body.journal);
     if (!journal) throw new TwinstoreError('VOLUME_NOT_FOUND', `no journal ${body.journal} on ${this.engine.arrayId}`, { field: 'remoteJournal' });
     const existing = this.restores.get(body.group);
-    if (existing ? existing.meta.journalVolumeId !== journal.meta.id : journal.meta.role !== 'journal-free') {
-      throw new TwinstoreError('PAIR_INVALID', `journal ${body.journal} is ${journal.meta.role}`, { field: 'remoteJournal' });
+    if (existing && existing.meta.journalVolumeId !== journal.meta.id) {
+      throw new TwinstoreError('PAIR_INVALID', `group ${body.group} already uses journal ${this.journalName(existing.meta)} on ${this.engine.arrayId}`, { field: 'remoteJournal' });
+    }
+    if (!existing && journal.meta.role !== 'journal-free') {
+      throw new TwinstoreError('PAIR_INVALID', `journal ${body.journal} is ${journal.meta.role}; a new group needs a journal-free journal`, { field: 'remoteJournal' });
     }
     if (this.masters.has(body.group)) throw new TwinstoreError('PAIR_INVALID', `group ${body.group} sends from this array`, { field: 'group' });
+  }
+
+  private journalName(meta: GroupMeta): string {
+    return this.engine.volumeById(meta.journalVolumeId)?.name ?? `#${meta.journalVolumeId}`;
   }
 
   /** Session counts come from the NBD layer; set by the array. */

@@ -153,6 +153,15 @@ test('an empty file or a token that is too short are refused with the key', () =
   assert.match(invalid(configText() + 'api:\n  token: short\n'), /line 13: api\.token: must be at least 16 characters/);
 });
 
+test('peers or listen.link without link.pskFile name link.pskFile and the line of what needs it', () => {
+  const peers = `${configText()}peers:\n  - id: site-b\n    link: 10.0.0.2:7800\n`;
+  assert.equal(invalid(peers), '/etc/twinstore/site-a.yaml line 12: link.pskFile: is required when listen.link or peers are set (make a key with twinstore keys)');
+  assert.match(invalid(configText({ 11: '  api: 0.0.0.0:0\n  link: 0.0.0.0:7800' })), /line 12: link\.pskFile: is required/);
+  const withKey = parseConfig(`${peers}link:\n  pskFile: keys/link.psk\n`, '/etc/twinstore/site-a.yaml');
+  assert.equal(withKey.link.pskFile, '/etc/twinstore/keys/link.psk', 'resolved against the config folder');
+  assert.deepEqual(withKey.peers, [{ id: 'site-b', link: { host: '10.0.0.2', port: 7800 } }]);
+});
+
 test('twinstore serve with a bad config exits non-zero with CONFIG_INVALID, file, line and key on stderr', (t) => {
   const dir = tempDir(t);
   const file = path.join(dir, 'bad.yaml');
