@@ -88,7 +88,8 @@ export class ReplicationManager {
   }
 
   private newMaster(meta: GroupMeta, journal: Journal): MasterGroup {
-    const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes: this.options.defaults.regionBytes, log: this.log });
+    const regionBytes = meta.regionBytes ?? this.options.defaults.regionBytes;
+    const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes, log: this.log });
     this.masters.set(meta.name, group);
     return group;
   }
@@ -201,6 +202,7 @@ export class ReplicationManager {
         overflow: request.overflow ?? this.options.defaults.overflow,
         throttleMsMax: this.options.defaults.throttleMsMax,
         copyPaceBytesPerSecond: request.copyPaceBytesPerSecond ?? 0,
+        regionBytes: this.options.defaults.regionBytes,
         epoch,
         epochs: [{ epoch, firstSeq: 0 }],
         pairs: [],
@@ -208,9 +210,19 @@ export class ReplicationManager {
       };
       group = this.newMaster(meta, journal);
     }
-    await peer.request('pair.join', { group: request.group, master: local, epoch, journal: remoteJournalRef.name, remoteJournal: journalRef.name, pair: { ...pair, localVolumeId: -1 } });
+    try {
+      await peer.request('pair.join', { group: request.group, master: local, epoch, journal: remoteJournalRef.name, remoteJournal: journalRef.name, pair: { ...pair, localVolumeId: -1 } });
+    } catch (error) {
+      if (!existing) {
+        // The peer did not join: give the journal back, as if the group had never been made.
+        this.masters.delete(request.group);
+        await group.journal.close().catch(() => undefined);
+        await this.engine.setRole(journalVolume.name, 'journal-free');
+      }
+      throw error;
+    }
     group.meta.pairs.push(pair);
-    group.addPair(pair, this.options.defaults.regionBytes);
+    group.addPair(pair, group.meta.regionBytes ?? this.options.defaults.regionBytes);
     await this.persist(group.meta);
     await this.engine.setRole(pvol.name, 'pvol');
     group.startCopy(pair.pvolLun);

@@ -73,6 +73,8 @@ export class MasterGroup extends EventEmitter {
   private receiverApplied = 0;
   private receiverStored = 0;
   private lastHeardMs = 0;
+  /** Timestamp (our clock) of the newest record the receiver applied: the consistency point's time. */
+  private consistencyTimeMs: number | undefined;
   private copying = new Set<number>();
   private stopped = false;
 
@@ -432,7 +434,7 @@ export class MasterGroup extends EventEmitter {
     if (appliedSeq > this.receiverApplied) {
       this.receiverApplied = appliedSeq;
       this.journal.release(isPlanted('free-at-stored') ? Math.max(appliedSeq, storedSeq) : appliedSeq);
-      while (this.unapplied.length > 0 && this.unapplied[0]!.seq < appliedSeq) this.unapplied.shift();
+      while (this.unapplied.length > 0 && this.unapplied[0]!.seq < appliedSeq) this.consistencyTimeMs = this.unapplied.shift()!.timestampMs;
       this.checkCopyDone();
     }
   }
@@ -459,8 +461,8 @@ export class MasterGroup extends EventEmitter {
       lagBytes,
       lagSeconds: Math.round(lagSeconds * 1000) / 1000,
       consistencySeq,
-      consistencyTime: null,
-      restoring: false,
+      consistencyTime: this.consistencyTimeMs === undefined ? null : new Date(this.consistencyTimeMs).toISOString(),
+      restoring: this.receiverStored > this.receiverApplied,
     }));
   }
 

@@ -36,6 +36,8 @@ export interface GroupMeta {
   overflow: OverflowPolicy;
   throttleMsMax: number;
   copyPaceBytesPerSecond: number;
+  /** Region size of the group's bitmaps, fixed when the group is made (marks are region numbers). */
+  regionBytes?: number;
   epoch: Epoch;
   /** Epoch chain: each epoch with the first sequence number written in it. */
   epochs: Array<{ epoch: Epoch; firstSeq: number }>;
