@@ -76,6 +76,8 @@ export class ReplicationManager {
         await group.loadUnapplied();
         const unclean = group.uncleanRegions();
         if (unclean.length > 0) {
+          const redone = await group.redo();
+          this.log.warn({ group: meta.name, records: redone }, 'unclean stop: journal records re-applied to the P-VOLs');
           // Not awaited: the resend may wait for journal space, which only the peer can free.
           this.log.warn({ group: meta.name, regions: unclean.length }, 'unclean stop: re-sending active regions as base records');
           void group.resend(unclean).catch((error: unknown) => this.log.error({ group: meta.name, err: (error as Error).message }, 'resend after unclean stop failed'));

@@ -499,6 +499,30 @@ export class MasterGroup extends EventEmitter {
     return out;
   }
 
+  /**
+   * After an unclean stop (DESIGN.md §3.5): re-applies to the P-VOLs every record still
+   * in the journal, since a record may be durable while its P-VOL write was lost. In order,
+   * before any host write; records are idempotent, so repeating one already on disk is harmless.
+   */
+  async redo(): Promise<number> {
+    let seq = this.journal.tailSeq;
+    let count = 0;
+    while (seq < this.journal.durableSeq) {
+      const records = await this.journal.readFrom(seq, readBatchBytesMax);
+      if (records.length === 0) break;
+      for (const record of records) {
+        const pvol = this.pvols.get(record.lun);
+        if (!pvol || record.kind === 'marker') continue;
+        if (record.kind === 'write' || record.kind === 'base') await pvol.volume.write(record.offset, record.data!);
+        else await pvol.volume.writeZeroes(record.offset, record.length, false);
+        count += 1;
+      }
+      seq = records[records.length - 1]!.seq + 1;
+    }
+    await this.engine.flush();
+    return count;
+  }
+
   /** Re-sends regions as base records (after an unclean stop), in the group's sequence space. */
   async resend(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
     for (const region of regions) {

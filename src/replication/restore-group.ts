@@ -6,7 +6,7 @@
 // harmless: records are idempotent writes applied in order (redo).
 
 import { EventEmitter } from 'node:events';
-import { TwinstoreError } from '../errors.js';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import type { Journal, JournalRecord, RecordMeta } from '../journal/index.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
@@ -101,22 +101,35 @@ export class RestoreGroup extends EventEmitter {
     if (!paused) this.applyWake?.();
   }
 
+  /**
+   * Pipelined: the next batch is asked for while the previous one is still being written
+   * and made durable (its sequence numbers are reserved at once, so the next request
+   * knows where to start); at most two batches are being stored at a time.
+   */
   private async pullLoop(): Promise<void> {
+    let storing: Promise<void> = Promise.resolve();
     while (this.running) {
       if (!this.peer.connected) {
+        await storing.catch(() => undefined);
         await sleep(retryMs);
         continue;
       }
       try {
-        await this.pullOnce();
+        const batch = await this.pullOnce();
+        await storing;
+        storing = batch.durable;
       } catch (error) {
+        await storing.catch(() => undefined);
+        storing = Promise.resolve();
         if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
         await sleep(retryMs);
       }
     }
+    await storing.catch(() => undefined);
   }
 
-  private async pullOnce(): Promise<void> {
+  /** Asks for the next batch and reserves it; resolves with the promise of its being durable. */
+  private async pullOnce(): Promise<{ durable: Promise<void> }> {
     const response = await this.peer.request('journal.read', {
       group: this.meta.name,
       fromSeq: this.journal.nextSeq,
@@ -138,13 +151,22 @@ export class RestoreGroup extends EventEmitter {
         throw new TwinstoreError('LINK_PROTOCOL', `record ${record.seq} arrived where ${this.journal.nextSeq} was expected`);
       }
       const meta = { kind: record.kind, epoch: record.epoch, timestampMs: record.timestampMs, lun: record.lun, offset: record.offset, length: record.length };
-      const reservation = this.journal.reserve({ ...meta, seq: record.seq }, record.dataBytes);
+      let reservation;
+      try {
+        reservation = this.journal.reserve({ ...meta, seq: record.seq }, record.dataBytes);
+      } catch (error) {
+        // Our journal is full (restore is behind): store what fitted, ask again from there later.
+        if (isTwinstoreError(error) && error.code === 'JOURNAL_FULL' && writes.length > 0) break;
+        throw error;
+      }
       writes.push(this.journal.write(reservation, meta, data));
     }
-    if (writes.length === 0) return;
-    await Promise.all(writes);
-    await this.journal.sync();
-    this.applyWake?.();
+    if (writes.length === 0) return { durable: Promise.resolve() };
+    const durable = Promise.all(writes)
+      .then(() => this.journal.sync())
+      .then(() => this.applyWake?.());
+    durable.catch(() => undefined);
+    return { durable };
   }
 
   private async applyLoop(): Promise<void> {
