@@ -136,6 +136,13 @@ export class TwinstoreArray implements ArrayControl {
   }
 
   async deleteVolume(ref: string, force: boolean): Promise<void> {
+    const peer = this.peerOf(ref);
+    if (peer) {
+      const query = force ? '?force=true' : '';
+      const result = await this.replication.forward(peer.array, 'DELETE', `/v1/volumes/${encodeURIComponent(peer.name)}${query}`);
+      if (result.status >= 400) throw errorFrom(result.json);
+      return;
+    }
     const volume = this.resolve(ref);
     const sessions = this.registry.sessionCount(volume.name);
     if (sessions > 0 && !force) {
