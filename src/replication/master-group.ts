@@ -17,11 +17,13 @@ import type { StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { DurableRegionSet } from './region-set.js';
+import { UnappliedQueue } from './unapplied.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 
 const copyChunkBytes = 2 ** 20;
 const readBatchBytesMax = 16 * 2 ** 20;
 const longPollMs = 250;
+const senderSyncIntervalMs = 10;
 const activityRegionBytes = 4 * 2 ** 20;
 const activityRegionsMax = 1024;
 /** Base records leave this share of the journal to host writes. */
@@ -37,14 +39,6 @@ interface Pvol {
   activeWrites: Map<number, number>;
 }
 
-interface Unapplied {
-  seq: number;
-  timestampMs: number;
-  bytes: number;
-  lun: number;
-  offset: number;
-  length: number;
-}
 
 export interface MasterGroupOptions {
   meta: GroupMeta;
@@ -65,10 +59,12 @@ export class MasterGroup extends EventEmitter {
   private readonly now: () => number;
   private readonly pvols = new Map<number, Pvol>();
   /** Records not yet applied by the receiver, oldest first (for lag and folding into bitmaps). */
-  private unapplied: Unapplied[] = [];
+  private readonly unapplied = new UnappliedQueue();
   /** Highest seq whose journal write completed. */
   private writtenSeq = -1;
   private syncing: Promise<void> | undefined;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private lastSyncMs = 0;
   private readonly durableWaiters = new Set<() => void>();
   private receiverApplied = 0;
   private receiverStored = 0;
@@ -175,7 +171,7 @@ export class MasterGroup extends EventEmitter {
       const timestampMs = this.now();
       try {
         const reservation = this.journal.reserve({ kind, epoch: this.meta.epoch, timestampMs, lun: pvol.pair.pvolLun, offset, length }, dataBytes);
-        this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes, lun: pvol.pair.pvolLun, offset, length });
+        this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes });
         return { reservation, timestampMs };
       } catch (error) {
         if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
@@ -216,9 +212,20 @@ export class MasterGroup extends EventEmitter {
     }
   }
 
+  /**
+   * For the receiver only (host FLUSH/FUA sync at once): one journal sync per
+   * `senderSyncIntervalMs` at most. Every sync is an fdatasync of the drives, which
+   * also forces out the P-VOL writes sharing them; batching keeps ingest near page-cache
+   * speed while the lag stays a few milliseconds.
+   */
   private scheduleSync(): void {
-    if (this.syncing) return;
-    void this.syncJournal().catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'journal sync failed'));
+    if (this.syncing || this.syncTimer) return;
+    const wait = Math.max(0, this.lastSyncMs + senderSyncIntervalMs - this.now());
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = undefined;
+      this.lastSyncMs = this.now();
+      void this.syncJournal().catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'journal sync failed'));
+    }, wait);
   }
 
   private syncJournal(): Promise<void> {
@@ -285,12 +292,12 @@ export class MasterGroup extends EventEmitter {
   /** After a restart: the records still kept (not applied by the receiver) give lag and folding their start. */
   async loadUnapplied(): Promise<void> {
     let seq = this.journal.tailSeq;
-    this.unapplied = [];
+    this.unapplied.clear();
     while (seq < this.journal.durableSeq) {
       const records = await this.journal.readFrom(seq, readBatchBytesMax);
       if (records.length === 0) break;
       for (const r of records) {
-        this.unapplied.push({ seq: r.seq, timestampMs: r.timestampMs, bytes: 4096 + Math.ceil((r.data?.length ?? 0) / 4096) * 4096, lun: r.lun, offset: r.offset, length: r.length });
+        this.unapplied.push({ seq: r.seq, timestampMs: r.timestampMs, bytes: 4096 + Math.ceil((r.data?.length ?? 0) / 4096) * 4096 });
       }
       seq = records[records.length - 1]!.seq + 1;
     }
@@ -351,7 +358,7 @@ export class MasterGroup extends EventEmitter {
             const timestampMs = this.now();
             const meta = { kind, epoch: this.meta.epoch, timestampMs, lun: pvol.pair.pvolLun, offset, length };
             const reservation = this.journal.reserve(meta, data ? length : 0);
-            this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes, lun: pvol.pair.pvolLun, offset, length });
+            this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes });
             await this.journal.write(reservation, meta, data);
             this.recordWritten(reservation.seq);
             return reservation.seq;
@@ -434,7 +441,7 @@ export class MasterGroup extends EventEmitter {
     if (appliedSeq > this.receiverApplied) {
       this.receiverApplied = appliedSeq;
       this.journal.release(isPlanted('free-at-stored') ? Math.max(appliedSeq, storedSeq) : appliedSeq);
-      while (this.unapplied.length > 0 && this.unapplied[0]!.seq < appliedSeq) this.consistencyTimeMs = this.unapplied.shift()!.timestampMs;
+      this.consistencyTimeMs = this.unapplied.dropBelow(appliedSeq) ?? this.consistencyTimeMs;
       this.checkCopyDone();
     }
   }
@@ -443,8 +450,8 @@ export class MasterGroup extends EventEmitter {
 
   display(peerConnected: boolean): PairDisplay[] {
     const lagRecords = Math.max(0, this.journal.nextSeq - this.receiverApplied);
-    const lagBytes = this.unapplied.reduce((sum, r) => sum + r.bytes, 0);
-    const oldest = this.unapplied[0];
+    const lagBytes = this.unapplied.bytes;
+    const oldest = this.unapplied.oldest;
     const lagSeconds = oldest ? Math.max(0, (this.now() - oldest.timestampMs) / 1000) : 0;
     const consistencySeq = this.receiverApplied - 1;
     return this.meta.pairs.map((pair) => ({
@@ -479,6 +486,7 @@ export class MasterGroup extends EventEmitter {
   /** Clean stop: make everything durable, clear the activity logs (no unclean-stop resend needed). */
   async stop(): Promise<void> {
     this.stopped = true;
+    clearTimeout(this.syncTimer);
     for (const wake of [...this.durableWaiters]) wake();
     await this.engine.flush();
     await this.journal.sync();
