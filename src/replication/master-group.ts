@@ -24,8 +24,8 @@ const copyChunkBytes = 2 ** 20;
 const readBatchBytesMax = 16 * 2 ** 20;
 const longPollMs = 250;
 const senderSyncIntervalMs = 10;
-const activityRegionBytes = 4 * 2 ** 20;
-const activityRegionsMax = 1024;
+const activityRegionBytes = 16 * 2 ** 20;
+const activityRegionsMax = 512;
 /** Base records leave this share of the journal to host writes. */
 const copyReserveFraction = 0.25;
 
