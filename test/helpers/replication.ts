@@ -1,0 +1,196 @@
+// Two arrays with one journal group of P-VOL/S-VOL pairs, for the replication
+// fault tests: array A sends, array B receives and reaches A's link through a
+// LinkProxy (so a test can cut or stall the link B pulls over), both in
+// volatile-cache mode unless told otherwise. Also the small verbs those tests
+// share: pair display, journal show, pause/resume restore, reading a volume
+// whole, and taking a stable image of the S-VOLs.
+
+import assert from 'node:assert/strict';
+import type { TestContext } from 'node:test';
+import { createVolume, runOk, startArray, tempDir, writePsk, type RunningArray } from './array.js';
+import { LinkProxy } from './link-proxy.js';
+import { readAll } from './nbdsh.js';
+import { nowUs } from './hosts.js';
+
+export interface PairRow {
+  group: string;
+  direction: string;
+  pvol: string;
+  svol: string;
+  status: string;
+  statusReason: string | null;
+  copyPercent: number;
+  journalUsedPercent: number;
+  lagRecords: number;
+  lagBytes: number;
+  lagSeconds: number;
+  consistencySeq: number;
+  restoring: boolean;
+}
+
+export interface JournalInfo {
+  role: string;
+  cursors: { tailSeq: number; nextSeq: number; durableSeq: number; appliedSeq: number };
+  usedBytes: number;
+}
+
+export const group = 'g1';
+export const volatileEnv = { TWINSTORE_TEST_VOLATILE_CACHE: '1' };
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000, intervalMs = 100): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+/** pair display through the API (what `pair display --json` prints). */
+export async function display(array: RunningArray, name = group): Promise<PairRow[]> {
+  const { status, json } = await array.api('GET', `/v1/pairs?group=${encodeURIComponent(name)}`);
+  assert.equal(status, 200, JSON.stringify(json));
+  return (json as { pairs: PairRow[] }).pairs;
+}
+
+/** pair display --json through the CLI. */
+export function displayCli(array: RunningArray, name = group): PairRow[] {
+  const out = array.cli(['pair', 'display', '--group', name, '--json']);
+  assert.equal(out.code, 0, out.stderr);
+  return (JSON.parse(out.stdout) as { pairs: PairRow[] }).pairs;
+}
+
+export async function journalShow(array: RunningArray, name = 'jnl'): Promise<JournalInfo> {
+  const { status, json } = await array.api('GET', `/v1/journals/${encodeURIComponent(name)}`);
+  assert.equal(status, 200, JSON.stringify(json));
+  return json as JournalInfo;
+}
+
+/** pair restore --pause / --resume on the receiving array (through the API, as the CLI does). */
+export async function setRestorePaused(array: RunningArray, paused: boolean, name = group): Promise<void> {
+  const { status, json } = await array.api('POST', '/v1/pairs/restore', { group: name, paused });
+  assert.equal(status, 200, JSON.stringify(json));
+}
+
+/** The receiving array's applied cursor: every record below it is on the S-VOLs. */
+export async function appliedSeq(b: RunningArray): Promise<number> {
+  const rows = await display(b);
+  return rows[0]!.consistencySeq + 1;
+}
+
+export interface Site {
+  a: RunningArray;
+  b: RunningArray;
+  proxy: LinkProxy;
+  dir: string;
+  pvols: string[];
+  svols: string[];
+  volumeBytes: number;
+}
+
+export interface SiteOptions {
+  volumes?: number;
+  volumeSize?: string;
+  journalSize?: string;
+  envA?: Record<string, string>;
+  envB?: Record<string, string>;
+  drives?: string[];
+  seed?: number;
+  copyPace?: string;
+  /** Wait for PAIR and lag 0 before returning (default true). */
+  waitForPair?: boolean;
+}
+
+/** Starts A and B, links B to A through a proxy, and pairs `volumes` P-VOLs in one journal group. */
+export async function startSite(t: TestContext, options: SiteOptions = {}): Promise<Site> {
+  const dir = tempDir(t);
+  const psk = writePsk(dir);
+  const drives = options.drives ?? ['2GiB'];
+  const a = await startArray(t, { id: 'site-a', pskFile: psk, drives, env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
+  const b = await startArray(t, { id: 'site-b', pskFile: psk, drives, env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
+  a.pinPorts();
+  b.pinPorts();
+  const proxy = await LinkProxy.start(t, a.ready!.link!, options.seed ?? 1);
+  cliOk(a, ['peer', 'add', 'site-b', '--link', b.ready!.link!]);
+  cliOk(b, ['peer', 'add', 'site-a', '--link', proxy.address]);
+  const count = options.volumes ?? 2;
+  const volumeSize = options.volumeSize ?? '16MiB';
+  const pvols: string[] = [];
+  const svols: string[] = [];
+  for (let i = 0; i < count; i++) {
+    createVolume(a, `pvol${i}`, volumeSize);
+    createVolume(b, `svol${i}`, volumeSize);
+    pvols.push(`pvol${i}`);
+    svols.push(`svol${i}`);
+  }
+  const journalSize = options.journalSize ?? '384MiB';
+  cliOk(a, ['journal', 'create', 'jnl', '--size', journalSize]);
+  cliOk(b, ['journal', 'create', 'jnl', '--size', journalSize]);
+  for (let i = 0; i < count; i++) {
+    const args = ['pair', 'create', '--group', group, '--pvol', pvols[i]!, '--svol', `site-b:${svols[i]!}`, '--journal', 'jnl', '--remote-journal', 'site-b:jnl', '--json'];
+    if (options.copyPace !== undefined) args.push('--copy-pace', options.copyPace);
+    cliOk(a, args);
+  }
+  const volumes = (JSON.parse(cliOk(a, ['volume', 'list', '--json'])) as { volumes: Array<{ name: string; sizeBytes: number }> }).volumes;
+  const site: Site = { a, b, proxy, dir, pvols, svols, volumeBytes: volumes.find((v) => v.name === 'pvol0')!.sizeBytes };
+  if (options.waitForPair ?? true) await waitForPairAndLag0(site);
+  return site;
+}
+
+/** Runs the CLI against an array; throws with its output when it fails. */
+export function cliOk(array: RunningArray, args: string[]): string {
+  const result = array.cli(args);
+  if (result.code !== 0) throw new Error(`twinstore ${args.join(' ')} exited ${result.code}: ${result.stderr}${result.stdout}`);
+  return result.stdout;
+}
+
+export async function waitForPairAndLag0(site: Site, timeoutMs = 120_000): Promise<void> {
+  await waitFor('PAIR with lag 0 on A', async () => (await display(site.a)).every((p) => p.status === 'PAIR' && p.lagRecords === 0), timeoutMs, 200);
+}
+
+export function readVolume(array: RunningArray, name: string, dir: string): Buffer {
+  return readAll(array.uri(name), dir);
+}
+
+export interface SvolImage {
+  images: Buffer[];
+  /** The receiving array's applied cursor while the images were read. */
+  appliedSeq: number;
+  takenUs: number;
+}
+
+/**
+ * Reads every S-VOL while restore is paused on B, so the image is one applied prefix:
+ * pause, wait until the applied cursor stays put (a batch that was running has ended),
+ * read, check the cursor did not move meanwhile (else read again), resume.
+ */
+export async function readSvols(site: Site): Promise<SvolImage> {
+  await setRestorePaused(site.b, true);
+  try {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      let before = await appliedSeq(site.b);
+      for (;;) {
+        await sleep(250);
+        const now = await appliedSeq(site.b);
+        if (now === before) break;
+        before = now;
+      }
+      const images = site.svols.map((name) => readVolume(site.b, name, site.dir));
+      const takenUs = nowUs();
+      if ((await appliedSeq(site.b)) === before) return { images, appliedSeq: before, takenUs };
+    }
+    throw new Error('restore kept moving while paused');
+  } finally {
+    await setRestorePaused(site.b, false);
+  }
+}
+
+/** qemu-img compare of every P-VOL with its S-VOL; throws naming the first difference. */
+export function compareAll(site: Site): void {
+  site.pvols.forEach((pvol, i) => {
+    runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', site.a.uri(pvol), site.b.uri(site.svols[i]!)]);
+  });
+}
