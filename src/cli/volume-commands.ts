@@ -6,13 +6,10 @@ import { TwinstoreError } from '../errors.js';
 import type { StatusJson, VolumeJson } from '../api/index.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { connect, type ConnectionOptions } from './client.js';
-import { table } from './table.js';
+import { print, table } from './table.js';
 
 type GlobalOptions = ConnectionOptions & { json?: boolean };
 
-function print(json: boolean | undefined, value: unknown, human: () => string): void {
-  process.stdout.write((json ? JSON.stringify(value, null, 2) : human()) + '\n');
-}
 
 function volumeRows(volumes: VolumeJson[]): string {
   return table(
