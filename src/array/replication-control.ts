@@ -146,7 +146,7 @@ export class ArrayReplication implements ReplicationControl {
   async setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }> {
     const restore = this.manager.restoreGroup(group);
     if (!restore) throw new TwinstoreError('GROUP_NOT_FOUND', `group ${group} does not receive on ${this.config.arrayId}`, { field: 'group' });
-    restore.setApplyPaused(paused);
+    await restore.setApplyPaused(paused);
     return { group, paused };
   }
 

@@ -72,12 +72,17 @@ export class ReplicationManager {
       const { journal, recovery } = await Journal.open(new VolumeJournalDevice(journalVolume, this.engine));
       this.log.info({ group: meta.name, role: meta.role, recovery }, 'journal group opened');
       if (meta.role === 'master') {
-        const group = this.newMaster(meta, journal);
+        // Registered (so the receiver's journal.read reaches it, and may free the journal) only once
+        // the records from the persisted tail are loaded and redone: a release under those reads fails them.
+        const group = this.newMaster(meta, journal, false);
         await group.loadUnapplied();
         const unclean = group.uncleanRegions();
         if (unclean.length > 0) {
           const redone = await group.redo();
           this.log.warn({ group: meta.name, records: redone }, 'unclean stop: journal records re-applied to the P-VOLs');
+        }
+        this.masters.set(meta.name, group);
+        if (unclean.length > 0) {
           // Not awaited: the resend may wait for journal space, which only the peer can free.
           this.log.warn({ group: meta.name, regions: unclean.length }, 'unclean stop: re-sending active regions as base records');
           void group.resend(unclean).catch((error: unknown) => this.log.error({ group: meta.name, err: (error as Error).message }, 'resend after unclean stop failed'));
@@ -89,10 +94,10 @@ export class ReplicationManager {
     }
   }
 
-  private newMaster(meta: GroupMeta, journal: Journal): MasterGroup {
+  private newMaster(meta: GroupMeta, journal: Journal, register = true): MasterGroup {
     const regionBytes = meta.regionBytes ?? this.options.defaults.regionBytes;
     const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes, log: this.log });
-    this.masters.set(meta.name, group);
+    if (register) this.masters.set(meta.name, group);
     return group;
   }
 

@@ -18,6 +18,7 @@ import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
+import { unitMarker } from './units.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 
 const copyChunkBytes = 2 ** 20;
@@ -28,6 +29,11 @@ const activityRegionBytes = 16 * 2 ** 20;
 const activityRegionsMax = 512;
 /** Base records leave this share of the journal to host writes. */
 const copyReserveFraction = 0.25;
+/**
+ * A re-send is one atomic unit the receiver holds whole before applying it, so it must fit
+ * in the journal beside the host writes made meanwhile: larger ones suspend the group instead.
+ */
+const resendShareMax = 0.5;
 
 interface Pvol {
   pair: PairMeta;
@@ -72,6 +78,8 @@ export class MasterGroup extends EventEmitter {
   /** Timestamp (our clock) of the newest record the receiver applied: the consistency point's time. */
   private consistencyTimeMs: number | undefined;
   private copying = new Set<number>();
+  /** Activity regions (per LUN) whose re-send after an unclean stop has not finished. */
+  private readonly resendPending = new Map<number, Set<number>>();
   private stopped = false;
 
   constructor(options: MasterGroupOptions) {
@@ -192,9 +200,12 @@ export class MasterGroup extends EventEmitter {
 
   /** Makes all completed writes durable, then drops activity regions with no write in flight. */
   private async retireActivity(pvol: Pvol): Promise<void> {
-    const candidates = pvol.activity.values().filter((r) => !pvol.activeWrites.has(r));
+    // A region still to be re-sent stays: it may hold blocks newer than the journal.
+    const pending = this.resendPending.get(pvol.pair.pvolLun);
+    const retirable = (r: number): boolean => !pvol.activeWrites.has(r) && !(pending?.has(r) ?? false);
+    const candidates = pvol.activity.values().filter(retirable);
     await this.engine.flush();
-    await pvol.activity.remove(candidates.filter((r) => !pvol.activeWrites.has(r)));
+    await pvol.activity.remove(candidates.filter(retirable));
   }
 
   private recordWritten(seq: number): void {
@@ -206,10 +217,7 @@ export class MasterGroup extends EventEmitter {
   async flush(): Promise<void> {
     const target = this.writtenSeq;
     await this.engine.flush();
-    while (this.journal.durableSeq <= target && !this.stopped) {
-      await this.syncJournal();
-      if (this.journal.durableSeq <= target) await new Promise((r) => setTimeout(r, 1));
-    }
+    await this.durableThrough(target);
   }
 
   /**
@@ -327,9 +335,14 @@ export class MasterGroup extends EventEmitter {
     while (pvol.pair.copyOffset < size && !this.stopped && pvol.pair.status === 'COPY') {
       const offset = pvol.pair.copyOffset;
       const length = Math.min(copyChunkBytes, size - offset);
-      lastSeq = await this.copyChunk(pvol, offset, length);
+      lastSeq = await this.copyChunk(pvol, offset, length, () => pvol.pair.status === 'COPY');
       pvol.pair.copyOffset = offset + length;
-      if (pvol.pair.copyOffset % (64 * copyChunkBytes) === 0) await this.persistMeta(this.meta);
+      if (pvol.pair.copyOffset % (64 * copyChunkBytes) === 0) {
+        // The persisted offset says "copied below here": the base records below it must be durable first,
+        // or a crash loses them while a restart resumes past them.
+        await this.durableThrough(lastSeq);
+        await this.persistMeta(this.meta);
+      }
       if (this.meta.copyPaceBytesPerSecond > 0) {
         paced += (length / this.meta.copyPaceBytesPerSecond) * 1000;
         const wait = paced - this.now();
@@ -338,14 +351,26 @@ export class MasterGroup extends EventEmitter {
     }
     if (pvol.pair.copyOffset >= size && pvol.pair.status === 'COPY') {
       pvol.pair.copyLastSeq = lastSeq;
+      await this.durableThrough(lastSeq);
       await this.persistMeta(this.meta);
       this.scheduleSync();
       this.checkCopyDone();
     }
   }
 
-  /** One chunk under the range lock: a base record with its data, or a trim record for a hole. */
-  private async copyChunk(pvol: Pvol, offset: number, length: number): Promise<number> {
+  /** Waits until every record up to `seq` is durable in the journal. */
+  private async durableThrough(seq: number): Promise<void> {
+    while (this.journal.durableSeq <= seq && !this.stopped) {
+      await this.syncJournal();
+      if (this.journal.durableSeq <= seq) await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  /**
+   * One chunk under the range lock: a base record with its data, or a trim record for a hole.
+   * Waits for journal space while `keepGoing()` holds; -1 when it gave up.
+   */
+  private async copyChunk(pvol: Pvol, offset: number, length: number, keepGoing: () => boolean): Promise<number> {
     const unlock = await pvol.locks.acquire(offset, length);
     try {
       const hole = pvol.volume.blockStatus(offset, length, 2).every((e) => e.hole);
@@ -366,7 +391,7 @@ export class MasterGroup extends EventEmitter {
             if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
           }
         }
-        if (this.stopped || pvol.pair.status !== 'COPY') return -1;
+        if (this.stopped || !keepGoing()) return -1;
         await this.waitForSpace(20);
       }
     } finally {
@@ -491,7 +516,8 @@ export class MasterGroup extends EventEmitter {
     await this.engine.flush();
     await this.journal.sync();
     await this.journal.persistHeader();
-    for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
+    // An unfinished re-send keeps the activity log, so the next start re-sends (and ends the unit) again.
+    if (this.resendPending.size === 0) for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
     await this.journal.close();
   }
 
@@ -531,25 +557,57 @@ export class MasterGroup extends EventEmitter {
     return count;
   }
 
-  /** Re-sends regions as base records (after an unclean stop), in the group's sequence space. */
+  /**
+   * Re-sends regions as base records (after an unclean stop), in the group's sequence space,
+   * as one atomic unit (units.ts): the receiver applies it whole or not at all. A unit too big
+   * for the journal, or cut short by a suspension, leaves the S-VOLs at the consistency point
+   * before it; the regions go into the bitmaps for a resync.
+   */
   async resend(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
-    for (const region of regions) {
+    const live = regions.filter((r) => this.journaling(this.pvolOf(r.lun)));
+    if (live.length === 0) return;
+    for (const r of live) {
+      const pvol = this.pvolOf(r.lun);
+      const pending = this.resendPending.get(r.lun) ?? new Set<number>();
+      for (const region of pvol.activity.regionsOf(r.offset, r.length)) pending.add(region);
+      this.resendPending.set(r.lun, pending);
+    }
+    const bytes = live.reduce((n, r) => n + r.length, 0);
+    if (bytes > this.journal.capacityBytes * resendShareMax) {
+      this.log.warn({ bytes, capacity: this.journal.capacityBytes }, 'active regions too large to re-send as one unit; suspending');
+      for (const r of live) await this.pvolOf(r.lun).bitmap.mark(r.offset, r.length);
+      await this.suspend('resend-too-large');
+      return;
+    }
+    const going = (): boolean => this.meta.pairs.some((p) => p.status === 'COPY' || p.status === 'PAIR');
+    if ((await this.appendMarker(unitMarker.begin, going)) < 0) return;
+    for (const region of live) {
       const pvol = this.pvolOf(region.lun);
-      if (!this.journaling(pvol)) continue;
       for (let at = region.offset; at < region.offset + region.length; at += copyChunkBytes) {
-        await this.copyChunkForResend(pvol, at, Math.min(copyChunkBytes, region.offset + region.length - at));
+        if (this.stopped || !this.journaling(pvol)) return;
+        await this.copyChunk(pvol, at, Math.min(copyChunkBytes, region.offset + region.length - at), () => this.journaling(pvol));
       }
     }
+    if (this.stopped || (await this.appendMarker(unitMarker.end, going)) < 0) return;
+    this.resendPending.clear();
     this.scheduleSync();
   }
 
-  private async copyChunkForResend(pvol: Pvol, offset: number, length: number): Promise<void> {
-    const status = pvol.pair.status;
-    pvol.pair.status = 'COPY';
-    try {
-      await this.copyChunk(pvol, offset, length);
-    } finally {
-      pvol.pair.status = status;
+  /** Appends a marker record (units.ts), waiting for journal space while `keepGoing()`; its seq, or -1. */
+  private async appendMarker(code: number, keepGoing: () => boolean): Promise<number> {
+    const meta = { kind: 'marker' as const, epoch: this.meta.epoch, timestampMs: this.now(), lun: 0, offset: code, length: 0 };
+    for (;;) {
+      try {
+        const reservation = this.journal.reserve(meta, 0);
+        this.unapplied.push({ seq: reservation.seq, timestampMs: meta.timestampMs, bytes: reservation.recordBytes });
+        await this.journal.write(reservation, meta, undefined);
+        this.recordWritten(reservation.seq);
+        return reservation.seq;
+      } catch (error) {
+        if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
+      }
+      if (this.stopped || !keepGoing()) return -1;
+      await this.waitForSpace(20);
     }
   }
 }

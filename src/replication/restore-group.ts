@@ -12,6 +12,7 @@ import type { StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
+import { isUnitBegin, isUnitEnd } from './units.js';
 
 const pullBytesMax = 8 * 2 ** 20;
 const applyBatchBytesMax = 8 * 2 ** 20;
@@ -57,6 +58,12 @@ export class RestoreGroup extends EventEmitter {
   private lastApplied: { seq: number; timestampMs: number } | undefined;
   private masterNextSeq = 0;
   private pausedApply = false;
+  /** The batch (or atomic unit) being applied now, if any. */
+  private batch: Promise<void> | undefined;
+  /** The atomic unit at the applied cursor: where its end marker was looked for, and where it is. */
+  private unitScan: { begin: number; scannedTo: number; end: number | undefined } | undefined;
+  /** durableSeq when the unit at the applied cursor was found incomplete: wait for more records. */
+  private heldAt: number | undefined;
 
   constructor(options: RestoreGroupOptions) {
     super();
@@ -95,10 +102,15 @@ export class RestoreGroup extends EventEmitter {
     await this.journal.close().catch(() => undefined);
   }
 
-  /** Test and operator hook: hold restore (records keep arriving and are stored). */
-  setApplyPaused(paused: boolean): void {
+  /**
+   * Operator and test hook: hold restore (records keep arriving and are stored). Pausing
+   * returns once the batch being applied has ended, so the S-VOLs then sit at the
+   * consistency point `pair display` shows.
+   */
+  async setApplyPaused(paused: boolean): Promise<void> {
     this.pausedApply = paused;
     if (!paused) this.applyWake?.();
+    else await this.batch?.catch(() => undefined);
   }
 
   /**
@@ -171,7 +183,7 @@ export class RestoreGroup extends EventEmitter {
 
   private async applyLoop(): Promise<void> {
     while (this.running) {
-      if (this.pausedApply || this.journal.appliedSeq >= this.journal.durableSeq) {
+      if (this.pausedApply || this.journal.appliedSeq >= this.journal.durableSeq || this.heldAt === this.journal.durableSeq) {
         await new Promise<void>((resolve) => {
           this.applyWake = resolve;
           setTimeout(resolve, retryMs);
@@ -180,7 +192,8 @@ export class RestoreGroup extends EventEmitter {
         continue;
       }
       try {
-        await this.applyBatch();
+        this.batch = this.applyBatch();
+        await this.batch;
       } catch (error) {
         this.log.error({ err: (error as Error).message }, 'restore failed; retrying');
         await sleep(retryMs);
@@ -189,17 +202,58 @@ export class RestoreGroup extends EventEmitter {
   }
 
   private async applyBatch(): Promise<void> {
-    const records = await this.journal.readFrom(this.journal.appliedSeq, applyBatchBytesMax);
-    if (records.length === 0) return;
+    const read = await this.journal.readFrom(this.journal.appliedSeq, applyBatchBytesMax);
+    if (read.length === 0) return;
+    const unitAt = read.findIndex(isUnitBegin);
+    if (unitAt === 0) return this.applyUnit(read[0]!.seq);
+    const records = unitAt > 0 ? read.slice(0, unitAt) : read;
     const ordered = isPlanted('restore-out-of-order') && records.length >= 2 ? swapFirstTwo(records) : records;
     for (const record of ordered) await this.apply(record);
+    await this.commitApplied(records[records.length - 1]!);
+  }
+
+  /** S-VOLs durable, then the applied cursor moved past `last` and persisted. */
+  private async commitApplied(last: JournalRecord): Promise<void> {
     await this.engine.flush();
-    const last = records[records.length - 1]!;
     this.journal.markApplied(last.seq + 1);
     this.journal.release(last.seq + 1);
     await this.journal.persistHeader();
     this.lastApplied = { seq: last.seq, timestampMs: last.timestampMs };
     this.emit('applied', last.seq);
+  }
+
+  /** An atomic unit (units.ts) starting at `begin`: applied whole once its end is stored, else held. */
+  private async applyUnit(begin: number): Promise<void> {
+    const end = await this.findUnitEnd(begin);
+    if (end === undefined) {
+      this.heldAt = this.journal.durableSeq;
+      return;
+    }
+    this.heldAt = undefined;
+    let last: JournalRecord | undefined;
+    for (let seq = begin; seq <= end;) {
+      const records = await this.journal.readFrom(seq, applyBatchBytesMax);
+      for (const record of records) {
+        if (record.seq > end) break;
+        await this.apply(record);
+        last = record;
+      }
+      seq = last!.seq + 1;
+    }
+    this.log.info({ begin, end }, 'atomic unit applied');
+    await this.commitApplied(last!);
+  }
+
+  private async findUnitEnd(begin: number): Promise<number | undefined> {
+    if (this.unitScan?.begin !== begin) this.unitScan = { begin, scannedTo: begin + 1, end: undefined };
+    const scan = this.unitScan;
+    while (scan.end === undefined && scan.scannedTo < this.journal.durableSeq) {
+      const records = await this.journal.readFrom(scan.scannedTo, applyBatchBytesMax);
+      if (records.length === 0) break;
+      scan.end = records.find(isUnitEnd)?.seq;
+      scan.scannedTo = records[records.length - 1]!.seq + 1;
+    }
+    return scan.end;
   }
 
   private async apply(record: JournalRecord): Promise<void> {

@@ -1,6 +1,6 @@
 // Randomized fault rounds for a journal group (DESIGN.md §10), shared by
-// test/replication/write-order.test.ts (a few rounds in CI) and
-// scripts/soak.mjs (as many as asked). Everything random comes from one seed.
+// test/faults/write-order-rounds.faults.ts (20 rounds) and scripts/soak.mjs
+// (as many as asked). Everything random comes from one seed.
 //
 // Setup: arrays A and B (volatile-cache mode), two P-VOLs on A paired with two
 // S-VOLs on B in one journal group; B pulls through a LinkProxy. Once the pairs
@@ -17,9 +17,13 @@
 // have read them at. A check waits until B has applied what a restart
 // re-applies (B's redo up to what it had stored; A's re-sent active regions
 // after an unclean stop): an S-VOL is at a consistency point only between
-// applied batches, not in the middle of a redo.
-// At the end: hosts stopped, lag 0 on A, qemu-img compare of every pair, and the
-// final S-VOLs and P-VOLs checked once more.
+// applied batches, not in the middle of a redo, and not in the middle of the
+// re-send (test/replication/resend-window.test.ts shows that window).
+// At the end of a stretch of rounds (the whole run in CI; every `roundsPerLog`
+// rounds in a soak, so the log and the checks stay small): hosts stopped, lag 0
+// on A, qemu-img compare of every pair, and the final S-VOLs and P-VOLs checked
+// once more; a soak then starts fresh hosts with the volumes as they are now as
+// the initial content.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -27,8 +31,8 @@ import type { TestContext } from 'node:test';
 import { Prng } from '../../src/util/prng.js';
 import { Hosts, nowUs } from './hosts.js';
 import {
-  appliedSeq, compareAll, display, displayCli, journalShow, readSvols, readVolume, setRestorePaused, sleep, startSite, volatileEnv, waitFor,
-  type Site,
+  appliedSeq, compareAll, display, displayCli, journalShow, readSvols, readVolume, setRestorePaused, sleep, stableNextSeq, startSite, startWithin,
+  volatileEnv, waitFor, type Site,
 } from './replication.js';
 import { checkFlushed, checkWriteOrder, type Recovery } from './write-order.js';
 
@@ -50,6 +54,8 @@ export interface FaultRoundsOptions {
   hotBlocks?: number;
   /** On a violation, keep the hosts' log, the crash times and the recovered P-VOL images here. */
   keepDir?: string;
+  /** Converge, compare and start a fresh hosts' log every this many rounds (default 25). */
+  roundsPerLog?: number;
 }
 
 export interface FaultRoundsReport {
@@ -67,6 +73,8 @@ interface Run {
   site: Site;
   hosts: Hosts;
   prng: Prng;
+  /** The volumes when the current hosts started (undefined: zeros). */
+  initial: Buffer[] | undefined;
   recoveries: Recovery[];
   crashes: Array<{ array: 'A' | 'B'; atUs: number; nextSeq?: number }>;
   /** The arrays' logs of earlier lifetimes (RunningArray keeps only the current one). */
@@ -87,31 +95,52 @@ export async function runFaultRounds(t: TestContext, options: FaultRoundsOptions
     envA: { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed), ...options.envA },
     envB: { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed + 1), ...options.envB },
   });
-  const hosts = await Hosts.start(t, {
+  const startHosts = (firstId: number): Promise<Hosts> => Hosts.start(t, {
     volumes: site.pvols.map((name) => site.a.uri(name)),
     hotBlocks: options.hotBlocks ?? site.volumeBytes / 4096,
     dir: site.dir,
-    seed: options.seed,
+    seed: options.seed + firstId,
+    firstId,
     writesPerSecondPerConnection: options.writesPerSecondPerConnection ?? 150,
   });
   const report: FaultRoundsReport = {
     seed: options.seed, rounds: 0, counts: { killA: 0, killB: 0, cut: 0, stall: 0, slow: 0, pause: 0, checks: 0 },
     writes: 0, acknowledged: 0, flushedChecked: 0, violations: [], seconds: 0,
   };
-  const run: Run = { site, hosts, prng, recoveries: [], crashes: [], logs: { a: '', b: '' }, needApplied: 0, report, print: options.print };
+  const run: Run = {
+    site, hosts: await startHosts(1), prng, initial: undefined, recoveries: [], crashes: [], logs: { a: '', b: '' }, needApplied: 0, report, print: options.print,
+  };
   const schedule = shuffle(prng, [...(options.faults ?? FAULT_KINDS)]);
   const stopOnViolation = options.stopOnViolation ?? true;
-  for (let round = 1; round <= options.rounds; round++) {
-    const kinds = options.faults ?? FAULT_KINDS;
-    const fault = round <= schedule.length ? schedule[round - 1]! : kinds[prng.below(kinds.length)]!;
-    await sleep(300 + prng.below(1200));
-    const faultStarted = Date.now();
-    await inject(run, fault);
-    const found = await checkRound(run, `round ${round}/${options.rounds} ${fault} (${Date.now() - faultStarted} ms)`);
-    report.rounds = round;
-    if (found.length > 0 && stopOnViolation) break;
+  const roundsPerLog = options.roundsPerLog ?? 25;
+  try {
+    for (let round = 1; round <= options.rounds; round++) {
+      const kinds = options.faults ?? FAULT_KINDS;
+      const fault = round <= schedule.length ? schedule[round - 1]! : kinds[prng.below(kinds.length)]!;
+      await sleep(300 + prng.below(1200));
+      const faultStarted = Date.now();
+      try {
+        await inject(run, fault);
+      } catch (error) {
+        throw new Error(`round ${round} ${fault}: ${(error as Error).message}`);
+      }
+      const found = await checkRound(run, `round ${round}/${options.rounds} ${fault} (${Date.now() - faultStarted} ms)`);
+      report.rounds = round;
+      if (found.length > 0 && stopOnViolation) break;
+      if (round % roundsPerLog === 0 && round < options.rounds) {
+        const nextId = await converge(run);
+        if (report.violations.length > 0 && stopOnViolation) break;
+        run.initial = site.pvols.map((name) => readVolume(site.a, name, site.dir));
+        run.recoveries = [];
+        run.hosts = await startHosts(nextId);
+      }
+    }
+    if (run.hosts.running) await converge(run);
+  } catch (error) {
+    const message = (error as Error).message;
+    if (!report.violations.some((v) => message.includes(v))) report.violations.push(message);
+    options.print(`stopped: ${message.slice(0, 2000)}`);
   }
-  await finish(run);
   if (report.violations.length > 0 && options.keepDir !== undefined) keep(run, options.keepDir);
   report.seconds = Math.round((Date.now() - started) / 100) / 10;
   return report;
@@ -181,7 +210,7 @@ async function crashA(run: Run): Promise<void> {
   run.logs.a += `${site.a.stderr}\n---- kill -9 ----\n`;
   await hosts.allDown();
   await sleep(prng.below(400));
-  await site.a.start();
+  await startWithin(site.a, 'A');
   const images = site.pvols.map((name) => readVolume(site.a, name, site.dir));
   run.recoveries.push({ atUs: nowUs(), images });
   // A re-sends its active regions as base records after an unclean stop, in the background. Until B has
@@ -191,28 +220,12 @@ async function crashA(run: Run): Promise<void> {
   run.crashes.at(-1)!.nextSeq = resendEnd;
   run.needApplied = Math.max(run.needApplied, resendEnd);
   const sinceUs = run.recoveries.at(-2)?.atUs ?? 0;
-  const flushed = checkFlushed(hosts.readLog(), images, { crashUs, sinceUs });
+  const flushed = checkFlushed(hosts.readLog(), images, { crashUs, sinceUs, ...(run.initial === undefined ? {} : { initial: run.initial }) });
   run.report.flushedChecked += flushed.flushedWrites;
   for (const v of flushed.violations.slice(0, 5)) run.report.violations.push(`after kill -9 of A (crash ${run.recoveries.length}), a flushed write was lost on the P-VOL: ${v}`);
   run.print(`  kill -9 of A (crash ${run.recoveries.length}): ${flushed.flushedWrites} flushed writes checked, ${flushed.violations.length} blocks lost`);
   hosts.go();
   await hosts.allUp();
-}
-
-/** A's journal nextSeq once it has not moved for 400 ms (nothing else writes to A meanwhile). */
-async function stableNextSeq(site: Site): Promise<number> {
-  let last = -1;
-  let stableSince = Date.now();
-  for (;;) {
-    const next = (await journalShow(site.a)).cursors.nextSeq;
-    if (next !== last) {
-      last = next;
-      stableSince = Date.now();
-    } else if (Date.now() - stableSince >= 400) {
-      return next;
-    }
-    await sleep(100);
-  }
 }
 
 /** kill -9 B at a random moment and restart it after a while. */
@@ -223,7 +236,7 @@ async function crashB(run: Run): Promise<void> {
   await site.b.kill9();
   run.logs.b += `${site.b.stderr}\n---- kill -9 ----\n`;
   await sleep(prng.below(1000));
-  await site.b.start();
+  await startWithin(site.b, 'B');
   const storedEnd = (await journalShow(site.b)).cursors.nextSeq;
   run.crashes.at(-1)!.nextSeq = storedEnd;
   run.needApplied = Math.max(run.needApplied, storedEnd);
@@ -239,7 +252,7 @@ async function checkRound(run: Run, label: string): Promise<string[]> {
   await waitFor(`B to apply up to seq ${need} (redo / re-sent regions)`, async () => (await appliedSeq(site.b)) >= need, 120_000, 100);
   const snap = await readSvols(site);
   const log = hosts.readLog();
-  const result = checkWriteOrder({ log, images: snap.images, recoveries: run.recoveries, takenUs: snap.takenUs });
+  const result = checkWriteOrder({ log, images: snap.images, recoveries: run.recoveries, takenUs: snap.takenUs, ...(run.initial === undefined ? {} : { initial: run.initial }) });
   report.counts.checks += 1;
   if (!result.consistent) run.failedImages = snap.images;
   violations.push(...result.violations.slice(0, 5).map((v) => `${label}: ${v}`));
@@ -251,28 +264,31 @@ async function checkRound(run: Run, label: string): Promise<string[]> {
   return violations;
 }
 
-async function finish(run: Run): Promise<void> {
+/** Stops the hosts, lets lag reach 0, compares every pair and checks the final volumes; returns the next write id. */
+async function converge(run: Run): Promise<number> {
   const { site, hosts, report } = run;
   site.proxy.setMode('pass');
   await setRestorePaused(site.b, false);
-  await hosts.stop();
+  const nextId = await hosts.stop();
   const log = hosts.readLog();
-  report.writes = log.writes.size;
-  report.acknowledged = [...log.writes.values()].filter((w) => w.acked).length;
+  report.writes += log.writes.size;
+  report.acknowledged += [...log.writes.values()].filter((w) => w.acked).length;
+  const initial = run.initial === undefined ? {} : { initial: run.initial };
   try {
     await waitFor('lag 0 on A (pair display --json)', () => displayCli(site.a).every((p) => p.lagRecords === 0), 120_000, 500);
     const final = await readSvols(site);
-    const svolCheck = checkWriteOrder({ log, images: final.images, recoveries: run.recoveries, takenUs: final.takenUs });
+    const svolCheck = checkWriteOrder({ log, images: final.images, recoveries: run.recoveries, takenUs: final.takenUs, ...initial });
     report.violations.push(...svolCheck.violations.slice(0, 5).map((v) => `final S-VOLs: ${v}`));
     const pvolImages = site.pvols.map((name) => readVolume(site.a, name, site.dir));
-    const pvolCheck = checkWriteOrder({ log, images: pvolImages, recoveries: run.recoveries, takenUs: nowUs() });
+    const pvolCheck = checkWriteOrder({ log, images: pvolImages, recoveries: run.recoveries, takenUs: nowUs(), ...initial });
     report.violations.push(...pvolCheck.violations.slice(0, 5).map((v) => `final P-VOLs: ${v}`));
     compareAll(site);
-    run.print(`end: lag 0, qemu-img compare identical for ${site.pvols.length} pairs; final S-VOLs and P-VOLs consistent: ${svolCheck.consistent && pvolCheck.consistent}`);
+    run.print(`converged after round ${report.rounds}: lag 0, qemu-img compare identical for ${site.pvols.length} pairs; final S-VOLs and P-VOLs consistent: ${svolCheck.consistent && pvolCheck.consistent}`);
   } catch (error) {
-    report.violations.push(`end: ${(error as Error).message.split('\n').slice(0, 3).join(' ')}`);
-    run.print(`end: ${(error as Error).message.split('\n').slice(0, 3).join(' ')}`);
+    report.violations.push(`converging after round ${report.rounds}: ${(error as Error).message.split('\n').slice(0, 3).join(' ')}`);
+    run.print(`converging after round ${report.rounds}: ${(error as Error).message.split('\n').slice(0, 3).join(' ')}`);
   }
+  return nextId;
 }
 
 function keep(run: Run, dir: string): void {

@@ -28,7 +28,12 @@ export interface HostsOptions {
   seconds?: number;
   /** Write ids start here (so several runs can share one log). */
   firstId?: number;
+  /** Instead of random writes: these requests in order, each acknowledged before the next, then exit. */
+  script?: ScriptStep[];
 }
+
+/** [volume, firstBlock, blocks] writes a stamped range; ['flush', volume] flushes. */
+export type ScriptStep = [number, number, number] | ['flush', number];
 
 interface HostsEvent {
   event: 'up' | 'down' | 'held' | 'stopped' | 'connect-failed';
@@ -71,6 +76,7 @@ export class Hosts {
       flushShare: options.flushShare ?? 0.02,
       firstId: options.firstId ?? 1,
       ...(options.seconds === undefined ? {} : { seconds: options.seconds }),
+      ...(options.script === undefined ? {} : { script: options.script }),
     }));
     this.child = spawn('/usr/bin/python3', [script, configFile], {
       env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` },
@@ -80,11 +86,18 @@ export class Hosts {
     this.child.stderr!.on('data', (chunk: Buffer) => {
       this.stderr += chunk.toString();
     });
-    this.child.once('exit', () => {
+    this.child.once('close', () => {
       this.exited = true;
       this.wake();
     });
     readline.createInterface({ input: this.child.stdout! }).on('line', (line) => this.onEvent(JSON.parse(line) as HostsEvent));
+  }
+
+  /** Runs a script of requests to completion and returns the hosts (for their log). */
+  static async runScript(t: TestContext | undefined, options: HostsOptions & { script: ScriptStep[] }): Promise<Hosts> {
+    const hosts = new Hosts(t, { connectionsPerVolume: 1, ...options });
+    await hosts.until('the script done', () => hosts.stoppedEvent !== undefined, 120_000);
+    return hosts;
   }
 
   /** Starts the hosts and waits until every connection is up. */
@@ -92,6 +105,11 @@ export class Hosts {
     const hosts = new Hosts(t, options);
     await hosts.until('every connection up', () => hosts.states.size === hosts.connections && [...hosts.states.values()].every((s) => s === 'up'), 30_000);
     return hosts;
+  }
+
+  /** Started and not yet stopped. */
+  get running(): boolean {
+    return !this.exited && this.stoppedEvent === undefined;
   }
 
   get connections(): number {

@@ -49,9 +49,20 @@ export async function waitFor(what: string, check: () => boolean | Promise<boole
   }
 }
 
+/** One API call, bounded: a hung array fails the test instead of stalling it. */
+async function api(array: RunningArray, method: string, route: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const response = await fetch(`http://${array.ready!.api}${route}`, {
+    method,
+    headers: { authorization: `Bearer ${array.token()}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    signal: AbortSignal.timeout(30_000),
+  });
+  return { status: response.status, json: await response.json().catch(() => undefined) };
+}
+
 /** pair display through the API (what `pair display --json` prints). */
 export async function display(array: RunningArray, name = group): Promise<PairRow[]> {
-  const { status, json } = await array.api('GET', `/v1/pairs?group=${encodeURIComponent(name)}`);
+  const { status, json } = await api(array, 'GET', `/v1/pairs?group=${encodeURIComponent(name)}`);
   assert.equal(status, 200, JSON.stringify(json));
   return (json as { pairs: PairRow[] }).pairs;
 }
@@ -64,14 +75,14 @@ export function displayCli(array: RunningArray, name = group): PairRow[] {
 }
 
 export async function journalShow(array: RunningArray, name = 'jnl'): Promise<JournalInfo> {
-  const { status, json } = await array.api('GET', `/v1/journals/${encodeURIComponent(name)}`);
+  const { status, json } = await api(array, 'GET', `/v1/journals/${encodeURIComponent(name)}`);
   assert.equal(status, 200, JSON.stringify(json));
   return json as JournalInfo;
 }
 
 /** pair restore --pause / --resume on the receiving array (through the API, as the CLI does). */
 export async function setRestorePaused(array: RunningArray, paused: boolean, name = group): Promise<void> {
-  const { status, json } = await array.api('POST', '/v1/pairs/restore', { group: name, paused });
+  const { status, json } = await api(array, 'POST', '/v1/pairs/restore', { group: name, paused });
   assert.equal(status, 200, JSON.stringify(json));
 }
 
@@ -102,6 +113,8 @@ export interface SiteOptions {
   copyPace?: string;
   /** Wait for PAIR and lag 0 before returning (default true). */
   waitForPair?: boolean;
+  /** Runs after the volumes exist and before pair create (to put data on the P-VOLs). */
+  beforePair?: (site: Site) => void | Promise<void>;
 }
 
 /** Starts A and B, links B to A through a proxy, and pairs `volumes` P-VOLs in one journal group. */
@@ -126,6 +139,9 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
     pvols.push(`pvol${i}`);
     svols.push(`svol${i}`);
   }
+  const volumes = (JSON.parse(cliOk(a, ['volume', 'list', '--json'])) as { volumes: Array<{ name: string; sizeBytes: number }> }).volumes;
+  const site: Site = { a, b, proxy, dir, pvols, svols, volumeBytes: volumes.find((v) => v.name === 'pvol0')!.sizeBytes };
+  await options.beforePair?.(site);
   const journalSize = options.journalSize ?? '384MiB';
   cliOk(a, ['journal', 'create', 'jnl', '--size', journalSize]);
   cliOk(b, ['journal', 'create', 'jnl', '--size', journalSize]);
@@ -134,8 +150,6 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
     if (options.copyPace !== undefined) args.push('--copy-pace', options.copyPace);
     cliOk(a, args);
   }
-  const volumes = (JSON.parse(cliOk(a, ['volume', 'list', '--json'])) as { volumes: Array<{ name: string; sizeBytes: number }> }).volumes;
-  const site: Site = { a, b, proxy, dir, pvols, svols, volumeBytes: volumes.find((v) => v.name === 'pvol0')!.sizeBytes };
   if (options.waitForPair ?? true) await waitForPairAndLag0(site);
   return site;
 }
@@ -167,15 +181,16 @@ export interface SvolImage {
  * pause, wait until the applied cursor stays put (a batch that was running has ended),
  * read, check the cursor did not move meanwhile (else read again), resume.
  */
-export async function readSvols(site: Site): Promise<SvolImage> {
+export async function readSvols(site: Site, options: { leavePaused?: boolean } = {}): Promise<SvolImage> {
   await setRestorePaused(site.b, true);
   try {
     for (let attempt = 0; attempt < 5; attempt++) {
       let before = await appliedSeq(site.b);
-      for (;;) {
+      for (let polls = 0; ; polls++) {
         await sleep(250);
         const now = await appliedSeq(site.b);
         if (now === before) break;
+        if (polls > 120) throw new Error(`restore kept applying for 30 s after pair restore --pause (at seq ${now})`);
         before = now;
       }
       const images = site.svols.map((name) => readVolume(site.b, name, site.dir));
@@ -184,7 +199,7 @@ export async function readSvols(site: Site): Promise<SvolImage> {
     }
     throw new Error('restore kept moving while paused');
   } finally {
-    await setRestorePaused(site.b, false);
+    if (options.leavePaused !== true) await setRestorePaused(site.b, false);
   }
 }
 
@@ -193,4 +208,35 @@ export function compareAll(site: Site): void {
   site.pvols.forEach((pvol, i) => {
     runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', site.a.uri(pvol), site.b.uri(site.svols[i]!)]);
   });
+}
+
+/** Restarts an array; fails with the end of its log if it is not ready within `ms`. */
+export async function startWithin(array: RunningArray, name: string, ms = 60_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`array ${name} was not ready within ${ms / 1000} s of its restart: ${array.stderr.slice(-3000)}`)), ms);
+  });
+  try {
+    await Promise.race([array.start(), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A's journal nextSeq once it has not moved for 400 ms (call it while no host writes to A). */
+export async function stableNextSeq(site: Site): Promise<number> {
+  let last = -1;
+  let stableSince = Date.now();
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (Date.now() > deadline) throw new Error(`A's journal kept growing for 60 s after its restart with no host writing (nextSeq ${last})`);
+    const next = (await journalShow(site.a)).cursors.nextSeq;
+    if (next !== last) {
+      last = next;
+      stableSince = Date.now();
+    } else if (Date.now() - stableSince >= 400) {
+      return next;
+    }
+    await sleep(100);
+  }
 }

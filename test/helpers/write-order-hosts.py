@@ -26,7 +26,10 @@
 # A connection that fails (the array was killed) logs every request it had in
 # flight as failed, says "down", and waits for the next "go".
 #
-# Usage: write-order-hosts.py CONFIG.json (fields in main()).
+# With a "script" in the config, the requests it lists are sent instead, one
+# at a time, each acknowledged before the next, and the process exits.
+#
+# Usage: write-order-hosts.py CONFIG.json (fields in Hosts.__init__).
 
 import json
 import os
@@ -183,6 +186,8 @@ class Hosts:
             for _ in range(per_volume):
                 self.connections.append(Connection(len(self.connections), vol, uri, self))
         self.deadline = time.monotonic() + float(config['seconds']) if config.get('seconds') else None
+        # [[volume, firstBlock, blocks] | ["flush", volume], ...]: run in order at queue depth 1, then exit.
+        self.script = config.get('script')
 
     def next_id(self):
         wid = self.id_counter
@@ -199,9 +204,36 @@ class Hosts:
         elif word == 'stop':
             self.stopping = True
 
+    def run_script(self, script):
+        """One request at a time, in order, each acknowledged before the next is sent."""
+        first = {}
+        for conn in self.connections:
+            first.setdefault(conn.vol, conn)
+        for item in script:
+            conn = first[item[1] if item[0] == 'flush' else item[0]]
+            wid = self.next_id()
+            if item[0] == 'flush':
+                self.log.line({'t': 'f', 'id': wid, 'v': conn.vol, 'c': conn.index, 'i': now_us()})
+                self.log.flush()
+                conn.handle.flush()
+            else:
+                vol, first_block, blocks = item
+                data = b''.join(stamp(vol, wid, first_block + k) for k in range(blocks))
+                self.log.line({'t': 'w', 'id': wid, 'v': vol, 'b': first_block, 'n': blocks, 'c': conn.index, 'i': now_us()})
+                self.log.flush()
+                conn.handle.pwrite(data, first_block * BLOCK)
+            self.log.line({'t': 'a', 'id': wid, 'a': now_us()})
+        self.log.flush()
+        for conn in self.connections:
+            conn.handle.shutdown()
+        emit({'event': 'stopped', 'nextId': self.id_counter})
+
     def run(self):
         for conn in self.connections:
             conn.connect()
+        if self.script is not None:
+            self.run_script(self.script)
+            return
         stdin_open = True
         drain_deadline = None
         while True:

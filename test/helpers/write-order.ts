@@ -83,11 +83,16 @@ export function stampBlock(volume: number, writeId: number, block: number): Buff
 
 export type BlockContent = { kind: 'initial' } | { kind: 'write'; id: number } | { kind: 'corrupt'; reason: string };
 
-/** Which write a block holds; `corrupt` for anything no host wrote there. */
-export function decodeBlock(data: Buffer, volume: number, block: number): BlockContent {
+/**
+ * Which write a block holds; `corrupt` for anything no host wrote there. The initial content is
+ * zeros, or the block of `initial` (the volume's image before the hosts started) when given.
+ */
+export function decodeBlock(data: Buffer, volume: number, block: number, initial?: Buffer): BlockContent {
   if (data.length !== blockBytes) return { kind: 'corrupt', reason: `a block of ${data.length} bytes` };
+  const before = initial?.subarray(block * blockBytes, (block + 1) * blockBytes);
+  if (before !== undefined && before.length === blockBytes ? data.equals(before) : isZero(data)) return { kind: 'initial' };
   if (data.readUInt32LE(0) !== stampMagic) {
-    return isZero(data) ? { kind: 'initial' } : { kind: 'corrupt', reason: 'neither zeros nor a stamp' };
+    return { kind: 'corrupt', reason: before === undefined ? 'neither zeros nor a stamp' : 'neither its initial content nor a stamp' };
   }
   if ((crc32(data.subarray(0, blockBytes - 4)) >>> 0) !== data.readUInt32LE(blockBytes - 4)) return { kind: 'corrupt', reason: 'stamp checksum mismatch (torn or damaged block)' };
   const id = Number(data.readBigUInt64LE(8));
@@ -97,6 +102,18 @@ export function decodeBlock(data: Buffer, volume: number, block: number): BlockC
     return { kind: 'corrupt', reason: `holds write ${id}'s block for volume ${stampVolume} block ${stampBlockNumber}` };
   }
   return { kind: 'write', id };
+}
+
+/** Every 4 KiB-aligned block of `data` that holds a valid stamp (wherever it sits: a journal ring, a drive). */
+export function findStamps(data: Buffer): Array<{ volume: number; id: number; block: number }> {
+  const found: Array<{ volume: number; id: number; block: number }> = [];
+  for (let at = 0; at + blockBytes <= data.length; at += blockBytes) {
+    if (data.readUInt32LE(at) !== stampMagic) continue;
+    const block = data.subarray(at, at + blockBytes);
+    if ((crc32(block.subarray(0, blockBytes - 4)) >>> 0) !== block.readUInt32LE(blockBytes - 4)) continue;
+    found.push({ volume: block.readUInt32LE(4), id: Number(block.readBigUInt64LE(8)), block: Number(block.readBigUInt64LE(16)) });
+  }
+  return found;
 }
 
 function isZero(data: Buffer): boolean {
@@ -169,7 +186,7 @@ function blockKey(volume: number, block: number): number {
   return volume * 2 ** 32 + block;
 }
 
-function buildHistories(log: HostLog, recoveries: readonly Recovery[]): Map<number, BlockHistory> {
+function buildHistories(log: HostLog, recoveries: readonly Recovery[], initial: readonly Buffer[] | undefined): Map<number, BlockHistory> {
   const lists = new Map<number, BlockEvent[]>();
   const push = (key: number, event: BlockEvent): void => {
     const list = lists.get(key);
@@ -183,7 +200,7 @@ function buildHistories(log: HostLog, recoveries: readonly Recovery[]): Map<numb
   recoveries.forEach((recovery, r) => {
     recovery.images.forEach((image, volume) => {
       for (let b = 0; b < image.length / blockBytes; b++) {
-        const content = decodeBlock(image.subarray(b * blockBytes, (b + 1) * blockBytes), volume, b);
+        const content = decodeBlock(image.subarray(b * blockBytes, (b + 1) * blockBytes), volume, b, initial?.[volume]);
         if (content.kind === 'corrupt') continue; // reported by checkFlushed
         const id = content.kind === 'write' ? content.id : 0;
         if (id === 0 && !lists.has(blockKey(volume, b))) continue; // never written: nothing changes
@@ -232,6 +249,8 @@ export interface CheckInput {
   recoveries?: readonly Recovery[];
   /** When the images had been read: T is before it. */
   takenUs?: number;
+  /** The volumes' content before the hosts wrote (default: zeros). */
+  initial?: Buffer[];
 }
 
 export interface CheckResult {
@@ -248,7 +267,7 @@ export interface CheckResult {
 
 /** Is there one instant T at which the hosts could have read every block of the images? */
 export function checkWriteOrder(input: CheckInput): CheckResult {
-  const histories = buildHistories(input.log, input.recoveries ?? []);
+  const histories = buildHistories(input.log, input.recoveries ?? [], input.initial);
   const violations: string[] = [];
   const perBlock: Array<{ where: string; intervals: Interval[] }> = [];
   const held = new Set<number>();
@@ -256,7 +275,7 @@ export function checkWriteOrder(input: CheckInput): CheckResult {
   input.images.forEach((image, volume) => {
     for (let b = 0; b < image.length / blockBytes; b++) {
       const where = `volume ${volume} block ${b}`;
-      const content = decodeBlock(image.subarray(b * blockBytes, (b + 1) * blockBytes), volume, b);
+      const content = decodeBlock(image.subarray(b * blockBytes, (b + 1) * blockBytes), volume, b, input.initial?.[volume]);
       if (content.kind === 'corrupt') {
         violations.push(`${where}: ${content.reason}`);
         continue;
@@ -360,7 +379,7 @@ function fmt(us: number): string {
  * multi-conn, so a FLUSH on any connection counts). Only writes and FLUSHes after `sinceUs`
  * count: a FLUSH after an earlier crash does not bring back what that crash lost.
  */
-export function checkFlushed(log: HostLog, images: Buffer[], window: { crashUs: number; sinceUs: number }): { violations: string[]; flushedWrites: number } {
+export function checkFlushed(log: HostLog, images: Buffer[], window: { crashUs: number; sinceUs: number; initial?: Buffer[] }): { violations: string[]; flushedWrites: number } {
   const { crashUs, sinceUs } = window;
   const flushesByVolume = new Map<number, HostFlush[]>();
   for (const f of log.flushes) {
@@ -390,7 +409,7 @@ export function checkFlushed(log: HostLog, images: Buffer[], window: { crashUs: 
     for (let b = 0; b < image.length / blockBytes; b++) {
       const flushed = durable.get(blockKey(volume, b));
       if (!flushed) continue;
-      const content = decodeBlock(image.subarray(b * blockBytes, (b + 1) * blockBytes), volume, b);
+      const content = decodeBlock(image.subarray(b * blockBytes, (b + 1) * blockBytes), volume, b, window.initial?.[volume]);
       const where = `volume ${volume} block ${b}`;
       if (content.kind === 'corrupt') {
         violations.push(`${where}: ${content.reason}`);

@@ -121,6 +121,18 @@ test('corrupt, misplaced, unknown and future blocks are violations', () => {
   assert.match(future.violations[0]!, /holds write 2, issued at t=0\.000500s, after the image was read/);
 });
 
+test('an initial image other than zeros (data from before the hosts, even old stamps) is the initial content', () => {
+  const log = logOf([{ id: 7, block: 1, issue: 10, end: 20 }]);
+  const initial = image(0, 4, { 0: 99, 1: 98 });
+  initial.fill(0x33, 2 * blockBytes, 3 * blockBytes);
+  assert.ok(checkWriteOrder({ log, images: [initial], initial: [initial] }).consistent, 'everything as it was');
+  assert.ok(checkWriteOrder({ log, images: [image(0, 4, { 0: 99, 1: 7 })], initial: [initial] }).consistent === false, 'block 2 lost its initial bytes');
+  const later = Buffer.from(initial);
+  stampBlock(0, 7, 1).copy(later, blockBytes);
+  assert.ok(checkWriteOrder({ log, images: [later], initial: [initial] }).consistent, 'write 7 over the initial content');
+  assert.match(checkWriteOrder({ log, images: [initial] }).violations[0]!, /holds write 99, which the hosts never wrote there/, 'without the initial image, old stamps are unknown writes');
+});
+
 test('a recovery after a crash of the primary is a state the hosts saw', () => {
   // Write 2 was acknowledged but not flushed; the crash lost it, the P-VOL came back with write 1.
   const writes: W[] = [
