@@ -46,7 +46,7 @@ async function writeSites(): Promise<Site[]> {
     const config = path.join(dir, `${id}.yaml`);
     fs.writeFileSync(config, [
       'array:', `  id: ${id}`, `  dataDir: ${id}`,
-      'drives:', `  - path: ${id}/drive0.img`, '    size: 8GiB',
+      'drives:', `  - path: ${id}/drive0.img`, '    size: 8GiB', `  - path: ${id}/journal0.img`, '    size: 2GiB', '    use: journal',
       'listen:', '  nbd: 127.0.0.1:0', '  api: 127.0.0.1:0', `  link: 127.0.0.1:${links[i]}`,
       'link:', `  pskFile: ${psk}`,
       'peers:', `  - id: ${i === 0 ? 'site-b' : 'site-a'}`, `    link: 127.0.0.1:${links[1 - i]}`, '',

@@ -13,7 +13,7 @@ export interface ArrayConfig {
   arrayId: string;
   dataDir: string;
   extentBytes: number;
-  drives: Array<{ path: string; sizeBytes: number | undefined }>;
+  drives: Array<{ path: string; sizeBytes: number | undefined; use: 'data' | 'journal' }>;
   listen: { nbd: HostPort; api: HostPort; link: HostPort | undefined };
   peers: Array<{ id: string; link: HostPort }>;
   link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number };
@@ -54,7 +54,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
   }
   const config = result.data;
   const base = path.dirname(path.resolve(file));
-  const drives = config.drives.map((d) => ({ path: path.resolve(base, d.path), sizeBytes: d.size }));
+  const drives = config.drives.map((d) => ({ path: path.resolve(base, d.path), sizeBytes: d.size, use: d.use }));
   const seen = new Set<string>();
   drives.forEach((drive, i) => {
     if (seen.has(drive.path)) {

@@ -47,8 +47,9 @@ export const configSchema = z.strictObject({
     extentBytes: extentBytes.default(2 ** 20),
   }),
   drives: z
-    .array(z.strictObject({ path: z.string().min(1), size: sizeBytes.optional() }))
-    .min(1, 'an array needs at least one drive'),
+    .array(z.strictObject({ path: z.string().min(1), size: sizeBytes.optional(), use: z.enum(['data', 'journal']).default('data') }))
+    .min(1, 'an array needs at least one drive')
+    .refine((drives) => drives.some((d) => d.use === 'data'), { message: 'at least one drive must have use: data (volumes live there)' }),
   listen: z.strictObject({
     nbd: address,
     api: address,

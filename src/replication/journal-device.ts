@@ -22,6 +22,6 @@ export class VolumeJournalDevice implements JournalDevice {
   }
 
   flush(): Promise<void> {
-    return this.engine.flush();
+    return this.engine.syncVolumeData(this.volume.meta.id);
   }
 }

@@ -8,12 +8,14 @@
 //   so a crash or a slow read never shows one volume's old data in another.
 
 import { TwinstoreError, assert } from '../errors.js';
+import type { DriveUse } from './drives.js';
 import { extentRef, refDrive, refExtent, type ExtentRef, type MetaRecord, type MetaState } from './meta-model.js';
 
 const cleanMarkBatchExtents = 256;
 
 interface DriveSpace {
   index: number;
+  use: DriveUse;
   extentCount: number;
   /** First never-used extent (in memory). */
   cleanNext: number;
@@ -40,15 +42,16 @@ export class ExtentAllocator {
 
   constructor(
     state: MetaState,
-    openDrives: number[],
+    openDrives: Array<{ index: number; use: DriveUse }>,
     private readonly commitNow: (records: MetaRecord[]) => Promise<void>,
   ) {
     const used = new Set<ExtentRef>();
     for (const volume of state.volumes.values()) for (const ref of volume.map.values()) used.add(ref);
-    for (const index of openDrives) {
+    for (const { index, use } of openDrives) {
       const meta = state.drives[index]!;
       const space: DriveSpace = {
         index,
+        use,
         extentCount: meta.extentCount,
         cleanNext: Math.min(meta.cleanFrom, meta.extentCount),
         cleanMarked: meta.cleanFrom,
@@ -60,19 +63,25 @@ export class ExtentAllocator {
     }
   }
 
-  /** Reserves an extent now (synchronously); resolves once it is safe to write. */
-  allocate(): Promise<Allocation> {
-    for (let tries = 0; tries < this.spaces.length; tries++) {
-      const space = this.spaces[this.nextDrive % this.spaces.length]!;
-      this.nextDrive = (this.nextDrive + 1) % this.spaces.length;
-      if (space.cleanNext < space.extentCount) {
-        const extent = space.cleanNext++;
-        return this.markClean(space, extent).then(() => ({ ref: extentRef(space.index, extent), needsZeroing: false }));
+  /**
+   * Reserves an extent now (synchronously); resolves once it is safe to write. Round-robin over
+   * the drives of the pool: `journal` takes journal drives first and data drives when none has
+   * room (or none exists); `data` never takes a journal drive.
+   */
+  allocate(pool: DriveUse = 'data'): Promise<Allocation> {
+    const tiers = pool === 'journal' ? [this.spaces.filter((s) => s.use === 'journal'), this.spaces.filter((s) => s.use === 'data')] : [this.spaces.filter((s) => s.use === 'data')];
+    for (const spaces of tiers) {
+      for (let tries = 0; tries < spaces.length; tries++) {
+        const space = spaces[this.nextDrive++ % spaces.length]!;
+        if (space.cleanNext < space.extentCount) {
+          const extent = space.cleanNext++;
+          return this.markClean(space, extent).then(() => ({ ref: extentRef(space.index, extent), needsZeroing: false }));
+        }
+        const extent = space.dirtyFree.pop();
+        if (extent !== undefined) return Promise.resolve({ ref: extentRef(space.index, extent), needsZeroing: true });
       }
-      const extent = space.dirtyFree.pop();
-      if (extent !== undefined) return Promise.resolve({ ref: extentRef(space.index, extent), needsZeroing: true });
     }
-    return Promise.reject(new TwinstoreError('NO_SPACE', 'no free extent left on any drive'));
+    return Promise.reject(new TwinstoreError('NO_SPACE', `no free extent left on any ${pool} drive`));
   }
 
   /** Makes sure `extent` lies below the durable clean mark before anything writes it. */

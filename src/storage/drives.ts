@@ -19,15 +19,21 @@ interface DriveLabel {
   extentBytes: number;
 }
 
+/** What a drive holds: volumes (`data`), or journal volumes only (`journal`). */
+export type DriveUse = 'data' | 'journal';
+
 export interface DriveConfig {
   path: string;
   sizeBytes?: number | undefined;
   syncReadBytesMax?: number | undefined;
+  /** Default `data`. Not stored on the drive: it steers new allocations only. */
+  use?: DriveUse | undefined;
 }
 
 export interface OpenDrive {
   index: number;
   file: BlockFile;
+  use: DriveUse;
 }
 
 /** Opens every configured drive, labelling new ones; returns records that register new drives. */
@@ -46,7 +52,7 @@ export async function openDrives(
       syncReadBytesMax: config.syncReadBytesMax ?? 0,
       ...(config.sizeBytes === undefined ? {} : { createSizeBytes: config.sizeBytes }),
     });
-    onOpened({ index: -1, file });
+    onOpened({ index: -1, file, use: config.use ?? 'data' });
     const extentCount = Math.floor(file.sizeBytes / state.extentBytes) - 1;
     if (extentCount < 1) {
       throw new TwinstoreError('DRIVE_INVALID', `drive ${config.path} holds ${file.sizeBytes} bytes; it needs at least two extents of ${state.extentBytes}`);
@@ -68,7 +74,7 @@ export async function openDrives(
       }
     }
     if (drives.some((d) => d.index === index)) throw new TwinstoreError('DRIVE_INVALID', `drive ${config.path} is listed twice`);
-    drives.push({ index, file });
+    drives.push({ index, file, use: config.use ?? 'data' });
   }
   for (const index of usedDrives) {
     if (!drives.some((d) => d.index === index)) {

@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { TwinstoreError, assert } from '../errors.js';
 import { ExtentAllocator } from './allocator.js';
-import { openDrives, type DriveConfig, type OpenDrive } from './drives.js';
+import { openDrives, type DriveConfig, type DriveUse, type OpenDrive } from './drives.js';
 import { MetaStore } from './meta-store.js';
 import { VOLUME_ROLES, refDrive, refExtent, type ExtentRef, type MetaRecord, type MetaState, type VolumeMeta, type VolumeRole } from './meta-model.js';
 import { Volume, type VolumeHost } from './volume.js';
@@ -38,6 +38,8 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
   private readonly volumesByName = new Map<string, Volume>();
   private pendingRecords: MetaRecord[] = [];
   private pendingMaps = new Map<number, number[]>();
+  /** Volumes whose map entries the running flush round is committing. */
+  private mapsInFlight = new Set<number>();
   private flushRunning: Promise<void> | undefined;
   private flushQueued: Promise<void> | undefined;
   private readonly timer: NodeJS.Timeout;
@@ -87,7 +89,7 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     }
     const live = meta.snapshotState();
     const byIndex = new Map(opened.map((d) => [d.index, d]));
-    const allocator = new ExtentAllocator(live, [...byIndex.keys()], (r) => meta.commit(r));
+    const allocator = new ExtentAllocator(live, opened.map((d) => ({ index: d.index, use: d.use })), (r) => meta.commit(r));
     return new StorageEngine(options, meta, live, byIndex, allocator);
   }
 
@@ -219,9 +221,28 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
       throw error;
     }
     this.allocator.releasesDurable(released);
+    this.mapsInFlight = new Set();
+  }
+
+  /**
+   * Makes every completed write to one volume durable by syncing only the drives that hold
+   * its extents — when its map is complete and durable (a thick volume such as a journal),
+   * so no metadata needs to go with the data. Otherwise a full flush. A journal on its own
+   * drive (`drives[].use: journal`) then syncs its records and not the P-VOL data beside it.
+   */
+  syncVolumeData(volumeId: number): Promise<void> {
+    const state = this.live.volumes.get(volumeId);
+    const chunks = state === undefined ? 0 : Math.ceil(state.meta.sizeBytes / this.extentBytes);
+    const mapSettled = state !== undefined && state.map.size === chunks && !this.pendingMaps.has(volumeId) &&
+      !this.mapsInFlight.has(volumeId) && !this.pendingRecords.some((r) => r.t === 'map' && r.volume === volumeId);
+    if (!mapSettled) return this.flush();
+    const drives = new Set<number>();
+    for (const ref of state.map.values()) drives.add(refDrive(ref));
+    return Promise.all([...drives].map((index) => this.drives.get(index)!.file.sync())).then(() => undefined);
   }
 
   private takeRecords(): MetaRecord[] {
+    this.mapsInFlight = new Set(this.pendingMaps.keys());
     const records = this.pendingRecords;
     for (const [volume, entries] of this.pendingMaps) records.push({ t: 'map', volume, entries });
     this.pendingRecords = [];
@@ -231,8 +252,8 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
 
   // VolumeHost: what a Volume asks of the engine.
 
-  allocateExtent(): Promise<{ ref: ExtentRef; needsZeroing: boolean }> {
-    return this.allocator.allocate();
+  allocateExtent(pool: DriveUse): Promise<{ ref: ExtentRef; needsZeroing: boolean }> {
+    return this.allocator.allocate(pool);
   }
 
   readExtent(ref: ExtentRef, buffer: Buffer, offsetInExtent: number): Promise<void> {

@@ -10,7 +10,8 @@ import type { ExtentRef, VolumeMeta, VolumeState } from './meta-model.js';
 
 export interface VolumeHost {
   readonly extentBytes: number;
-  allocateExtent(): Promise<{ ref: ExtentRef; needsZeroing: boolean }>;
+  /** Journal volumes ask for the `journal` pool (journal drives first), others for `data`. */
+  allocateExtent(pool: 'data' | 'journal'): Promise<{ ref: ExtentRef; needsZeroing: boolean }>;
   readExtent(ref: ExtentRef, buffer: Buffer, offsetInExtent: number): Promise<void>;
   writeExtent(ref: ExtentRef, buffer: Buffer, offsetInExtent: number): Promise<void>;
   pin(ref: ExtentRef): void;
@@ -51,6 +52,11 @@ export class Volume {
 
   allocatedBytes(): number {
     return this.state.map.size * this.host.extentBytes;
+  }
+
+  /** The extents the volume holds (for placement checks and reports). */
+  extentRefs(): ExtentRef[] {
+    return [...this.state.map.values()];
   }
 
   private *pieces(offset: number, length: number): Generator<Piece> {
@@ -106,7 +112,7 @@ export class Volume {
   }
 
   private async prepareExtent(chunk: number): Promise<ExtentRef> {
-    const { ref, needsZeroing } = await this.host.allocateExtent();
+    const { ref, needsZeroing } = await this.host.allocateExtent(this.meta.role.startsWith('journal') ? 'journal' : 'data');
     if (needsZeroing) await this.pinned(ref, () => this.zeroRange(ref, 0, this.host.extentBytes));
     const raced = this.state.map.get(chunk);
     assert(raced === undefined, 'only one allocation runs per chunk');

@@ -56,8 +56,8 @@ test('a valid config parses: sizes, defaults and paths relative to the config fo
   assert.equal(config.dataDir, '/etc/twinstore/data');
   assert.equal(config.extentBytes, 2 ** 20, 'extentBytes defaults to 1 MiB');
   assert.deepEqual(config.drives, [
-    { path: '/etc/twinstore/drives/d0.img', sizeBytes: 4 * 2 ** 30 },
-    { path: '/srv/d1.img', sizeBytes: 512 * 2 ** 20 },
+    { path: '/etc/twinstore/drives/d0.img', sizeBytes: 4 * 2 ** 30, use: 'data' },
+    { path: '/srv/d1.img', sizeBytes: 512 * 2 ** 20, use: 'data' },
   ]);
   assert.deepEqual(config.listen, { nbd: { host: '127.0.0.1', port: 10809 }, api: { host: '0.0.0.0', port: 0 }, link: undefined });
   assert.deepEqual(config.peers, []);
@@ -78,7 +78,7 @@ test('optional keys: extentBytes as a size, a drive without size, an API token, 
   assert.equal(config.file, path.resolve('relative/site.yaml'));
   assert.equal(config.dataDir, '/var/lib/twinstore');
   assert.equal(config.extentBytes, 4 * 2 ** 20);
-  assert.deepEqual(config.drives[0], { path: path.resolve('relative/drives/d0.img'), sizeBytes: undefined });
+  assert.deepEqual(config.drives[0], { path: path.resolve('relative/drives/d0.img'), sizeBytes: undefined, use: 'data' });
   assert.deepEqual(config.listen.nbd, { host: '::1', port: 10809 });
   assert.deepEqual(config.listen.api, { host: 'localhost', port: 7700 });
   assert.equal(config.apiToken, '0123456789abcdef0123');
@@ -141,6 +141,14 @@ test('extentBytes must be a power of two from 64KiB to 64MiB', () => {
   assert.match(invalid(withExtent('32KiB')), /line 4: array\.extentBytes: must be a power of two/);
   assert.match(invalid(withExtent('128MiB')), /line 4: array\.extentBytes: must be a power of two/);
   assert.equal(parseConfig(withExtent('65536'), 'x.yaml').extentBytes, 65536);
+});
+
+test('drives[].use: data by default, journal drives named, a bad use and an array with no data drive refused', () => {
+  const parsed = parseConfig(configText({ 8: '    size: 512MiB\n    use: journal' }), 'x.yaml');
+  assert.deepEqual(parsed.drives.map((d) => d.use), ['data', 'journal']);
+  assert.match(invalid(configText({ 8: '    size: 512MiB\n    use: cache' })), /line 9: drives\[1\]\.use: /);
+  const noData = configText({ 6: '    size: 4GiB\n    use: journal', 8: '    size: 512MiB\n    use: journal' });
+  assert.match(invalid(noData), /line 4: drives: at least one drive must have use: data/);
 });
 
 test('an empty drives list is refused', () => {

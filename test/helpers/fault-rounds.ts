@@ -1,5 +1,5 @@
 // Randomized fault rounds for a journal group (DESIGN.md §10), shared by
-// test/faults/write-order-rounds.faults.ts (20 rounds) and scripts/soak.mjs
+// test/faults/write-order-rounds.test.ts (20 rounds) and scripts/soak.mjs
 // (as many as asked). Everything random comes from one seed.
 //
 // Setup: arrays A and B (volatile-cache mode), two P-VOLs on A paired with two
