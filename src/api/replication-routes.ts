@@ -17,6 +17,8 @@ export interface ReplicationControl {
   displayPairs(group: string | undefined): Promise<unknown[]>;
   setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }>;
   deleteGroup(group: string, force: boolean): Promise<{ deleted: string }>;
+  splitPair(group: string, rw: boolean): Promise<unknown>;
+  resyncPair(group: string): Promise<unknown>;
   /** Read-only journal numbers per group, for /metrics. */
   groupStats(): GroupStats[];
 }
@@ -69,6 +71,14 @@ export function addReplicationRoutes(app: FastifyInstance, control: () => Replic
   app.post('/v1/pairs/restore', async (request) => {
     const body = parseBody(z.strictObject({ group: z.string().min(1), paused: z.boolean() }), request.body);
     return control().setRestorePaused(body.group, body.paused);
+  });
+  app.post('/v1/pairs/split', async (request) => {
+    const body = parseBody(z.strictObject({ group: z.string().min(1), rw: z.boolean().default(false) }), request.body);
+    return control().splitPair(body.group, body.rw);
+  });
+  app.post('/v1/pairs/resync', async (request) => {
+    const body = parseBody(z.strictObject({ group: z.string().min(1) }), request.body);
+    return control().resyncPair(body.group);
   });
   app.delete<{ Params: { group: string }; Querystring: { force?: string } }>('/v1/groups/:group', async (request) => {
     const force = request.query.force === 'true' || request.query.force === '1';

@@ -41,13 +41,14 @@ export class TwinstoreArray implements ArrayControl {
   ) {
     replication.injector = (method, url, body) => api.inject(method, url, body);
     replication.manager.openSessions = (name) => registry.sessionCount(name);
+    replication.manager.closeSessions = (name, reason) => registry.closeSessions(name, reason);
   }
 
   static async start(config: ArrayConfig): Promise<{ array: TwinstoreArray; ready: ReadyInfo }> {
     const log = createLogger({ array: config.arrayId });
     const releaseLock = acquireLock(config.dataDir);
     try {
-      const drives = config.drives.map((d) => ({ ...d, syncReadBytesMax: config.tuning.syncReadBytesMax }));
+      const drives = config.drives.map((d) => ({ ...d, syncReadBytesMax: config.tuning.syncReadBytesMax, syncWriteBytesMax: config.tuning.syncWriteBytesMax }));
       const engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
       const token = ensureToken(config.dataDir, config.apiToken);
       let control: TwinstoreArray | undefined;
@@ -81,13 +82,13 @@ export class TwinstoreArray implements ArrayControl {
   }
 
   private exportVolume(volume: Volume): void {
-    if (isExported(volume)) this.registry.set(new VolumeExport(volume, this.engine, (v) => this.replication.manager.masterOf(v)));
+    if (isExported(volume)) this.registry.set(new VolumeExport(volume, this.engine, (v) => this.replication.manager.writerOf(v)));
   }
 
   /** A role change: the export follows; if the host-visible flags change, sessions are closed so hosts reconnect. */
   private reexport(volume: Volume): void {
     const before = this.registry.get(volume.name);
-    const after = isExported(volume) ? new VolumeExport(volume, this.engine, (v) => this.replication.manager.masterOf(v)) : undefined;
+    const after = isExported(volume) ? new VolumeExport(volume, this.engine, (v) => this.replication.manager.writerOf(v)) : undefined;
     if (!after) return this.registry.remove(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
     this.registry.set(after);
     if (before && before.readOnly !== after.readOnly) this.registry.closeSessions(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);

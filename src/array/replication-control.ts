@@ -27,6 +27,7 @@ export class ArrayReplication implements ReplicationControl {
       log,
       peerChannel: (id) => this.peers.get(id),
       defaults: { ...config.groupDefaults, regionBytes: config.bitmapRegionBytes },
+      suspendAfterMs: config.link.suspendAfterMs,
     });
   }
 
@@ -77,6 +78,14 @@ export class ArrayReplication implements ReplicationControl {
         return { body: { ok: true }, payload: [] };
       case 'group.delete':
         await this.manager.deleteGroup(String(body.group));
+        return { body: { ok: true }, payload: [] };
+      case 'pair.split-rw':
+        await this.manager.makeWritable(body as never);
+        return { body: { ok: true }, payload: [] };
+      case 'pair.resync-prepare':
+        return { body: await this.manager.prepareResync(body as never), payload: [] };
+      case 'pair.resync-started':
+        await this.manager.resyncStarted(body as never);
         return { body: { ok: true }, payload: [] };
       case 'pair.display':
         return { body: { pairs: this.manager.display(body.group as string | undefined) }, payload: [] };
@@ -148,6 +157,25 @@ export class ArrayReplication implements ReplicationControl {
     if (!restore) throw new TwinstoreError('GROUP_NOT_FOUND', `group ${group} does not receive on ${this.config.arrayId}`, { field: 'group' });
     await restore.setApplyPaused(paused);
     return { group, paused };
+  }
+
+  /** pair split: run on the master; sent there from the S-VOL's array. */
+  async splitPair(group: string, rw: boolean): Promise<unknown> {
+    if (this.manager.groupRole(group) === 'restore') return this.forwardToMaster(group, 'POST', '/v1/pairs/split', { group, rw });
+    return this.manager.split(group, rw);
+  }
+
+  /** pair resync: run on the master; sent there from the S-VOL's array. */
+  async resyncPair(group: string): Promise<unknown> {
+    if (this.manager.groupRole(group) === 'restore') return this.forwardToMaster(group, 'POST', '/v1/pairs/resync', { group });
+    return this.manager.resync(group);
+  }
+
+  private async forwardToMaster(group: string, method: string, url: string, body: unknown): Promise<unknown> {
+    const peer = this.manager.peerOfGroup(group);
+    const result = await this.forward(peer, method, url, body);
+    if (result.status >= 400) throw errorFrom(result.json);
+    return result.json;
   }
 
   async deleteGroup(group: string, force: boolean): Promise<{ deleted: string }> {

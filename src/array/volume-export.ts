@@ -1,6 +1,7 @@
 // Serves one volume as an NBD export. Which roles are exported, and read-only,
-// is decided here: hosts write simplex volumes and P-VOLs, read S-VOLs; journal
-// volumes are the array's own and are never exported.
+// is decided here: hosts write simplex volumes and P-VOLs, read S-VOLs (unless
+// a split --rw made them writable, tracked); journal volumes are the array's
+// own and are never exported.
 
 import type { BlockExport } from '../nbd/index.js';
 import type { StorageEngine, Volume, VolumeRole, Extent } from '../storage/index.js';
@@ -13,7 +14,7 @@ export function isExported(volume: Volume): boolean {
   return exportedRoles.has(volume.meta.role);
 }
 
-/** The journaled write path of a P-VOL (replication), when the volume is one. */
+/** The replicated write path of a P-VOL (journaled) or of an S-VOL split --rw (tracked), when the volume is one. */
 export interface JournaledWriter {
   write(lun: number, offset: number, data: Buffer): Promise<void>;
   writeZeroes(lun: number, offset: number, length: number, keepAllocated: boolean): Promise<void>;
@@ -35,7 +36,7 @@ export class VolumeExport implements BlockExport {
   }
 
   get readOnly(): boolean {
-    return readOnlyRoles.has(this.volume.meta.role);
+    return readOnlyRoles.has(this.volume.meta.role) && this.journaled(this.volume) === undefined;
   }
 
   get description(): string {

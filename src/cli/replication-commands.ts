@@ -102,6 +102,26 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
       const result = await connect(globals()).request<{ group: string; paused: boolean }>('POST', '/v1/pairs/restore', { group: opts.group, paused: opts.pause === true });
       print(opts.json ?? globals().json, result, () => `restore of ${result.group} ${result.paused ? 'paused' : 'resumed'}`);
     });
+  pair.command('split')
+    .description('stop the S-VOLs at a consistency point (PSUS); changes are tracked on both sides')
+    .requiredOption('--group <group>', 'journal group')
+    .option('--rw', 'make the S-VOLs writable once they reach the split point (their writes are tracked too)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { group: string; rw?: boolean; json?: boolean }) => {
+      const result = await connect(globals()).request<{ group: string; splitSeq: number; consistencySeq: number; atSplitPoint: boolean; svolWritable: boolean }>(
+        'POST', '/v1/pairs/split', { group: opts.group, rw: opts.rw === true });
+      print(opts.json ?? globals().json, result, () => `split ${result.group} at seq ${result.consistencySeq}: ` +
+        (result.atSplitPoint ? 'the S-VOLs hold that point' : 'the S-VOLs are still applying up to it') +
+        (result.svolWritable ? '; the S-VOLs are writable' : ''));
+    });
+  pair.command('resync')
+    .description('copy only the regions changed on either side since the split or suspension, then PAIR')
+    .requiredOption('--group <group>', 'journal group')
+    .option('--json', 'print JSON')
+    .action(async (opts: { group: string; json?: boolean }) => {
+      const result = await connect(globals()).request<{ group: string; dirtyBytes: number }>('POST', '/v1/pairs/resync', { group: opts.group });
+      print(opts.json ?? globals().json, result, () => `resync of ${result.group} started: ${result.dirtyBytes} bytes of changed regions to copy (watch pair display)`);
+    });
   pair.command('display')
     .description('pair status, copy progress, lag and consistency point')
     .option('--group <group>', 'one group')

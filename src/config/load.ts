@@ -20,7 +20,7 @@ export interface ArrayConfig {
   groupDefaults: { overflow: 'suspend' | 'throttle'; throttleMsMax: number };
   bitmapRegionBytes: number;
   apiToken: string | undefined;
-  tuning: { pollMicros: number; syncReadBytesMax: number };
+  tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
 }
 
 export function loadConfig(file: string): ArrayConfig {

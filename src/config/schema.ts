@@ -83,8 +83,9 @@ export const configSchema = z.strictObject({
     .strictObject({
       pollMicros: z.number().int().min(0).max(10_000).default(200),
       syncReadBytesMax: sizeBytes.refine((n) => n <= 2 ** 20, { message: 'must be at most 1MiB' }).default(65536),
+      syncWriteBytesMax: sizeBytes.refine((n) => n <= 2 ** 20, { message: 'must be at most 1MiB' }).default(65536),
     })
-    .default({ pollMicros: 200, syncReadBytesMax: 65536 }),
+    .default({ pollMicros: 200, syncReadBytesMax: 65536, syncWriteBytesMax: 65536 }),
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

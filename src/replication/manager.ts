@@ -45,6 +45,8 @@ export interface ReplicationOptions {
   log: Logger;
   peerChannel: (peerId: string) => PeerChannel | undefined;
   defaults: { overflow: OverflowPolicy; throttleMsMax: number; regionBytes: number };
+  /** A sending group whose receiver is silent this long suspends (PSUE link-down); default 30 s. */
+  suspendAfterMs?: number;
 }
 
 /** Parses ARRAY:NAME; a bare NAME belongs to `localId`. */
@@ -98,13 +100,14 @@ export class ReplicationManager {
     const regionBytes = meta.regionBytes ?? this.options.defaults.regionBytes;
     const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes, log: this.log });
     if (register) this.masters.set(meta.name, group);
+    group.watchLink(this.options.suspendAfterMs ?? 30_000);
     return group;
   }
 
   private newRestore(meta: GroupMeta, journal: Journal): RestoreGroup {
     const peer = this.options.peerChannel(meta.peer);
     if (!peer) throw new TwinstoreError('PEER_UNKNOWN', `group ${meta.name} names peer ${meta.peer}, which is not configured`);
-    const group = new RestoreGroup({ meta, journal, engine: this.engine, peer, persist: (m) => this.persist(m), log: this.log });
+    const group = new RestoreGroup({ meta, journal, engine: this.engine, peer, persist: (m) => this.persist(m), log: this.log, regionBytes: this.options.defaults.regionBytes });
     this.restores.set(meta.name, group);
     return group;
   }
@@ -120,6 +123,95 @@ export class ReplicationManager {
       if (pvol) return { group, lun: pvol.pair.pvolLun };
     }
     return undefined;
+  }
+
+  /** Who takes host writes for a volume: the journaled path of a P-VOL, or the tracked path of an S-VOL split --rw. */
+  writerOf(volume: Volume): { group: MasterGroup | RestoreGroup; lun: number } | undefined {
+    const master = this.masterOf(volume);
+    if (master) return master;
+    for (const group of this.restores.values()) {
+      const pair = group.writablePair(volume.meta.id);
+      if (pair) return { group, lun: pair.pvolLun };
+    }
+    return undefined;
+  }
+
+  /** NBD sessions of a volume are closed (its read-only flag changed); set by the array. */
+  closeSessions: (volumeName: string, reason: string) => void = () => undefined;
+
+  // ---- split and resync (DESIGN.md §6) ------------------------------------------------
+
+  /**
+   * pair split on the master: PSUS from a split point; waits (up to `waitMs`) until the
+   * receiver has applied up to it; with `rw` then makes the S-VOLs writable. Re-running it
+   * on a split group goes on from where it stopped.
+   */
+  async split(name: string, rw: boolean, waitMs = 30_000): Promise<{ group: string; splitSeq: number; consistencySeq: number; atSplitPoint: boolean; svolWritable: boolean }> {
+    const group = this.masterGroup(name);
+    const splitSeq = group.meta.splitSeq !== undefined && group.meta.splitSeq !== null && group.meta.pairs.every((p) => p.status === 'PSUS')
+      ? group.meta.splitSeq
+      : await group.split();
+    const atSplitPoint = await group.waitApplied(splitSeq, waitMs);
+    if (rw) {
+      if (!atSplitPoint) {
+        throw new TwinstoreError('LINK_TIMEOUT', `group ${name} is split, but ${group.meta.peer} has not applied up to the split point (seq ${splitSeq - 1}) yet; run pair split --rw again`);
+      }
+      await this.peerOf(group).request('pair.split-rw', { group: name, splitSeq });
+    }
+    return { group: name, splitSeq, consistencySeq: splitSeq - 1, atSplitPoint, svolWritable: rw };
+  }
+
+  /** The S-VOL side of split --rw. */
+  async makeWritable(body: { group: string; splitSeq: number }): Promise<void> {
+    const group = this.restoreGroupOrThrow(body.group);
+    for (const pair of await group.makeWritable(body.splitSeq)) this.closeSessions(pair.svolName, `S-VOL ${pair.svolName} is writable (pair split --rw)`);
+  }
+
+  /**
+   * pair resync on the master: the S-VOLs read-only again and their bitmaps fetched, merged
+   * into ours durably, then cleared there; every marked region is copied (COPY), then PAIR.
+   */
+  async resync(name: string): Promise<{ group: string; dirtyBytes: number }> {
+    const group = this.masterGroup(name);
+    const peer = this.peerOf(group);
+    const prepared = (await peer.request('pair.resync-prepare', { group: name })).body as { dirty: Array<{ lun: number; ranges: Array<[number, number]> }> };
+    const { dirtyBytes } = await group.resync(prepared.dirty);
+    await peer.request('pair.resync-started', { group: name });
+    return { group: name, dirtyBytes };
+  }
+
+  async prepareResync(body: { group: string }): Promise<{ dirty: Array<{ lun: number; ranges: Array<[number, number]> }> }> {
+    const group = this.restoreGroupOrThrow(body.group);
+    const { closed, dirty } = await group.prepareResync();
+    for (const pair of closed) this.closeSessions(pair.svolName, `S-VOL ${pair.svolName} is read-only again (pair resync)`);
+    return { dirty };
+  }
+
+  async resyncStarted(body: { group: string }): Promise<void> {
+    await this.restoreGroupOrThrow(body.group).resyncStarted();
+  }
+
+  private masterGroup(name: string): MasterGroup {
+    const group = this.masters.get(name);
+    if (!group) throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${name} sends from ${this.engine.arrayId}`, { field: 'group' });
+    return group;
+  }
+
+  private restoreGroupOrThrow(name: string): RestoreGroup {
+    const group = this.restores.get(name);
+    if (!group) throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${name} receives on ${this.engine.arrayId}`, { field: 'group' });
+    return group;
+  }
+
+  private peerOf(group: MasterGroup): PeerChannel {
+    const peer = this.options.peerChannel(group.meta.peer);
+    if (!peer?.connected) throw new TwinstoreError('LINK_DOWN', `peer ${group.meta.peer} of group ${group.meta.name} is not reachable`);
+    return peer;
+  }
+
+  /** Whether this array sends (master), receives (restore) or does not hold the group. */
+  groupRole(name: string): 'master' | 'restore' | undefined {
+    return this.masters.has(name) ? 'master' : this.restores.has(name) ? 'restore' : undefined;
   }
 
   // ---- journals ---------------------------------------------------------------
@@ -282,6 +374,7 @@ export class ReplicationManager {
         overflow: this.options.defaults.overflow,
         throttleMsMax: this.options.defaults.throttleMsMax,
         copyPaceBytesPerSecond: 0,
+        regionBytes: this.options.defaults.regionBytes,
         epoch: body.epoch,
         epochs: [{ epoch: body.epoch, firstSeq: 0 }],
         pairs: [],

@@ -78,6 +78,10 @@ export class MasterGroup extends EventEmitter {
   /** Timestamp (our clock) of the newest record the receiver applied: the consistency point's time. */
   private consistencyTimeMs: number | undefined;
   private copying = new Set<number>();
+  /** Host writes going the bitmap way right now (a resync waits for them before reading the bitmap). */
+  private bitmapWrites = 0;
+  private readonly bitmapDrained: Array<() => void> = [];
+  private linkWatch: NodeJS.Timeout | undefined;
   /** Activity regions (per LUN) whose re-send after an unclean stop has not finished. */
   private readonly resendPending = new Map<number, Set<number>>();
   private stopped = false;
@@ -139,17 +143,9 @@ export class MasterGroup extends EventEmitter {
     const regions = pvol.activity.regionsOf(offset, length);
     for (const r of regions) pvol.activeWrites.set(r, (pvol.activeWrites.get(r) ?? 0) + 1);
     try {
-      if (!this.journaling(pvol)) {
-        await pvol.bitmap.mark(offset, length);
-        await apply(pvol.volume);
-        return;
-      }
+      if (!this.journaling(pvol)) return await this.bitmapWrite(pvol, offset, length, apply);
       const reservation = await this.reserveForHost(pvol, kind, offset, length);
-      if (reservation === undefined) {
-        await pvol.bitmap.mark(offset, length);
-        await apply(pvol.volume);
-        return;
-      }
+      if (reservation === undefined) return await this.bitmapWrite(pvol, offset, length, apply);
       const meta = { kind, epoch: this.meta.epoch, timestampMs: reservation.timestampMs, lun, offset, length };
       await this.markActivity(pvol, offset, length);
       if (isPlanted('pvol-before-journal')) await apply(pvol.volume);
@@ -163,6 +159,18 @@ export class MasterGroup extends EventEmitter {
         else pvol.activeWrites.set(r, left);
       }
       unlock();
+    }
+  }
+
+  /** A host write while the pair is suspended or split: the bitmap mark is durable before the write. */
+  private async bitmapWrite(pvol: Pvol, offset: number, length: number, apply: (v: Volume) => Promise<void>): Promise<void> {
+    this.bitmapWrites += 1;
+    try {
+      await pvol.bitmap.mark(offset, length);
+      await apply(pvol.volume);
+    } finally {
+      this.bitmapWrites -= 1;
+      if (this.bitmapWrites === 0) for (const wake of this.bitmapDrained.splice(0)) wake();
     }
   }
 
@@ -320,7 +328,7 @@ export class MasterGroup extends EventEmitter {
     const pvol = this.pvolOf(lun);
     if (pvol.pair.status !== 'COPY' || pvol.pair.copyLastSeq !== null) return;
     this.copying.add(lun);
-    void this.copyVolume(pvol)
+    void (pvol.pair.copyKind === 'resync' ? this.resyncVolume(pvol) : this.copyVolume(pvol))
       .catch((error: unknown) => {
         this.log.error({ err: (error as Error).message, lun }, 'initial copy failed');
         return this.suspend(`copy-error: ${(error as Error).message}`);
@@ -336,7 +344,9 @@ export class MasterGroup extends EventEmitter {
       const offset = pvol.pair.copyOffset;
       const length = Math.min(copyChunkBytes, size - offset);
       lastSeq = await this.copyChunk(pvol, offset, length, () => pvol.pair.status === 'COPY');
+      if (lastSeq < 0) return;
       pvol.pair.copyOffset = offset + length;
+      pvol.pair.copyDoneBytes = (pvol.pair.copyDoneBytes ?? 0) + length;
       if (pvol.pair.copyOffset % (64 * copyChunkBytes) === 0) {
         // The persisted offset says "copied below here": the base records below it must be durable first,
         // or a crash loses them while a restart resumes past them.
@@ -356,6 +366,130 @@ export class MasterGroup extends EventEmitter {
       this.scheduleSync();
       this.checkCopyDone();
     }
+  }
+
+  /**
+   * A resync (pair resync): every region marked in the P-VOL's bitmap — host writes while split or
+   * suspended, the peer's S-VOL writes, folded records — goes as base (or trim) records, adjacent
+   * regions merged up to 1 MiB, under the range lock, in the group's sequence space. A region
+   * leaves the bitmap only once its record is durable in the journal (from there the journal
+   * carries it), so a restart goes on with what is left.
+   */
+  private async resyncVolume(pvol: Pvol): Promise<void> {
+    const regionBytes = pvol.bitmap.regionBytes;
+    const size = pvol.volume.sizeBytes;
+    const regions = pvol.bitmap.values().sort((a, b) => a - b);
+    let lastSeq = -1;
+    let done: number[] = [];
+    const commit = async (): Promise<void> => {
+      if (lastSeq >= 0) await this.durableThrough(lastSeq);
+      await pvol.bitmap.remove(done);
+      done = [];
+      await this.persistMeta(this.meta);
+    };
+    for (let i = 0; i < regions.length && !this.stopped && pvol.pair.status === 'COPY';) {
+      let j = i;
+      while (j + 1 < regions.length && regions[j + 1] === regions[j]! + 1 && (j + 2 - i) * regionBytes <= copyChunkBytes) j++;
+      const offset = regions[i]! * regionBytes;
+      const length = Math.min((j - i + 1) * regionBytes, size - offset);
+      const seq = await this.copyChunk(pvol, offset, length, () => pvol.pair.status === 'COPY');
+      if (seq < 0) return;
+      lastSeq = seq;
+      done.push(...regions.slice(i, j + 1));
+      pvol.pair.copyDoneBytes = (pvol.pair.copyDoneBytes ?? 0) + length;
+      if (done.length >= 1024) await commit();
+      i = j + 1;
+    }
+    if (this.stopped || pvol.pair.status !== 'COPY') return;
+    await commit();
+    // Nothing to copy still needs a point B must reach: everything journaled so far.
+    pvol.pair.copyLastSeq = lastSeq >= 0 ? lastSeq : this.journal.nextSeq - 1;
+    await this.persistMeta(this.meta);
+    this.log.info({ pvol: pvol.pair.pvolName, bytes: pvol.pair.copyDoneBytes }, 'resync: every marked region queued');
+    this.scheduleSync();
+    this.checkCopyDone();
+  }
+
+  // ---- split and resync (DESIGN.md §6) ----------------------------------------
+
+  /**
+   * pair split: from now on host writes are not journaled but marked in the bitmaps (PSUS);
+   * the records before go on to the receiver, which stops at `splitSeq - 1`: the S-VOLs'
+   * consistency point. Returns that splitSeq.
+   */
+  async split(): Promise<number> {
+    const notPair = this.meta.pairs.find((p) => p.status !== 'PAIR');
+    if (notPair) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${notPair.pvolName} is ${notPair.status}; only PAIR can be split`, { field: 'group' });
+    for (const pair of this.meta.pairs) {
+      pair.status = 'PSUS';
+      pair.statusReason = 'split';
+    }
+    this.meta.splitSeq = this.journal.nextSeq; // in the same step as the status: no record comes after it
+    await this.persistMeta(this.meta);
+    this.emit('changed');
+    this.log.info({ splitSeq: this.meta.splitSeq }, 'pair split');
+    return this.meta.splitSeq;
+  }
+
+  /** Resolves true once the receiver has applied every record before `seq`, false after `timeoutMs`. */
+  async waitApplied(seq: number, timeoutMs: number): Promise<boolean> {
+    const deadline = this.now() + timeoutMs;
+    while (this.receiverApplied < seq) {
+      if (this.now() >= deadline || this.stopped) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
+  }
+
+  /**
+   * pair resync: the peer's dirty ranges join the bitmaps (durably), every pair goes COPY and
+   * host writes are journaled again; then each marked region is copied (resyncVolume). The
+   * caller has made the S-VOLs read-only again and holds the peer's ranges.
+   */
+  async resync(peerDirty: Array<{ lun: number; ranges: Array<[number, number]> }>): Promise<{ dirtyBytes: number }> {
+    const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE');
+    if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS or PSUE`, { field: 'group' });
+    for (const entry of peerDirty) {
+      const pvol = this.pvols.get(entry.lun);
+      if (!pvol) continue;
+      const regions = entry.ranges.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
+      await pvol.bitmap.addAll(regions);
+    }
+    for (const pair of this.meta.pairs) {
+      pair.status = 'COPY';
+      pair.statusReason = null;
+      pair.copyKind = 'resync';
+      pair.copyLastSeq = null;
+      pair.copyDoneBytes = 0;
+    }
+    this.meta.splitSeq = null;
+    // Writes that chose the bitmap way before the switch mark it before they write: wait for them.
+    if (this.bitmapWrites > 0) await new Promise<void>((resolve) => this.bitmapDrained.push(resolve));
+    let dirtyBytes = 0;
+    for (const pvol of this.pvols.values()) {
+      pvol.pair.copyTotalBytes = Math.min(pvol.bitmap.size * pvol.bitmap.regionBytes, pvol.volume.sizeBytes);
+      dirtyBytes += pvol.pair.copyTotalBytes;
+    }
+    await this.persistMeta(this.meta);
+    this.emit('changed');
+    this.log.info({ dirtyBytes }, 'resync started');
+    for (const pvol of this.pvols.values()) this.startCopy(pvol.pair.pvolLun);
+    return { dirtyBytes };
+  }
+
+  /**
+   * PSUE link-down: with the receiver silent for `suspendAfterMs` (no journal.read heard), the
+   * group suspends, so the journal stops filling and host writes go on, tracked in the bitmaps.
+   */
+  watchLink(suspendAfterMs: number): void {
+    clearInterval(this.linkWatch);
+    this.lastHeardMs = Math.max(this.lastHeardMs, this.now());
+    this.linkWatch = setInterval(() => {
+      if (this.stopped || this.now() - this.lastHeardMs < suspendAfterMs) return;
+      if (!this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) return;
+      void this.suspend('link-down').catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'suspend on link down failed'));
+    }, Math.min(1000, Math.max(50, suspendAfterMs / 4)));
+    this.linkWatch.unref();
   }
 
   /** Waits until every record up to `seq` is durable in the journal. */
@@ -487,7 +621,9 @@ export class MasterGroup extends EventEmitter {
       svol: `${this.meta.peer}:${pair.svolName}`,
       status: pair.status,
       statusReason: pair.statusReason ?? (peerConnected ? null : 'link-down'),
-      copyPercent: pair.status === 'COPY' ? Math.floor((100 * pair.copyOffset) / Math.max(1, pair.sizeBytes)) : 100,
+      copyPercent: pair.status !== 'COPY' ? 100
+        : pair.copyKind === 'resync' ? Math.min(99, Math.floor((100 * (pair.copyDoneBytes ?? 0)) / Math.max(1, pair.copyTotalBytes ?? 0)))
+          : Math.floor((100 * pair.copyOffset) / Math.max(1, pair.sizeBytes)),
       journalUsedPercent: Math.round((1000 * this.journal.usedBytes) / Math.max(1, this.journal.capacityBytes)) / 10,
       lagRecords,
       lagBytes,
@@ -495,6 +631,7 @@ export class MasterGroup extends EventEmitter {
       consistencySeq,
       consistencyTime: this.consistencyTimeMs === undefined ? null : new Date(this.consistencyTimeMs).toISOString(),
       restoring: this.receiverStored > this.receiverApplied,
+      copyBytes: pair.copyDoneBytes ?? 0,
     }));
   }
 
@@ -512,6 +649,7 @@ export class MasterGroup extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.syncTimer);
+    clearInterval(this.linkWatch);
     for (const wake of [...this.durableWaiters]) wake();
     await this.engine.flush();
     await this.journal.sync();

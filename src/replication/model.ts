@@ -24,6 +24,13 @@ export interface PairMeta {
   /** Initial copy: next byte to copy, and the seq of the last base record once all are queued. */
   copyOffset: number;
   copyLastSeq: number | null;
+  /** What COPY is doing: the initial copy (by copyOffset) or a resync (the bitmap's regions). Default initial. */
+  copyKind?: 'initial' | 'resync';
+  /** Bytes the current (or last) copy has to send and has sent as base or trim records. */
+  copyTotalBytes?: number;
+  copyDoneBytes?: number;
+  /** Restore side: the S-VOL takes host writes (pair split --rw), tracked in its bitmap. */
+  svolWritable?: boolean;
 }
 
 export interface GroupMeta {
@@ -43,6 +50,8 @@ export interface GroupMeta {
   epochs: Array<{ epoch: Epoch; firstSeq: number }>;
   pairs: PairMeta[];
   createdAt: string;
+  /** Master side, after pair split: the first seq not journaled; the S-VOLs stop at splitSeq - 1. */
+  splitSeq?: number | null;
 }
 
 export const GROUP_DOCUMENT = 'group';
@@ -70,6 +79,8 @@ export interface PairDisplay {
   consistencySeq: number;
   consistencyTime: string | null;
   restoring: boolean;
+  /** Bytes sent as base and trim records by the current or last copy (initial copy or resync). */
+  copyBytes: number;
 }
 
 export function formatEpoch(epoch: Epoch): string {

@@ -13,6 +13,8 @@ import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 import { isUnitBegin, isUnitEnd } from './units.js';
+import { DurableRegionSet } from './region-set.js';
+import { bitmapSetName } from './model.js';
 
 const pullBytesMax = 8 * 2 ** 20;
 const applyBatchBytesMax = 8 * 2 ** 20;
@@ -42,6 +44,8 @@ export interface RestoreGroupOptions {
   peer: PeerChannel;
   persist: (meta: GroupMeta) => Promise<void>;
   log: Logger;
+  /** Region size of the S-VOL bitmaps (the group's, else the array default). */
+  regionBytes: number;
 }
 
 export class RestoreGroup extends EventEmitter {
@@ -73,6 +77,87 @@ export class RestoreGroup extends EventEmitter {
     this.peer = options.peer;
     this.persistMeta = options.persist;
     this.log = options.log.child({ group: options.meta.name });
+    this.regionBytes = options.meta.regionBytes ?? options.regionBytes;
+  }
+
+  private readonly regionBytes: number;
+  private readonly bitmaps = new Map<number, DurableRegionSet>();
+
+  /** The S-VOL bitmap of a pair: S-VOL writes while split --rw (DESIGN.md §6). */
+  private bitmapOf(lun: number): DurableRegionSet {
+    let set = this.bitmaps.get(lun);
+    if (!set) {
+      set = new DurableRegionSet(this.engine, bitmapSetName(this.meta.name, lun), this.regionBytes);
+      this.bitmaps.set(lun, set);
+    }
+    return set;
+  }
+
+  /** The pair whose S-VOL is `volumeId`, when it takes host writes (split --rw). */
+  writablePair(volumeId: number): PairMeta | undefined {
+    return this.meta.pairs.find((p) => p.localVolumeId === volumeId && p.svolWritable === true);
+  }
+
+  // The host write path of a writable S-VOL (split --rw): what VolumeExport calls.
+  write(lun: number, offset: number, data: Buffer): Promise<void> {
+    return this.svolWrite(lun, offset, data.length, (v) => v.write(offset, data));
+  }
+
+  writeZeroes(lun: number, offset: number, length: number, keepAllocated: boolean): Promise<void> {
+    return this.svolWrite(lun, offset, length, (v) => v.writeZeroes(offset, length, keepAllocated));
+  }
+
+  trim(lun: number, offset: number, length: number): Promise<void> {
+    return this.svolWrite(lun, offset, length, (v) => v.writeZeroes(offset, length, false));
+  }
+
+  flush(): Promise<void> {
+    return this.engine.flush();
+  }
+
+  /** A host write on a writable S-VOL: its regions marked durably first, then the write. */
+  async svolWrite(lun: number, offset: number, length: number, apply: (volume: Volume) => Promise<void>): Promise<void> {
+    const pair = this.meta.pairs.find((p) => p.pvolLun === lun && p.svolWritable === true);
+    if (!pair) throw new TwinstoreError('PAIR_INVALID', `the S-VOL of LUN ${lun} in group ${this.meta.name} is read-only`);
+    await this.bitmapOf(lun).mark(offset, length);
+    await apply(this.svolOf(lun));
+  }
+
+  /**
+   * split --rw, on the S-VOL side: once every record before `splitSeq` is applied, the S-VOLs
+   * take host writes (tracked). Returns the pairs made writable.
+   */
+  async makeWritable(splitSeq: number): Promise<PairMeta[]> {
+    if (this.journal.appliedSeq < splitSeq) {
+      throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: the S-VOLs are at seq ${this.journal.appliedSeq - 1}, not yet at the split point ${splitSeq - 1}`);
+    }
+    const changed = this.meta.pairs.filter((p) => p.svolWritable !== true);
+    for (const pair of changed) {
+      pair.svolWritable = true;
+      this.bitmapOf(pair.pvolLun);
+    }
+    await this.persistMeta(this.meta);
+    return changed;
+  }
+
+  /**
+   * Resync, step 1 on the S-VOL side: the S-VOLs read-only again (returned, so their sessions
+   * are closed), and the ranges their bitmaps hold. The bitmaps stay until resyncStarted().
+   */
+  async prepareResync(): Promise<{ closed: PairMeta[]; dirty: Array<{ lun: number; ranges: Array<[number, number]> }> }> {
+    const closed = this.meta.pairs.filter((p) => p.svolWritable === true);
+    for (const pair of closed) pair.svolWritable = false;
+    if (closed.length > 0) await this.persistMeta(this.meta);
+    const dirty = this.meta.pairs.map((pair) => ({
+      lun: pair.pvolLun,
+      ranges: this.bitmapOf(pair.pvolLun).values().sort((a, b) => a - b).map((r): [number, number] => [r * this.regionBytes, this.regionBytes]),
+    }));
+    return { closed, dirty };
+  }
+
+  /** Resync, step 2: the master holds our ranges durably in its own bitmaps; ours can go. */
+  async resyncStarted(): Promise<void> {
+    for (const pair of this.meta.pairs) await this.bitmapOf(pair.pvolLun).clear();
   }
 
   /** Follows the master's view of each pair's status. */
@@ -296,6 +381,7 @@ export class RestoreGroup extends EventEmitter {
       consistencySeq: applied - 1,
       consistencyTime: this.lastApplied ? new Date(this.lastApplied.timestampMs).toISOString() : null,
       restoring: this.journal.appliedSeq < this.journal.durableSeq,
+      copyBytes: pair.copyDoneBytes ?? 0,
     }));
   }
 }

@@ -26,6 +26,7 @@ export interface DriveConfig {
   path: string;
   sizeBytes?: number | undefined;
   syncReadBytesMax?: number | undefined;
+  syncWriteBytesMax?: number | undefined;
   /** Default `data`. Not stored on the drive: it steers new allocations only. */
   use?: DriveUse | undefined;
 }
@@ -50,6 +51,7 @@ export async function openDrives(
     const file = openBlockFile(config.path, {
       kind: 'drive',
       syncReadBytesMax: config.syncReadBytesMax ?? 0,
+      syncWriteBytesMax: config.syncWriteBytesMax ?? 0,
       ...(config.sizeBytes === undefined ? {} : { createSizeBytes: config.sizeBytes }),
     });
     onOpened({ index: -1, file, use: config.use ?? 'data' });

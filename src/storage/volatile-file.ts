@@ -33,16 +33,27 @@ export class VolatileFile implements BlockFile {
   }
 
   async read(buffer: Buffer, position: number): Promise<void> {
+    // Blocks copied out while the file read runs may land after it read their place and leave the
+    // maps before it ends: overlay what was unsynced when the read began, then what is now.
+    const before = this.unsynced(position, buffer.length);
     await this.inner.read(buffer, position);
-    this.overlay(buffer, position);
+    this.overlay(buffer, position, before);
+    this.overlay(buffer, position, this.unsynced(position, buffer.length));
   }
 
-  private overlay(buffer: Buffer, position: number): void {
+  private unsynced(position: number, length: number): Map<number, Buffer> {
+    const found = new Map<number, Buffer>();
     const first = Math.floor(position / blockBytes);
-    const last = Math.floor((position + buffer.length - 1) / blockBytes);
+    const last = Math.floor((position + length - 1) / blockBytes);
     for (let block = first; block <= last; block++) {
       const data = this.dirty.get(block) ?? this.flushing.get(block);
-      if (data === undefined) continue;
+      if (data !== undefined) found.set(block, data);
+    }
+    return found;
+  }
+
+  private overlay(buffer: Buffer, position: number, blocks: Map<number, Buffer>): void {
+    for (const [block, data] of blocks) {
       const blockStart = block * blockBytes;
       const from = Math.max(position, blockStart);
       const to = Math.min(position + buffer.length, blockStart + blockBytes);

@@ -24,6 +24,8 @@ export interface ArrayOptions {
   extraConfig?: string;
   /** Listen for array links on a run-time port, authenticated with this PSK file. */
   pskFile?: string;
+  /** link.suspendAfterMs (with pskFile). */
+  suspendAfterMs?: number;
 }
 
 export interface Ready {
@@ -122,7 +124,7 @@ export function writeConfig(dir: string, options: ArrayOptions): string {
     'listen:',
     '  nbd: 127.0.0.1:0',
     '  api: 127.0.0.1:0',
-    ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 200'] : []),
+    ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 200', ...(options.suspendAfterMs === undefined ? [] : [`  suspendAfterMs: ${options.suspendAfterMs}`])] : []),
     options.extraConfig ?? '',
   ].join('\n');
   const file = path.join(dir, `${id}.yaml`);

@@ -26,6 +26,7 @@ export interface PairRow {
   lagSeconds: number;
   consistencySeq: number;
   restoring: boolean;
+  copyBytes: number;
 }
 
 export interface JournalInfo {
@@ -115,6 +116,8 @@ export interface SiteOptions {
   waitForPair?: boolean;
   /** Runs after the volumes exist and before pair create (to put data on the P-VOLs). */
   beforePair?: (site: Site) => void | Promise<void>;
+  /** link.suspendAfterMs on both arrays. */
+  suspendAfterMs?: number;
 }
 
 /** Starts A and B, links B to A through a proxy, and pairs `volumes` P-VOLs in one journal group. */
@@ -122,8 +125,9 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
   const dir = tempDir(t);
   const psk = writePsk(dir);
   const drives = options.drives ?? ['2GiB'];
-  const a = await startArray(t, { id: 'site-a', pskFile: psk, drives, env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
-  const b = await startArray(t, { id: 'site-b', pskFile: psk, drives, env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
+  const link = { pskFile: psk, ...(options.suspendAfterMs === undefined ? {} : { suspendAfterMs: options.suspendAfterMs }) };
+  const a = await startArray(t, { id: 'site-a', ...link, drives, env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
+  const b = await startArray(t, { id: 'site-b', ...link, drives, env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
   a.pinPorts();
   b.pinPorts();
   const proxy = await LinkProxy.start(t, a.ready!.link!, options.seed ?? 1);

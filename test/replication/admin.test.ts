@@ -21,7 +21,7 @@ import { createVolume, projectRoot, runOk, startArray, startPairOfArrays, tempDi
 const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
 
 /** DESIGN.md §8: the `pair display --json` contract. */
-const displayFields = ['group', 'direction', 'epoch', 'pvol', 'svol', 'status', 'statusReason', 'copyPercent', 'journalUsedPercent', 'lagRecords', 'lagBytes', 'lagSeconds', 'consistencySeq', 'consistencyTime', 'restoring'];
+const displayFields = ['group', 'direction', 'epoch', 'pvol', 'svol', 'status', 'statusReason', 'copyPercent', 'journalUsedPercent', 'lagRecords', 'lagBytes', 'lagSeconds', 'consistencySeq', 'consistencyTime', 'restoring', 'copyBytes'];
 
 interface PairRow {
   group: string;

@@ -41,13 +41,20 @@ async function pairWithSmallJournals(t: Parameters<typeof startPairOfArrays>[0],
   return { a, b, pvol };
 }
 
-test('suspend: a full journal suspends the group (PSUE journal-full) and host writes go on', async (t) => {
-  const { a, pvol } = await pairWithSmallJournals(t, 'suspend');
+test('suspend: a full journal suspends the group (PSUE journal-full) and host writes go on; resync recovers', async (t) => {
+  const { a, b, pvol } = await pairWithSmallJournals(t, 'suspend');
   runOk('fio', ['--name=fill', '--ioengine=nbd', `--uri=${pvol}`, '--rw=write', '--bs=1M', '--iodepth=8', '--size=300M', '--output=/dev/null'], { timeoutMs: 120_000 });
   const row = display(a);
   assert.equal(row.status, 'PSUE');
   assert.equal(row.statusReason, 'journal-full');
   runOk('qemu-io', ['-f', 'raw', pvol, '-c', 'write -P 0x5c 0 1M', '-c', 'read -P 0x5c 0 1M']);
+  // B applies what it holds, then resync copies what the journal could not carry.
+  assert.equal(b.cli(['pair', 'restore', '--group', 'g', '--resume']).code, 0);
+  const resync = a.cli(['pair', 'resync', '--group', 'g', '--json']);
+  assert.equal(resync.code, 0, resync.stderr);
+  t.diagnostic(`resync after journal-full: ${resync.stdout.trim()}`);
+  await waitFor('PAIR after the resync', () => display(a).status === 'PAIR', 120_000);
+  runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', pvol, b.uri('svol')]);
 });
 
 test('throttle: host writes wait for journal space, then the group suspends after throttleMsMax', async (t) => {
