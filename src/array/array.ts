@@ -26,6 +26,8 @@ export interface ReadyInfo {
 
 export class TwinstoreArray implements ArrayControl {
   private readonly startedAt = Date.now();
+  /** The read-only flag of each export when it was (re)made: what connected hosts were told. */
+  private readonly exportedReadOnly = new Map<string, boolean>();
   private nbdAddress = '';
   private apiAddress = '';
 
@@ -82,16 +84,27 @@ export class TwinstoreArray implements ArrayControl {
   }
 
   private exportVolume(volume: Volume): void {
-    if (isExported(volume)) this.registry.set(new VolumeExport(volume, this.engine, (v) => this.replication.manager.writerOf(v)));
+    if (!isExported(volume)) return;
+    const exported = new VolumeExport(volume, this.engine, (v) => this.replication.manager.writerOf(v));
+    this.registry.set(exported);
+    this.exportedReadOnly.set(volume.name, exported.readOnly);
   }
 
-  /** A role change: the export follows; if the host-visible flags change, sessions are closed so hosts reconnect. */
+  /**
+   * A role change: the export follows; if the read-only flag hosts saw at negotiation changes,
+   * sessions are closed so hosts reconnect and see the new one. (The flag is kept at export time:
+   * the export's own getter already reads the new role.)
+   */
   private reexport(volume: Volume): void {
-    const before = this.registry.get(volume.name);
-    const after = isExported(volume) ? new VolumeExport(volume, this.engine, (v) => this.replication.manager.writerOf(v)) : undefined;
-    if (!after) return this.registry.remove(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
-    this.registry.set(after);
-    if (before && before.readOnly !== after.readOnly) this.registry.closeSessions(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
+    const wasReadOnly = this.exportedReadOnly.get(volume.name);
+    if (!isExported(volume)) {
+      this.exportedReadOnly.delete(volume.name);
+      return this.registry.remove(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
+    }
+    this.exportVolume(volume);
+    if (wasReadOnly !== undefined && wasReadOnly !== this.exportedReadOnly.get(volume.name)) {
+      this.registry.closeSessions(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
+    }
   }
 
   status(): StatusJson {

@@ -11,6 +11,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { run, runOk } from '../helpers/array.js';
 import { cliOk, compareAll, display, readVolume, sleep, startSite, waitFor, waitForPairAndLag0, type Site } from '../helpers/replication.js';
 
@@ -19,6 +20,37 @@ const mib = 2 ** 20;
 function write(site: Site, side: 'a' | 'b', volume: string, pattern: number, offsetMiB: number, lengthMiB: number): void {
   const array = side === 'a' ? site.a : site.b;
   runOk('qemu-io', ['-f', 'raw', array.uri(volume), '-c', `write -P ${pattern} ${offsetMiB}M ${lengthMiB}M`, '-c', 'flush']);
+}
+
+/**
+ * An NBD client that stays connected (reading every 50 ms) until the server closes its session;
+ * resolves with the read-only flag it was given and whether the server closed it.
+ */
+function watchSession(uri: string): { connected: Promise<boolean>; closed: Promise<boolean> } {
+  const child = spawn('/usr/bin/nbdsh', ['-u', uri, '-c', [
+    'import time, sys',
+    'print("ro", h.is_read_only(), flush=True)',
+    'try:',
+    '    for i in range(600):',
+    '        h.pread(4096, 0)',
+    '        time.sleep(0.05)',
+    '    print("still open", flush=True)',
+    'except nbd.Error as e:',
+    '    print("closed", flush=True)',
+  ].join('\n')], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } });
+  let out = '';
+  let onRo: (ro: boolean) => void = () => undefined;
+  const connected = new Promise<boolean>((resolve) => { onRo = resolve; });
+  child.stdout.on('data', (chunk: Buffer) => {
+    out += chunk.toString();
+    const match = /ro (\d|True|False)/.exec(out);
+    if (match) onRo(match[1] === '1' || match[1] === 'True');
+  });
+  const closed = new Promise<boolean>((resolve) => child.on('close', () => {
+    onRo(false);
+    resolve(out.includes('closed'));
+  }));
+  return { connected, closed };
 }
 
 function holds(image: Buffer, pattern: number, offsetMiB: number, lengthMiB: number): boolean {
@@ -30,6 +62,9 @@ test('split --rw, writes on both sides, resync: only changed regions are copied 
   write(site, 'a', 'pvol0', 0x11, 0, 4);
   await waitForPairAndLag0(site);
 
+  const readOnlySession = watchSession(site.b.uri('svol0'));
+  assert.equal(await readOnlySession.connected, true, 'a paired S-VOL is exported read-only');
+
   // Split from B's side (the API `pair split` uses; B's link runs through this process's proxy, so no
   // blocking CLI call here): the command runs on A, B's S-VOLs stop at the split point and turn writable.
   const response = await site.b.api('POST', '/v1/pairs/split', { group: 'g1', rw: true });
@@ -37,6 +72,9 @@ test('split --rw, writes on both sides, resync: only changed regions are copied 
   const split = response.json as { splitSeq: number; consistencySeq: number; atSplitPoint: boolean; svolWritable: boolean };
   t.diagnostic(`split: ${JSON.stringify(split)}`);
   assert.ok(split.atSplitPoint && split.svolWritable);
+  assert.equal(await readOnlySession.closed, true, 'split --rw closes the S-VOL\'s read-only sessions so hosts reconnect');
+  const writableSession = watchSession(site.b.uri('svol0'));
+  assert.equal(await writableSession.connected, false, 'after split --rw the S-VOL is exported writable');
   for (const array of [site.a, site.b]) {
     // B hears of the split with its next journal pull.
     await waitFor('PSUS shown', async () => (await display(array)).every((r) => r.status === 'PSUS'), 5000, 50);
@@ -57,6 +95,7 @@ test('split --rw, writes on both sides, resync: only changed regions are copied 
   const resync = JSON.parse(cliOk(site.a, ['pair', 'resync', '--group', 'g1', '--json'])) as { dirtyBytes: number };
   t.diagnostic(`resync: ${JSON.stringify(resync)}`);
   assert.equal(resync.dirtyBytes, 4 * mib, 'the dirty regions: 2 MiB + 1 MiB on A, 1 MiB on B');
+  assert.equal(await writableSession.closed, true, 'resync closes the S-VOL\'s writable sessions');
   const readOnly = run('qemu-io', ['-f', 'raw', site.b.uri('svol0'), '-c', 'write -P 0x55 0 4k']);
   assert.notEqual(readOnly.code, 0, 'the S-VOL is read-only again once resync starts');
 
@@ -73,6 +112,14 @@ test('split --rw, writes on both sides, resync: only changed regions are copied 
   write(site, 'a', 'pvol1', 0x66, 40, 1);
   await waitForPairAndLag0(site);
   compareAll(site);
+
+  // pair delete: the S-VOLs become simplex; their read-only sessions are closed so hosts reconnect writable.
+  const paired = watchSession(site.b.uri('svol1'));
+  assert.equal(await paired.connected, true);
+  cliOk(site.a, ['pair', 'delete', '--group', 'g1']);
+  assert.equal(await paired.closed, true, 'pair delete closes the S-VOL\'s read-only sessions');
+  const simplex = watchSession(site.b.uri('svol1'));
+  assert.equal(await simplex.connected, false, 'a deleted pair\'s S-VOL is writable');
 });
 
 test('a link down longer than link.suspendAfterMs suspends the pair (PSUE link-down); resync recovers it', { timeout: 180_000 }, async (t) => {
