@@ -175,8 +175,8 @@ export class ReplicationManager {
     const group = this.masterGroup(name);
     const peer = this.peerOf(group);
     const prepared = (await peer.request('pair.resync-prepare', { group: name })).body as { dirty: Array<{ lun: number; ranges: Array<[number, number]> }> };
-    const { dirtyBytes } = await group.resync(prepared.dirty);
-    await peer.request('pair.resync-started', { group: name });
+    const { dirtyBytes, resyncFromSeq } = await group.resync(prepared.dirty);
+    await peer.request('pair.resync-started', { group: name, resyncFromSeq });
     return { group: name, dirtyBytes };
   }
 
@@ -187,8 +187,8 @@ export class ReplicationManager {
     return { dirty };
   }
 
-  async resyncStarted(body: { group: string }): Promise<void> {
-    await this.restoreGroupOrThrow(body.group).resyncStarted();
+  async resyncStarted(body: { group: string; resyncFromSeq: number }): Promise<void> {
+    await this.restoreGroupOrThrow(body.group).resyncStarted(body.resyncFromSeq);
   }
 
   private masterGroup(name: string): MasterGroup {
@@ -389,7 +389,7 @@ export class ReplicationManager {
   }
 
   /** The master side of `journal.read`. */
-  async readJournal(body: { group: string; fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number }): Promise<{ body: JournalReadReply; payload: Buffer[] }> {
+  async readJournal(body: Parameters<MasterGroup['readJournal']>[0] & { group: string }): Promise<{ body: JournalReadReply; payload: Buffer[] }> {
     const group = this.masters.get(body.group);
     if (!group) throw new TwinstoreError('PAIR_INVALID', `no group ${body.group} sends from ${this.engine.arrayId}`);
     const records: JournalRecord[] = await group.readJournal(body);

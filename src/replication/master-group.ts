@@ -446,7 +446,7 @@ export class MasterGroup extends EventEmitter {
    * host writes are journaled again; then each marked region is copied (resyncVolume). The
    * caller has made the S-VOLs read-only again and holds the peer's ranges.
    */
-  async resync(peerDirty: Array<{ lun: number; ranges: Array<[number, number]> }>): Promise<{ dirtyBytes: number }> {
+  async resync(peerDirty: Array<{ lun: number; ranges: Array<[number, number]> }>): Promise<{ dirtyBytes: number; resyncFromSeq: number }> {
     const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE');
     if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS or PSUE`, { field: 'group' });
     for (const entry of peerDirty) {
@@ -463,6 +463,7 @@ export class MasterGroup extends EventEmitter {
       pair.copyDoneBytes = 0;
     }
     this.meta.splitSeq = null;
+    const resyncFromSeq = this.journal.nextSeq;
     // Writes that chose the bitmap way before the switch mark it before they write: wait for them.
     if (this.bitmapWrites > 0) await new Promise<void>((resolve) => this.bitmapDrained.push(resolve));
     let dirtyBytes = 0;
@@ -474,7 +475,7 @@ export class MasterGroup extends EventEmitter {
     this.emit('changed');
     this.log.info({ dirtyBytes }, 'resync started');
     for (const pvol of this.pvols.values()) this.startCopy(pvol.pair.pvolLun);
-    return { dirtyBytes };
+    return { dirtyBytes, resyncFromSeq };
   }
 
   /**
@@ -551,9 +552,13 @@ export class MasterGroup extends EventEmitter {
   // ---- serving the receiver ------------------------------------------------
 
   /** The receiver's pull (DESIGN.md §5): durable records from `fromSeq`, and its cursors. */
-  async readJournal(request: { fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number }): Promise<JournalRecord[]> {
+  async readJournal(request: {
+    fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number;
+    damaged?: { seq: number; lun: number; offset: number; length: number };
+  }): Promise<JournalRecord[]> {
     this.lastHeardMs = this.now();
     this.noteReceiver(request.storedSeq, request.appliedSeq);
+    if (request.damaged !== undefined) await this.receiverDamaged(request.damaged);
     if (request.fromSeq < this.journal.tailSeq) {
       throw new TwinstoreError('JOURNAL_RECORD_GONE', `group ${this.meta.name}: records before ${this.journal.tailSeq} are gone; receiver asked from ${request.fromSeq}`);
     }
@@ -567,6 +572,20 @@ export class MasterGroup extends EventEmitter {
     } catch (error) {
       if (error instanceof JournalRecordCorruptError) await this.suspendForDamage(error);
       throw error;
+    }
+  }
+
+  /**
+   * The receiver holds a record it stored that now fails its checksum (its disk damaged it):
+   * it cannot apply past it. The group suspends (every unapplied record, this one included,
+   * goes into the bitmaps) and a resync re-copies the regions.
+   */
+  private async receiverDamaged(damaged: { seq: number; lun: number; offset: number; length: number }): Promise<void> {
+    const pvol = this.pvols.get(damaged.lun);
+    if (pvol && damaged.length > 0) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(damaged.offset, Math.min(damaged.length, pvol.volume.sizeBytes - damaged.offset)));
+    if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {
+      this.log.error({ seq: damaged.seq, peer: this.meta.peer }, 'the receiver holds a damaged record; suspending');
+      await this.suspend(`bad-record: seq ${damaged.seq} on ${this.meta.peer}`);
     }
   }
 

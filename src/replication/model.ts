@@ -52,6 +52,11 @@ export interface GroupMeta {
   createdAt: string;
   /** Master side, after pair split: the first seq not journaled; the S-VOLs stop at splitSeq - 1. */
   splitSeq?: number | null;
+  /**
+   * Restore side: a stored record below this seq that fails its checksum is skipped (a resync
+   * that began at this seq re-copies its region); at or above it, restore stops and reports it.
+   */
+  skipDamagedBefore?: number;
 }
 
 export const GROUP_DOCUMENT = 'group';

@@ -7,7 +7,7 @@
 
 import { EventEmitter } from 'node:events';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import type { Journal, JournalRecord, RecordMeta } from '../journal/index.js';
+import { JournalRecordCorruptError, type Journal, type JournalRecord, type RecordMeta } from '../journal/index.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
@@ -155,9 +155,35 @@ export class RestoreGroup extends EventEmitter {
     return { closed, dirty };
   }
 
-  /** Resync, step 2: the master holds our ranges durably in its own bitmaps; ours can go. */
-  async resyncStarted(): Promise<void> {
+  /**
+   * Resync, step 2: the master holds our ranges durably in its own bitmaps; ours can go. Its
+   * resync copies from `resyncFromSeq` on every region not applied here, so a damaged record
+   * below that seq may be skipped.
+   */
+  async resyncStarted(resyncFromSeq: number): Promise<void> {
     for (const pair of this.meta.pairs) await this.bitmapOf(pair.pvolLun).clear();
+    this.meta.skipDamagedBefore = resyncFromSeq;
+    await this.persistMeta(this.meta);
+    if (this.damaged !== undefined && this.damaged.seq < resyncFromSeq) {
+      this.damaged = undefined;
+      this.applyWake?.();
+    }
+  }
+
+  /** A stored record that fails its checksum: restore stops before it and the master hears of it. */
+  private damaged: { seq: number; lun: number; offset: number; length: number } | undefined;
+
+  /** Restore met a damaged record at the applied cursor: skip it (resync covers it) or stop and report. */
+  private async onDamaged(error: JournalRecordCorruptError): Promise<void> {
+    if (error.seq < (this.meta.skipDamagedBefore ?? 0)) {
+      this.log.warn({ seq: error.seq }, 'damaged restore record skipped: the resync in progress re-copies its region');
+      this.journal.markApplied(error.seq + 1);
+      this.journal.release(error.seq + 1);
+      await this.journal.persistHeader();
+      return;
+    }
+    if (this.damaged?.seq !== error.seq) this.log.error({ seq: error.seq, region: error.region }, 'a stored record fails its checksum; restore stops before it and the master is told');
+    this.damaged = { seq: error.seq, lun: error.region?.lun ?? -1, offset: error.region?.offset ?? 0, length: error.region?.length ?? 0 };
   }
 
   /** Follows the master's view of each pair's status. */
@@ -233,6 +259,7 @@ export class RestoreGroup extends EventEmitter {
       maxBytes: pullBytesMax,
       storedSeq: this.journal.durableSeq,
       appliedSeq: this.journal.appliedSeq,
+      ...(this.damaged === undefined ? {} : { damaged: this.damaged }),
     });
     const reply = response.body as JournalReadReply;
     this.masterNextSeq = Math.max(this.masterNextSeq, reply.masterNextSeq);
@@ -280,6 +307,11 @@ export class RestoreGroup extends EventEmitter {
         this.batch = this.applyBatch();
         await this.batch;
       } catch (error) {
+        if (error instanceof JournalRecordCorruptError && error.seq === this.journal.appliedSeq) {
+          await this.onDamaged(error);
+          if (this.damaged !== undefined) await sleep(retryMs);
+          continue;
+        }
         this.log.error({ err: (error as Error).message }, 'restore failed; retrying');
         await sleep(retryMs);
       }

@@ -12,8 +12,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { run, runOk } from '../helpers/array.js';
-import { cliOk, compareAll, display, readVolume, sleep, startSite, waitFor, waitForPairAndLag0, type Site } from '../helpers/replication.js';
+import {
+  cliOk, compareAll, display, journalShow, readVolume, setRestorePaused, sleep, startSite, waitFor, waitForPairAndLag0, type Site,
+} from '../helpers/replication.js';
 
 const mib = 2 ** 20;
 
@@ -146,4 +150,51 @@ test('a link down longer than link.suspendAfterMs suspends the pair (PSUE link-d
   compareAll(site);
   const svol = readVolume(site.b, 'svol0', site.dir);
   assert.ok(holds(svol, 0x21, 2, 3) && holds(svol, 0x22, 10, 1));
+});
+
+/** Flips a data byte of the stored write record at `offset` in a stopped array's drive files; returns its seq. */
+function damageStoredWrite(driveFile: string, offset: number): number {
+  const fd = fs.openSync(driveFile, 'r+');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const chunk = Buffer.alloc(16 * mib);
+    for (let at = 0; at < size; at += chunk.length) {
+      const read = fs.readSync(fd, chunk, 0, chunk.length, at);
+      for (let block = 0; block + 4096 <= read; block += 4096) {
+        if (chunk.readUInt32BE(block) !== 0x54574a52 || chunk[block + 6] !== 1) continue; // "TWJR", kind write
+        if (Number(chunk.readBigUInt64BE(block + 32)) !== offset) continue;
+        const seq = Number(chunk.readBigUInt64BE(block + 16));
+        const flip = Buffer.alloc(1);
+        fs.readSync(fd, flip, 0, 1, at + block + 4096 + 100);
+        flip[0] = flip[0]! ^ 0xff;
+        fs.writeSync(fd, flip, 0, 1, at + block + 4096 + 100);
+        return seq;
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  throw new Error(`no stored write record for offset ${offset} in ${driveFile}`);
+}
+
+test('a stored record damaged on the receiving array: restore stops before it, PSUE bad-record, resync recovers', { timeout: 180_000 }, async (t) => {
+  const site = await startSite(t, { volumes: 1, volumeSize: '64MiB', envA: {}, envB: {} });
+  await setRestorePaused(site.b, true);
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x31 0 1M', '-c', 'write -P 0x32 4M 1M', '-c', 'write -P 0x33 8M 1M', '-c', 'flush']);
+  const end = (await journalShow(site.a)).cursors.nextSeq;
+  await waitFor('B to store every record', async () => (await journalShow(site.b)).cursors.durableSeq >= end, 30_000, 50);
+  await site.b.stop();
+  const seq = damageStoredWrite(path.join(site.b.dir, 'data', 'drive0.img'), 4 * mib);
+  t.diagnostic(`damaged the stored record seq ${seq} (the write at 4 MiB) in B's drive`);
+  await site.b.start();
+  await waitFor('PSUE bad-record on A', async () => /^bad-record: seq \d+ on site-b$/.test((await display(site.a))[0]!.statusReason ?? ''), 30_000, 100);
+  const a = (await display(site.a))[0]!;
+  t.diagnostic(`A: ${a.status} ${a.statusReason}; consistency seq ${a.consistencySeq}`);
+  assert.equal(a.status, 'PSUE');
+  assert.equal(a.consistencySeq, seq - 1, 'the S-VOL stops right before the damaged record');
+  const svol = readVolume(site.b, 'svol0', site.dir);
+  assert.ok(holds(svol, 0x31, 0, 1) && holds(svol, 0, 4, 1) && holds(svol, 0, 8, 1), 'the S-VOL holds the writes before the damaged one, and none after');
+  cliOk(site.a, ['pair', 'resync', '--group', 'g1']);
+  await waitForPairAndLag0(site);
+  compareAll(site);
 });
