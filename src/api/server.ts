@@ -10,6 +10,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { z } from 'zod';
 import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
 import type { Logger } from '../util/log.js';
+import { commandDeviceDefaultBytes } from '../array/command-device.js';
 import { parseSize } from '../util/size.js';
 import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
 import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
@@ -47,6 +48,10 @@ export interface CreateVolumeBody {
   name: string;
   sizeBytes: number;
   lun: number | undefined;
+  /** A command device (request block at 0, reply at 4096; docs/command-device.md). */
+  commandDevice?: boolean;
+  /** For a command device: forward its requests to this peer array. */
+  remote?: string | undefined;
 }
 
 export interface ArrayControl {
@@ -59,8 +64,10 @@ export interface ArrayControl {
 
 const createVolumeSchema = z.strictObject({
   name: z.string(),
-  size: z.union([z.string(), z.number()]),
+  size: z.union([z.string(), z.number()]).optional(),
   lun: z.number().int().min(0).optional(),
+  commandDevice: z.boolean().optional(),
+  remote: z.string().min(1).optional(),
 });
 
 export class ApiServer {
@@ -145,11 +152,13 @@ function parseCreateVolume(body: unknown): CreateVolumeBody {
     const message = issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message;
     throw new TwinstoreError('BAD_REQUEST', `${field || 'body'}: ${message}`, { field: field || 'body' });
   }
-  const sizeBytes = parseSize(result.data.size);
+  const { size, commandDevice, remote } = result.data;
+  if (size === undefined && commandDevice !== true) throw new TwinstoreError('BAD_REQUEST', 'size: required', { field: 'size' });
+  const sizeBytes = size === undefined ? commandDeviceDefaultBytes : parseSize(size);
   if (sizeBytes === undefined) {
-    throw new TwinstoreError('BAD_REQUEST', `size: "${result.data.size}" is not a size (e.g. 10GiB or a number of bytes)`, { field: 'size' });
+    throw new TwinstoreError('BAD_REQUEST', `size: "${size}" is not a size (e.g. 10GiB or a number of bytes)`, { field: 'size' });
   }
-  return { name: result.data.name, sizeBytes, lun: result.data.lun };
+  return { name: result.data.name, sizeBytes, lun: result.data.lun, ...(commandDevice === true ? { commandDevice: true } : {}), ...(remote === undefined ? {} : { remote }) };
 }
 
 function toTwinstoreError(error: unknown): TwinstoreError {

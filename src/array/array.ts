@@ -10,6 +10,7 @@ import { ExportRegistry, NbdServer } from '../nbd/index.js';
 import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
 import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
+import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, type CommandDeviceDocument } from './command-device.js';
 import { VolumeExport, isExported } from './volume-export.js';
 import { ArrayReplication, errorFrom } from './replication-control.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
@@ -39,6 +40,7 @@ export class TwinstoreArray implements ArrayControl {
     private readonly api: ApiServer,
     private readonly replication: ArrayReplication,
     private readonly releaseLock: () => void,
+    private readonly token: string,
     readonly log: Logger,
   ) {
     replication.injector = (method, url, body) => api.inject(method, url, body);
@@ -58,7 +60,7 @@ export class TwinstoreArray implements ArrayControl {
       const api = new ApiServer({ token, control: () => control!, replication: () => replication, log });
       const registry = new ExportRegistry();
       const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros });
-      const array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, log);
+      const array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, token, log);
       control = array;
       return { array, ready: await array.listen() };
     } catch (error) {
@@ -85,7 +87,7 @@ export class TwinstoreArray implements ArrayControl {
 
   private exportVolume(volume: Volume): void {
     if (!isExported(volume)) return;
-    const exported = new VolumeExport(volume, this.engine, (v) => this.replication.manager.writerOf(v));
+    const exported = new VolumeExport(volume, this.engine, (v) => this.replication.manager.writerOf(v), this.commandDeviceFor(volume));
     this.registry.set(exported);
     this.exportedReadOnly.set(volume.name, exported.readOnly);
   }
@@ -144,9 +146,33 @@ export class TwinstoreArray implements ArrayControl {
   }
 
   async createVolume(body: CreateVolumeBody): Promise<VolumeJson> {
-    const volume = await this.engine.createVolume({ name: body.name, sizeBytes: body.sizeBytes, lun: body.lun });
-    this.log.info({ volume: volume.name, lun: volume.meta.lun, sizeBytes: volume.sizeBytes }, 'volume created');
+    if (body.remote !== undefined && !body.commandDevice) throw new TwinstoreError('BAD_REQUEST', 'remote: only a command device forwards to a peer', { field: 'remote' });
+    if (body.remote !== undefined && !this.replication.listPeers().some((p) => p.id === body.remote)) {
+      throw new TwinstoreError('PEER_UNKNOWN', `no peer ${body.remote}; add it with peer add`, { field: 'remote' });
+    }
+    if (body.commandDevice && body.sizeBytes < 2 * commandBlockBytes) {
+      throw new TwinstoreError('BAD_REQUEST', `size: a command device needs at least ${2 * commandBlockBytes} bytes (request and reply blocks)`, { field: 'size' });
+    }
+    if (body.commandDevice) {
+      // The document first: the volume is exported as soon as it exists, and its export reads it.
+      await this.engine.persist([{ t: 'doc', kind: COMMAND_DEVICE_DOCUMENT, key: body.name, value: { remote: body.remote ?? null } satisfies CommandDeviceDocument }]);
+    }
+    const volume = await this.engine.createVolume({ name: body.name, sizeBytes: body.sizeBytes, lun: body.lun, ...(body.commandDevice ? { role: 'command-device' as const } : {}) });
+    this.log.info({ volume: volume.name, lun: volume.meta.lun, sizeBytes: volume.sizeBytes, role: volume.meta.role, remote: body.remote }, 'volume created');
     return this.volumeJson(volume);
+  }
+
+  /** The command device behind a command-device volume (its document says whether it forwards). */
+  private commandDeviceFor(volume: Volume): CommandDevice | undefined {
+    if (volume.meta.role !== 'command-device') return undefined;
+    const doc = this.engine.documents<CommandDeviceDocument>(COMMAND_DEVICE_DOCUMENT).get(volume.name);
+    return new CommandDevice({
+      volume,
+      token: Buffer.from(this.token, 'utf8'),
+      remote: doc?.remote ?? null,
+      local: (method, url, body) => this.api.inject(method, url, body),
+      forward: (array, method, url, body) => this.replication.forward(array, method, url, body),
+    });
   }
 
   async deleteVolume(ref: string, force: boolean): Promise<void> {
@@ -162,7 +188,9 @@ export class TwinstoreArray implements ArrayControl {
     if (sessions > 0 && !force) {
       throw new TwinstoreError('VOLUME_BUSY', `volume ${volume.name} has ${sessions} open NBD session(s); close them or use --force`);
     }
+    const commandDevice = volume.meta.role === 'command-device';
     await this.engine.deleteVolume(volume.name);
+    if (commandDevice) await this.engine.persist([{ t: 'doc', kind: COMMAND_DEVICE_DOCUMENT, key: volume.name }]);
     this.log.info({ volume: volume.name }, 'volume deleted');
   }
 

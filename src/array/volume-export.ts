@@ -6,6 +6,7 @@
 import type { BlockExport } from '../nbd/index.js';
 import type { StorageEngine, Volume, VolumeRole, Extent } from '../storage/index.js';
 import { formatSize } from '../util/size.js';
+import type { CommandDevice } from './command-device.js';
 
 const exportedRoles: ReadonlySet<VolumeRole> = new Set(['simplex', 'pvol', 'svol', 'command-device']);
 const readOnlyRoles: ReadonlySet<VolumeRole> = new Set(['svol']);
@@ -25,7 +26,13 @@ export interface JournaledWriter {
 export type WriterLookup = (volume: Volume) => { group: JournaledWriter; lun: number } | undefined;
 
 export class VolumeExport implements BlockExport {
-  constructor(private readonly volume: Volume, private readonly engine: StorageEngine, private readonly journaled: WriterLookup = () => undefined) {}
+  constructor(
+    private readonly volume: Volume,
+    private readonly engine: StorageEngine,
+    private readonly journaled: WriterLookup = () => undefined,
+    /** For a command-device volume: runs the request a write puts at offset 0. */
+    private readonly commandDevice?: CommandDevice,
+  ) {}
 
   get name(): string {
     return this.volume.name;
@@ -49,6 +56,7 @@ export class VolumeExport implements BlockExport {
   }
 
   write(offset: number, data: Buffer): Promise<void> {
+    if (this.commandDevice) return this.commandDevice.write(offset, data);
     const master = this.journaled(this.volume);
     return master ? master.group.write(master.lun, offset, data) : this.volume.write(offset, data);
   }

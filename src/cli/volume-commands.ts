@@ -23,15 +23,24 @@ export function addVolumeCommands(program: Command, globals: () => GlobalOptions
 
   volume.command('create <name>')
     .description('create a thin volume, exported over NBD under its name')
-    .requiredOption('--size <size>', 'size, e.g. 10GiB (a multiple of 4KiB)')
+    .option('--size <size>', 'size, e.g. 10GiB (a multiple of 4KiB); required but for a command device (default 1MiB)')
     .option('--lun <n>', 'LUN, unique in the array (default: lowest free)')
+    .option('--command-device', 'a command device: hosts write a request block at offset 0 and read the reply at 4096 (README)')
+    .option('--remote <array>', 'with --command-device: run its requests on this peer array')
     .option('--json', 'print JSON')
-    .action(async (name: string, opts: { size: string; lun?: string; json?: boolean }) => {
-      const sizeBytes = parseSize(opts.size);
-      if (sizeBytes === undefined) throw new TwinstoreError('BAD_REQUEST', `--size "${opts.size}" is not a size (e.g. 10GiB)`, { field: 'size' });
+    .action(async (name: string, opts: { size?: string; lun?: string; commandDevice?: boolean; remote?: string; json?: boolean }) => {
+      if (opts.size === undefined && opts.commandDevice !== true) throw new TwinstoreError('BAD_REQUEST', '--size is required (e.g. --size 10GiB)', { field: 'size' });
+      const sizeBytes = opts.size === undefined ? undefined : parseSize(opts.size);
+      if (opts.size !== undefined && sizeBytes === undefined) throw new TwinstoreError('BAD_REQUEST', `--size "${opts.size}" is not a size (e.g. 10GiB)`, { field: 'size' });
       const lun = opts.lun === undefined ? undefined : Number(opts.lun);
       if (lun !== undefined && !Number.isSafeInteger(lun)) throw new TwinstoreError('BAD_REQUEST', `--lun "${opts.lun}" is not a whole number`, { field: 'lun' });
-      const created = await connect(globals()).request<VolumeJson>('POST', '/v1/volumes', { name, size: sizeBytes, ...(lun === undefined ? {} : { lun }) });
+      const created = await connect(globals()).request<VolumeJson>('POST', '/v1/volumes', {
+        name,
+        ...(sizeBytes === undefined ? {} : { size: sizeBytes }),
+        ...(lun === undefined ? {} : { lun }),
+        ...(opts.commandDevice === true ? { commandDevice: true } : {}),
+        ...(opts.remote === undefined ? {} : { remote: opts.remote }),
+      });
       print(opts.json ?? globals().json, created, () => `created volume ${created.name} (LUN ${created.lun}, ${formatSize(created.sizeBytes)}): ${created.nbdUri ?? 'not exported'}`);
     });
 

@@ -1,0 +1,97 @@
+// Goal: a host that can only do block I/O runs array commands through a
+// command device (claim 44): it writes a request block at offset 0 and reads
+// the reply at 4096; a remote command device on B answers with A's answer;
+// a wrong token, a malformed block, an unknown verb and a down link each give
+// an error reply, and nothing else changes.
+// Method: two real arrays paired in a group (B reaches A through a TCP
+// proxy), command devices made with the CLI, and nbdsh (libnbd's Python
+// shell) building request blocks with struct and zlib.crc32 as a host would
+// (docs/command-device.md), run asynchronously so the proxy keeps working.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { cliOk, display, startSite, waitFor } from '../helpers/replication.js';
+
+const exec = promisify(execFile);
+
+interface Reply {
+  magic: string;
+  status: number;
+  id: number;
+  answer: any;
+}
+
+/** One request through a command device, as a host does it; the reply block parsed. */
+async function command(uri: string, request: { id: number; token: string; verb: string; args?: Record<string, unknown>; magic?: string }): Promise<Reply> {
+  const script = [
+    'import json, struct, zlib',
+    `req = json.loads(${JSON.stringify(JSON.stringify(request))})`,
+    'body = json.dumps({"verb": req["verb"], "args": req.get("args", {})}).encode()',
+    'block = bytearray(4096)',
+    'struct.pack_into(">4sHHQII", block, 0, req.get("magic", "TWCQ").encode(), 1, 0, req["id"], len(body), zlib.crc32(body))',
+    'tok = req["token"].encode()',
+    'block[24:24 + len(tok)] = tok',
+    'block[88:88 + len(body)] = body',
+    'h.pwrite(bytes(block), 0)',
+    'reply = h.pread(65536, 4096)',
+    'magic, version, status, rid, length, crc = struct.unpack_from(">4sHHQII", reply, 0)',
+    'data = reply[24:24 + length]',
+    'assert zlib.crc32(data) == crc, "reply CRC"',
+    'print(json.dumps({"magic": magic.decode(), "status": status, "id": rid, "answer": json.loads(data)}))',
+  ].join('\n');
+  const { stdout } = await exec('/usr/bin/nbdsh', ['-u', uri, '-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } });
+  return JSON.parse(stdout) as Reply;
+}
+
+test('command devices: pair display on B, A\'s status through B\'s remote device, and error replies', { timeout: 180_000 }, async (t) => {
+  const site = await startSite(t, { volumes: 1, volumeSize: '16MiB', envA: {}, envB: {} });
+  cliOk(site.b, ['volume', 'create', 'cmd', '--command-device']);
+  cliOk(site.b, ['volume', 'create', 'rcmd', '--command-device', '--remote', 'site-a']);
+  const token = site.b.token();
+  // The CLI calls above block this process (and the proxy in it) for a moment: let B's link come back.
+  await waitFor('B to show PAIR', async () => (await display(site.b))[0]!.status === 'PAIR' && (await display(site.b))[0]!.statusReason === null, 30_000, 100);
+
+  const shown = await command(site.b.uri('cmd'), { id: 7, token, verb: 'pair display', args: { group: 'g1' } });
+  t.diagnostic(`pair display through B's command device: ${JSON.stringify(shown).slice(0, 300)}`);
+  assert.equal(shown.magic, 'TWCR');
+  assert.equal(shown.status, 200);
+  assert.equal(shown.id, 7, 'the reply echoes the request id');
+  assert.equal(shown.answer.pairs[0].svol, 'site-b:svol0');
+  assert.equal(shown.answer.pairs[0].status, 'PAIR');
+
+  const remote = await command(site.b.uri('rcmd'), { id: 8, token, verb: 'status' });
+  t.diagnostic(`status through B's remote command device: array ${remote.answer.array}`);
+  assert.equal(remote.status, 200);
+  assert.equal(remote.answer.array, 'site-a', 'B\'s remote device answers with A\'s status');
+
+  const badToken = await command(site.b.uri('cmd'), { id: 9, token: 'not-the-token-at-all', verb: 'pair display' });
+  assert.equal(badToken.status, 401);
+  assert.equal(badToken.answer.error.code, 'UNAUTHORIZED');
+  assert.equal(badToken.id, 9);
+
+  const badMagic = await command(site.b.uri('cmd'), { id: 10, token, verb: 'status', magic: 'XXXX' });
+  assert.equal(badMagic.status, 400);
+  assert.match(badMagic.answer.error.message, /TWCQ/);
+
+  const unknown = await command(site.b.uri('cmd'), { id: 11, token, verb: 'format everything' });
+  assert.equal(unknown.status, 400);
+  assert.match(unknown.answer.error.message, /unknown verb "format everything"; known: .*pair display/);
+
+  // A split sent through the command device really runs (and a resync brings the pair back).
+  const split = await command(site.b.uri('cmd'), { id: 12, token, verb: 'pair split', args: { group: 'g1' } });
+  assert.equal(split.status, 200, JSON.stringify(split.answer));
+  assert.equal(split.answer.atSplitPoint, true);
+  const resync = await command(site.b.uri('rcmd'), { id: 13, token, verb: 'pair resync', args: { group: 'g1' } });
+  assert.equal(resync.status, 200, JSON.stringify(resync.answer));
+
+  site.proxy.setMode('cut');
+  await waitFor('B to see the link down', () => JSON.parse(cliOk(site.b, ['peer', 'list', '--json'])).peers[0].connected === false, 30_000, 100);
+  const down = await command(site.b.uri('rcmd'), { id: 14, token, verb: 'status' });
+  t.diagnostic(`remote device with the link down: ${down.status} ${down.answer.error?.code}`);
+  assert.equal(down.status, 503);
+  assert.equal(down.answer.error.code, 'LINK_DOWN');
+  const local = await command(site.b.uri('cmd'), { id: 15, token, verb: 'status' });
+  assert.equal(local.answer.array, 'site-b', 'the local device still answers');
+});
