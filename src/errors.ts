@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   PEER_UNKNOWN: { status: 404, summary: 'no peer array with that id is configured or added' },
   GROUP_NOT_FOUND: { status: 404, summary: 'no journal group with that name on this array' },
   PAIR_INVALID: { status: 409, summary: 'the pair cannot be made or changed: a volume or journal has the wrong role, size or group' },
+  VOLUME_FENCED: { status: 409, summary: 'the volume refuses host writes: a swap is freezing it, or the other array holds a newer epoch' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 

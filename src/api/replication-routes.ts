@@ -18,7 +18,8 @@ export interface ReplicationControl {
   setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }>;
   deleteGroup(group: string, force: boolean): Promise<{ deleted: string }>;
   splitPair(group: string, rw: boolean): Promise<unknown>;
-  resyncPair(group: string): Promise<unknown>;
+  resyncPair(group: string, swap: boolean, discard: string | null): Promise<unknown>;
+  takeover(group: string, force: boolean): Promise<unknown>;
   /** Read-only journal numbers per group, for /metrics. */
   groupStats(): GroupStats[];
 }
@@ -77,8 +78,12 @@ export function addReplicationRoutes(app: FastifyInstance, control: () => Replic
     return control().splitPair(body.group, body.rw);
   });
   app.post('/v1/pairs/resync', async (request) => {
-    const body = parseBody(z.strictObject({ group: z.string().min(1) }), request.body);
-    return control().resyncPair(body.group);
+    const body = parseBody(z.strictObject({ group: z.string().min(1), swap: z.boolean().default(false), discard: z.string().min(1).nullable().default(null) }), request.body);
+    return control().resyncPair(body.group, body.swap, body.discard);
+  });
+  app.post('/v1/takeover', async (request) => {
+    const body = parseBody(z.strictObject({ group: z.string().min(1), force: z.boolean().default(false) }), request.body);
+    return control().takeover(body.group, body.force);
   });
   app.delete<{ Params: { group: string }; Querystring: { force?: string } }>('/v1/groups/:group', async (request) => {
     const force = request.query.force === 'true' || request.query.force === '1';

@@ -87,6 +87,19 @@ export class ArrayReplication implements ReplicationControl {
       case 'pair.resync-started':
         await this.manager.resyncStarted(body as never);
         return { body: { ok: true }, payload: [] };
+      case 'swap.freeze':
+        return { body: await this.manager.freezeForSwap(body as never), payload: [] };
+      case 'swap.thaw':
+        await this.manager.thawAfterSwap(body as never);
+        return { body: { ok: true }, payload: [] };
+      case 'swap.demote':
+        await this.manager.demote(body as never);
+        return { body: { ok: true }, payload: [] };
+      case 'swap.reverse':
+        await this.manager.demote(body as never, true);
+        return { body: { ok: true }, payload: [] };
+      case 'group.hello':
+        return { body: await this.manager.hello(body as never), payload: [] };
       case 'pair.display':
         return { body: { pairs: this.manager.display(body.group as string | undefined) }, payload: [] };
       case 'api.forward': {
@@ -165,10 +178,17 @@ export class ArrayReplication implements ReplicationControl {
     return this.manager.split(group, rw);
   }
 
-  /** pair resync: run on the master; sent there from the S-VOL's array. */
-  async resyncPair(group: string): Promise<unknown> {
+  /** pair resync: run on the master; sent there from the S-VOL's array. `swap`: after a takeover, on the new primary. */
+  async resyncPair(group: string, swap: boolean, discard: string | null = null): Promise<unknown> {
+    if (swap) return this.manager.resyncSwap(group, discard);
+    if (discard !== null) throw new TwinstoreError('BAD_REQUEST', '--discard goes with --swap (after a takeover)', { field: 'discard' });
     if (this.manager.groupRole(group) === 'restore') return this.forwardToMaster(group, 'POST', '/v1/pairs/resync', { group });
     return this.manager.resync(group);
+  }
+
+  /** takeover: run on the receiving array (DESIGN.md §6). */
+  async takeover(group: string, force: boolean): Promise<unknown> {
+    return this.manager.takeover(group, { force, peerTimeoutMs: this.config.takeover.peerTimeoutMs, freezeMsMax: this.config.takeover.freezeMsMax });
   }
 
   private async forwardToMaster(group: string, method: string, url: string, body: unknown): Promise<unknown> {

@@ -117,10 +117,25 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
   pair.command('resync')
     .description('copy only the regions changed on either side since the split or suspension, then PAIR')
     .requiredOption('--group <group>', 'journal group')
+    .option('--swap', 'after a takeover without the primary (SSWS): make the old primary the receiver and copy only what either side wrote since')
+    .option('--discard <array>', 'with --swap: the array whose writes after the divergence point are overwritten (needed when both sides wrote)')
     .option('--json', 'print JSON')
-    .action(async (opts: { group: string; json?: boolean }) => {
-      const result = await connect(globals()).request<{ group: string; dirtyBytes: number }>('POST', '/v1/pairs/resync', { group: opts.group });
+    .action(async (opts: { group: string; swap?: boolean; discard?: string; json?: boolean }) => {
+      const result = await connect(globals()).request<{ group: string; dirtyBytes: number }>('POST', '/v1/pairs/resync', { group: opts.group, swap: opts.swap === true, discard: opts.discard ?? null });
       print(opts.json ?? globals().json, result, () => `resync of ${result.group} started: ${result.dirtyBytes} bytes of changed regions to copy (watch pair display)`);
+    });
+  program.command('takeover')
+    .description('make this (receiving) array the primary of a group: a planned swap when the primary answers, else a takeover without it (exit 0: swap, 3: takeover)')
+    .requiredOption('--group <group>', 'journal group')
+    .option('--force', 'take over even while a pair is in COPY (its S-VOL is not consistent)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { group: string; force?: boolean; json?: boolean }) => {
+      const result = await connect(globals()).request<{ group: string; kind: 'swap' | 'takeover'; consistencySeq: number; epoch: string; freezeMs: number; ms: number; resumed: boolean }>(
+        'POST', '/v1/takeover', { group: opts.group, force: opts.force === true });
+      print(opts.json ?? globals().json, result, () => (result.kind === 'swap'
+        ? `swap of ${result.group} done${result.resumed ? ' (finished an earlier run)' : ''}: this array is the primary (epoch ${result.epoch}); the volumes hold seq ${result.consistencySeq}; host writes were held ${result.freezeMs} ms; replication now runs from here`
+        : `takeover of ${result.group} without the primary: this array is the primary (epoch ${result.epoch}, SSWS); the volumes hold seq ${result.consistencySeq}; when the old primary is back, run pair resync --group ${result.group} --swap here`));
+      if (result.kind === 'takeover') process.exitCode = 3;
     });
   pair.command('display')
     .description('pair status, copy progress, lag and consistency point')

@@ -28,8 +28,9 @@ export function addVolumeCommands(program: Command, globals: () => GlobalOptions
     .option('--command-device', 'a command device: hosts write a request block at offset 0 and read the reply at 4096 (README)')
     .option('--remote <array>', 'with --command-device: run its requests on this peer array')
     .option('--json', 'print JSON')
-    .action(async (name: string, opts: { size?: string; lun?: string; commandDevice?: boolean; remote?: string; json?: boolean }) => {
-      if (opts.size === undefined && opts.commandDevice !== true) throw new TwinstoreError('BAD_REQUEST', '--size is required (e.g. --size 10GiB)', { field: 'size' });
+    .action(async (name: string, opts: { size?: string; lun?: string; commandDevice?: boolean; remote?: string; json?: boolean }, command: Command) => {
+      // A usage error (exit 2), as commander gives for any missing required option.
+      if (opts.size === undefined && opts.commandDevice !== true) command.error("error: required option '--size <size>' not specified", { exitCode: 2 });
       const sizeBytes = opts.size === undefined ? undefined : parseSize(opts.size);
       if (opts.size !== undefined && sizeBytes === undefined) throw new TwinstoreError('BAD_REQUEST', `--size "${opts.size}" is not a size (e.g. 10GiB)`, { field: 'size' });
       const lun = opts.lun === undefined ? undefined : Number(opts.lun);

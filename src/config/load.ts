@@ -21,6 +21,7 @@ export interface ArrayConfig {
   bitmapRegionBytes: number;
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
+  takeover: { peerTimeoutMs: number; freezeMsMax: number };
 }
 
 export function loadConfig(file: string): ArrayConfig {
@@ -84,6 +85,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     bitmapRegionBytes: config.bitmap.regionBytes,
     apiToken: config.api.token,
     tuning: config.tuning,
+    takeover: config.takeover,
   };
 }
 

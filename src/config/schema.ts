@@ -79,6 +79,12 @@ export const configSchema = z.strictObject({
     })
     .default({ regionBytes: 65536 }),
   api: z.strictObject({ token: z.string().min(16, 'must be at least 16 characters').optional() }).default({}),
+  takeover: z
+    .strictObject({
+      peerTimeoutMs: z.number().int().min(100).max(600_000).default(5000),
+      freezeMsMax: z.number().int().min(100).max(600_000).default(10_000),
+    })
+    .default({ peerTimeoutMs: 5000, freezeMsMax: 10_000 }),
   tuning: z
     .strictObject({
       pollMicros: z.number().int().min(0).max(10_000).default(200),

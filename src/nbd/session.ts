@@ -309,6 +309,7 @@ function errorNumber(error: unknown): number {
   if (isTwinstoreError(error)) {
     if (error.code === 'NO_SPACE') return NBD_ERR.ENOSPC;
     if (error.code === 'SHUTTING_DOWN') return NBD_ERR.ESHUTDOWN;
+    if (error.code === 'VOLUME_FENCED') return NBD_ERR.EPERM;
   }
   return NBD_ERR.EIO;
 }

@@ -5,12 +5,12 @@
 import crypto from 'node:crypto';
 import { TwinstoreError } from '../errors.js';
 import { Journal, type Epoch, type JournalRecord } from '../journal/index.js';
-import type { StorageEngine, Volume } from '../storage/index.js';
+import type { MetaRecord, StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
 import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
-import { GROUP_DOCUMENT, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
+import { GROUP_DOCUMENT, bitmapSetName, formatEpoch, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
 
 export interface PairCreateRequest {
   group: string;
@@ -38,6 +38,35 @@ export interface GroupStats {
   storedRecords: number;
   /** Records applied to the S-VOLs (on the master: as the receiver last said). */
   appliedRecords: number;
+}
+
+export interface TakeoverResult {
+  group: string;
+  /** `swap`: planned, the old primary now receives; `takeover`: without it (SSWS). */
+  kind: 'swap' | 'takeover';
+  /** The S-VOLs (now P-VOLs) hold their old P-VOLs as of this seq. */
+  consistencySeq: number;
+  epoch: string;
+  /** How long the old primary's host writes were held (planned swap). */
+  freezeMs: number;
+  ms: number;
+  /** A swap that an earlier run left half-done was finished. */
+  resumed: boolean;
+}
+
+/**
+ * Where two epoch chains part: the first seq of the first epoch in `theirs` that `ours` lacks
+ * (records from there on were written here without the other side). 0 when nothing is shared.
+ */
+function divergencePoint(ours: GroupMeta['epochs'], theirs: GroupMeta['epochs']): number {
+  const known = new Set(ours.map((e) => formatEpoch(e.epoch)));
+  const first = theirs.find((e) => !known.has(formatEpoch(e.epoch)));
+  return first?.firstSeq ?? 0;
+}
+
+/** Is epoch `a` newer than `b`? Counters first; equal counters from different arrays are not ordered (divergence). */
+function newer(a: Epoch, b: Epoch): boolean {
+  return a.counter > b.counter;
 }
 
 export interface ReplicationOptions {
@@ -73,6 +102,7 @@ export class ReplicationManager {
       if (!journalVolume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${meta.name} is missing`);
       const { journal, recovery } = await Journal.open(new VolumeJournalDevice(journalVolume, this.engine));
       this.log.info({ group: meta.name, role: meta.role, recovery }, 'journal group opened');
+      await this.finishRoleChange(meta, journal);
       if (meta.role === 'master') {
         // Registered (so the receiver's journal.read reaches it, and may free the journal) only once
         // the records from the persisted tail are loaded and redone: a release under those reads fails them.
@@ -93,6 +123,27 @@ export class ReplicationManager {
       } else {
         this.newRestore(meta, journal).start();
       }
+    }
+    this.startHellos();
+  }
+
+  /**
+   * A role change (swap, takeover, demotion) persists the group document first, then turns the
+   * journal and the volumes. After a crash between those steps the document wins: the journal
+   * takes the document's role and epoch (empty, from the chain's last first seq) and the volumes
+   * their roles.
+   */
+  private async finishRoleChange(meta: GroupMeta, journal: Journal): Promise<void> {
+    const last = meta.epochs[meta.epochs.length - 1]!;
+    if (journal.role !== meta.role || formatEpoch(journal.epoch) !== formatEpoch(meta.epoch)) {
+      this.log.warn({ group: meta.name, journal: journal.role, group_role: meta.role }, 'finishing a role change: the journal takes the group\'s role and epoch');
+      await journal.setRole(meta.role, meta.epoch, { keepRecords: false, firstSeq: last.firstSeq });
+      await this.engine.setRole(this.journalName(meta), meta.role === 'master' ? 'journal-master' : 'journal-restore');
+    }
+    for (const pair of meta.pairs) {
+      const volume = this.engine.volumeById(pair.localVolumeId);
+      const role = meta.role === 'master' ? 'pvol' : 'svol';
+      if (volume && volume.meta.role !== role) await this.engine.setRole(volume.name, role);
     }
   }
 
@@ -189,6 +240,214 @@ export class ReplicationManager {
 
   async resyncStarted(body: { group: string; resyncFromSeq: number }): Promise<void> {
     await this.restoreGroupOrThrow(body.group).resyncStarted(body.resyncFromSeq);
+  }
+
+  // ---- swap and takeover (DESIGN.md §6) ---------------------------------------------------
+
+  /**
+   * takeover, run on the receiving array. With the primary reachable: a planned swap (freeze
+   * and drain the primary, promote here with a new epoch, demote the primary; replication then
+   * runs the other way with no copy). Without it (no answer within `peerTimeoutMs`): apply what
+   * is stored and promote here (SSWS: host writes tracked until `pair resync --swap`).
+   * Re-running it finishes a swap that stopped half-way.
+   */
+  async takeover(name: string, options: { force: boolean; peerTimeoutMs: number; freezeMsMax: number }): Promise<TakeoverResult> {
+    const started = Date.now();
+    const master = this.masters.get(name);
+    if (master) {
+      if (master.meta.demotePending === true) {
+        await this.demotePeer(master);
+        return { group: name, kind: 'swap', consistencySeq: master.journal.nextSeq - 1, epoch: formatEpoch(master.meta.epoch), freezeMs: 0, ms: Date.now() - started, resumed: true };
+      }
+      throw new TwinstoreError('PAIR_INVALID', `group ${name} already sends from ${this.engine.arrayId}; run takeover on the other array`, { field: 'group' });
+    }
+    const restore = this.restoreGroupOrThrow(name);
+    const copying = restore.meta.pairs.find((p) => p.status === 'COPY');
+    if (copying && !options.force) {
+      throw new TwinstoreError('PAIR_INVALID', `group ${name}: ${copying.svolName} is in COPY, so its S-VOL is not consistent; use --force to take over anyway`, { field: 'group' });
+    }
+    const peer = this.options.peerChannel(restore.meta.peer);
+    let endSeq: number | undefined;
+    if (peer?.connected) {
+      try {
+        endSeq = ((await peer.request('swap.freeze', { group: name }, [], { timeoutMs: options.peerTimeoutMs })).body as { endSeq: number }).endSeq;
+      } catch (error) {
+        this.log.warn({ group: name, err: (error as Error).message }, 'takeover: the primary did not answer the freeze; taking over without it');
+      }
+    }
+    if (endSeq === undefined) {
+      const applied = await restore.drainAndStop();
+      this.restores.delete(name);
+      const group = await this.promote(restore.meta, applied, 'SSWS', false);
+      this.log.warn({ group: name, consistencySeq: applied - 1 }, 'takeover without the primary: SSWS');
+      return { group: name, kind: 'takeover', consistencySeq: applied - 1, epoch: formatEpoch(group.meta.epoch), freezeMs: 0, ms: Date.now() - started, resumed: false };
+    }
+    const frozenAt = Date.now();
+    const drained = await restore.waitApplied(endSeq, options.freezeMsMax);
+    if (!drained) {
+      await peer!.request('swap.thaw', { group: name }).catch(() => undefined);
+      throw new TwinstoreError('LINK_TIMEOUT', `swap of ${name} aborted: the S-VOLs did not reach seq ${endSeq - 1} within ${options.freezeMsMax} ms; the primary writes again`);
+    }
+    await restore.stop();
+    this.restores.delete(name);
+    const group = await this.promote(restore.meta, endSeq, 'PAIR', true);
+    await this.demotePeer(group);
+    const freezeMs = Date.now() - frozenAt;
+    this.log.info({ group: name, consistencySeq: endSeq - 1, freezeMs }, 'planned swap done: this array is the primary');
+    return { group: name, kind: 'swap', consistencySeq: endSeq - 1, epoch: formatEpoch(group.meta.epoch), freezeMs, ms: Date.now() - started, resumed: false };
+  }
+
+  /**
+   * This array becomes the primary of the group: a new epoch in the persisted chain (before any
+   * write can happen: the volumes are still S-VOLs), then the journal (new instance id, empty,
+   * from `firstSeq`), then the volumes (S-VOL -> P-VOL; their sessions close and reopen writable).
+   */
+  private async promote(old: GroupMeta, firstSeq: number, status: 'PAIR' | 'SSWS', demotePending: boolean): Promise<MasterGroup> {
+    const epoch: Epoch = { counter: old.epoch.counter + 1, arrayId: this.engine.arrayId, nonce: crypto.randomBytes(8).toString('hex') };
+    const pairs: PairMeta[] = old.pairs.map((pair) => {
+      const volume = this.engine.volumeById(pair.localVolumeId)!;
+      return {
+        ...pair, pvolLun: volume.meta.lun, pvolName: pair.svolName, svolName: pair.pvolName,
+        status, statusReason: status === 'SSWS' ? 'takeover without the primary' : null,
+        copyKind: 'initial', copyOffset: pair.sizeBytes, copyLastSeq: null, svolWritable: false,
+      };
+    });
+    const meta: GroupMeta = {
+      ...old, role: 'master', epoch, epochs: [...old.epochs, { epoch, firstSeq }], pairs, splitSeq: null, demotePending,
+      regionBytes: old.regionBytes ?? this.options.defaults.regionBytes,
+    };
+    delete meta.skipDamagedBefore;
+    await this.persist(meta);
+    const journal = await this.reopenJournal(meta);
+    await this.finishRoleChange(meta, journal);
+    return this.newMaster(meta, journal);
+  }
+
+  private async reopenJournal(meta: GroupMeta): Promise<Journal> {
+    const volume = this.engine.volumeById(meta.journalVolumeId);
+    if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${meta.name} is missing`);
+    return (await Journal.open(new VolumeJournalDevice(volume, this.engine))).journal;
+  }
+
+  /** The last step of a planned swap: the old primary becomes the receiver of our new epoch. */
+  private async demotePeer(group: MasterGroup): Promise<void> {
+    const peer = this.peerOf(group);
+    const firstSeq = group.meta.epochs[group.meta.epochs.length - 1]!.firstSeq;
+    await peer.request('swap.demote', { group: group.meta.name, epoch: group.meta.epoch, firstSeq, pairs: this.pairsForPeer(group.meta) });
+    group.meta.demotePending = false;
+    await this.persist(group.meta);
+  }
+
+  /** Our pairs as the peer must hold them (its local volume ids are its own business). */
+  private pairsForPeer(meta: GroupMeta): Array<{ pvolLun: number; pvolName: string; svolName: string }> {
+    return meta.pairs.map((p) => ({ pvolLun: p.pvolLun, pvolName: p.pvolName, svolName: p.svolName }));
+  }
+
+  /** swap.freeze on the primary. */
+  async freezeForSwap(body: { group: string }): Promise<{ endSeq: number }> {
+    return { endSeq: await this.masterGroup(body.group).freeze() };
+  }
+
+  async thawAfterSwap(body: { group: string }): Promise<void> {
+    await this.masters.get(body.group)?.thaw();
+  }
+
+  /**
+   * swap.demote on the old primary: the group turns receiver in the peer's newer epoch. With
+   * `keepDirty` (a resync --swap after a takeover), the regions this side wrote past the
+   * divergence point move into the S-VOL bitmaps, for the peer's resync to fetch.
+   */
+  async demote(body: { group: string; epoch: Epoch; firstSeq: number; divergenceSeq?: number; discard?: string | null; pairs: Array<{ pvolLun: number; pvolName: string; svolName: string }> }, keepDirty = false): Promise<void> {
+    const master = this.masters.get(body.group);
+    if (!master) {
+      const restore = this.restores.get(body.group);
+      if (restore && formatEpoch(restore.meta.epoch) === formatEpoch(body.epoch)) return; // done already
+      throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${body.group} sends from ${this.engine.arrayId}`, { field: 'group' });
+    }
+    if (body.epoch.counter <= master.meta.epoch.counter) {
+      throw new TwinstoreError('JOURNAL_EPOCH_STALE', `epoch ${formatEpoch(body.epoch)} is not newer than ${formatEpoch(master.meta.epoch)}`, { field: 'epoch' });
+    }
+    if (keepDirty) {
+      await master.fence(formatEpoch(body.epoch), body.divergenceSeq ?? 0);
+      // Both sides wrote after they parted: overwriting ours needs the operator's word.
+      const divergent = await master.hostRecordsFrom(body.divergenceSeq ?? 0);
+      if (divergent > 0 && body.discard !== this.engine.arrayId) {
+        throw new TwinstoreError('PAIR_INVALID', `group ${body.group} diverged: ${this.engine.arrayId} took ${divergent} host writes after seq ${(body.divergenceSeq ?? 0) - 1}, which the new primary never saw; ` +
+          `run pair resync --group ${body.group} --swap --discard ${this.engine.arrayId} to overwrite them`, { field: 'discard' });
+      }
+    }
+    const dirty = keepDirty ? master.dirtyRanges() : [];
+    await master.stop();
+    this.masters.delete(body.group);
+    const old = master.meta;
+    const pairs: PairMeta[] = body.pairs.map((theirs) => {
+      const ours = old.pairs.find((p) => p.pvolName === theirs.svolName);
+      if (!ours) throw new TwinstoreError('PAIR_INVALID', `group ${body.group}: no pair with volume ${theirs.svolName} on ${this.engine.arrayId}`);
+      return { ...ours, pvolLun: theirs.pvolLun, pvolName: theirs.pvolName, svolName: theirs.svolName, status: keepDirty ? 'COPY' : 'PAIR', statusReason: null, svolWritable: false };
+    });
+    const meta: GroupMeta = { ...old, role: 'restore', epoch: body.epoch, epochs: [...old.epochs, { epoch: body.epoch, firstSeq: body.firstSeq }], pairs, splitSeq: null, demotePending: false };
+    await this.persist(meta);
+    // In one commit: the P-VOL bitmaps (keyed by our old LUNs) cleared, their regions put in the
+    // S-VOL bitmaps (keyed by the peer's LUNs, which may be the same numbers).
+    const regionBytes = old.regionBytes ?? this.options.defaults.regionBytes;
+    const records: MetaRecord[] = old.pairs.map((pair) => ({ t: 'regions', set: bitmapSetName(body.group, pair.pvolLun), clear: true }));
+    for (const entry of dirty) {
+      const pair = pairs.find((p) => p.svolName === entry.pvolName);
+      if (pair && entry.ranges.length > 0) records.push({ t: 'regions', set: bitmapSetName(body.group, pair.pvolLun), add: entry.ranges.map(([offset]) => offset / regionBytes) });
+    }
+    await this.engine.persist(records);
+    const journal = await this.reopenJournal(meta);
+    await this.finishRoleChange(meta, journal);
+    this.newRestore(meta, journal).start();
+    this.log.info({ group: body.group, epoch: formatEpoch(body.epoch) }, 'demoted: this array now receives the group');
+  }
+
+  /**
+   * pair resync --swap, on the array that took over (SSWS): the old primary becomes the receiver
+   * (its writes past the divergence point marked for copying), then a resync copies the regions
+   * either side wrote since, from here. No full copy.
+   */
+  async resyncSwap(name: string, discard: string | null = null): Promise<{ group: string; dirtyBytes: number }> {
+    const group = this.masterGroup(name);
+    if (!group.meta.pairs.every((p) => p.status === 'SSWS')) {
+      throw new TwinstoreError('PAIR_INVALID', `group ${name} is not SSWS on ${this.engine.arrayId}; resync --swap follows a takeover without the primary`, { field: 'group' });
+    }
+    const peer = this.peerOf(group);
+    const divergenceSeq = group.meta.epochs[group.meta.epochs.length - 1]!.firstSeq;
+    if (discard !== null && discard !== group.meta.peer) {
+      throw new TwinstoreError('BAD_REQUEST', `--discard names the side whose writes are overwritten: with --swap that can only be ${group.meta.peer}`, { field: 'discard' });
+    }
+    await peer.request('swap.reverse', { group: name, epoch: group.meta.epoch, firstSeq: group.journal.nextSeq, divergenceSeq, discard, pairs: this.pairsForPeer(group.meta) });
+    return this.resync(name);
+  }
+
+  /** group.hello: a primary tells its peer its epoch; the side with the older one fences itself. */
+  async hello(body: { group: string; epoch: Epoch; epochs: GroupMeta['epochs'] }): Promise<{ epoch: Epoch | null; role: GroupRole | null; epochs: GroupMeta['epochs'] }> {
+    const ours = this.masters.get(body.group);
+    if (ours && newer(body.epoch, ours.meta.epoch)) await ours.fence(formatEpoch(body.epoch), divergencePoint(ours.meta.epochs, body.epochs));
+    const group = ours ?? this.restores.get(body.group);
+    return { epoch: group?.meta.epoch ?? null, role: group?.meta.role ?? null, epochs: group?.meta.epochs ?? [] };
+  }
+
+  /** Every second, each primary tells its peer its epoch (and fences itself if the peer's is newer). */
+  private helloTimer: NodeJS.Timeout | undefined;
+
+  private startHellos(): void {
+    this.helloTimer = setInterval(() => {
+      for (const group of this.masters.values()) {
+        const peer = this.options.peerChannel(group.meta.peer);
+        if (!peer?.connected || group.meta.pairs.every((p) => p.status === 'FENCED')) continue;
+        void peer.request('group.hello', { group: group.meta.name, epoch: group.meta.epoch, epochs: group.meta.epochs })
+          .then(async (response) => {
+            const theirs = response.body as { epoch: Epoch | null; role: GroupRole | null; epochs: GroupMeta['epochs'] };
+            if (theirs.role === 'master' && theirs.epoch && newer(theirs.epoch, group.meta.epoch) && this.masters.get(group.meta.name) === group) {
+              await group.fence(formatEpoch(theirs.epoch), divergencePoint(group.meta.epochs, theirs.epochs));
+            }
+          })
+          .catch(() => undefined);
+      }
+    }, 1000);
+    this.helloTimer.unref();
   }
 
   private masterGroup(name: string): MasterGroup {
@@ -464,6 +723,7 @@ export class ReplicationManager {
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.helloTimer);
     for (const group of this.restores.values()) await group.stop();
     for (const group of this.masters.values()) await group.stop();
   }

@@ -18,7 +18,7 @@ import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
-import { unitMarker } from './units.js';
+import { isUnitBegin, isUnitEnd, unitMarker } from './units.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 
 const copyChunkBytes = 2 ** 20;
@@ -78,6 +78,10 @@ export class MasterGroup extends EventEmitter {
   /** Timestamp (our clock) of the newest record the receiver applied: the consistency point's time. */
   private consistencyTimeMs: number | undefined;
   private copying = new Set<number>();
+  /** A planned swap's freeze: new host writes wait here (then fail if the swap went through). */
+  private gate: { promise: Promise<void>; open: () => void } | undefined;
+  private hostWritesInFlight = 0;
+  private readonly writesDrained: Array<() => void> = [];
   /** Host writes going the bitmap way right now (a resync waits for them before reading the bitmap). */
   private bitmapWrites = 0;
   private readonly bitmapDrained: Array<() => void> = [];
@@ -138,6 +142,25 @@ export class MasterGroup extends EventEmitter {
   }
 
   private async hostWrite(lun: number, kind: RecordKind, offset: number, length: number, data: Buffer | undefined, apply: (v: Volume) => Promise<void>): Promise<void> {
+    if (this.gate) await this.gate.promise;
+    this.checkWritable();
+    this.hostWritesInFlight += 1;
+    try {
+      await this.hostWriteOpen(lun, kind, offset, length, data, apply);
+    } finally {
+      this.hostWritesInFlight -= 1;
+      if (this.hostWritesInFlight === 0) for (const wake of this.writesDrained.splice(0)) wake();
+    }
+  }
+
+  /** FENCED, or a swap (SWAP) holding the group, or demoted: host writes are refused. */
+  private checkWritable(): void {
+    if (this.stopped) throw new TwinstoreError('VOLUME_FENCED', `group ${this.meta.name} no longer takes host writes here (its role changed)`);
+    const held = this.meta.pairs.find((p) => p.status === 'FENCED' || p.status === 'SWAP');
+    if (held) throw new TwinstoreError('VOLUME_FENCED', `group ${this.meta.name} is ${held.status}${held.statusReason ? ` (${held.statusReason})` : ''}: host writes are refused`);
+  }
+
+  private async hostWriteOpen(lun: number, kind: RecordKind, offset: number, length: number, data: Buffer | undefined, apply: (v: Volume) => Promise<void>): Promise<void> {
     const pvol = this.pvolOf(lun);
     const unlock = await pvol.locks.acquire(offset, length);
     const regions = pvol.activity.regionsOf(offset, length);
@@ -221,11 +244,14 @@ export class MasterGroup extends EventEmitter {
     if (this.durableWaiters.size > 0) this.scheduleSync();
   }
 
-  /** FLUSH/FUA: every record written so far, and every earlier one, durable; P-VOLs synced too. */
+  /**
+   * FLUSH/FUA: every record written so far, and every earlier one, durable; P-VOLs synced too.
+   * The two do not depend on each other (a record never waits for its P-VOL write), so the
+   * flush round and the journal sync run side by side.
+   */
   async flush(): Promise<void> {
     const target = this.writtenSeq;
-    await this.engine.flush();
-    await this.durableThrough(target);
+    await Promise.all([this.engine.flush(), this.durableThrough(target)]);
   }
 
   /**
@@ -279,10 +305,10 @@ export class MasterGroup extends EventEmitter {
    * from the journal itself (which keeps them until the receiver's appliedSeq), so a
    * later resync copies those regions.
    */
-  private async foldUnapplied(): Promise<void> {
+  private async foldUnapplied(fromSeq = this.receiverApplied): Promise<void> {
     const folded = new Map<number, number[]>();
     await this.journal.sync();
-    let seq = this.receiverApplied;
+    let seq = Math.max(fromSeq, this.journal.tailSeq);
     const fold = (lun: number, offset: number, length: number): void => {
       const pvol = this.pvols.get(lun);
       if (pvol) folded.set(lun, [...(folded.get(lun) ?? []), ...pvol.bitmap.regionsOf(offset, length)]);
@@ -302,7 +328,7 @@ export class MasterGroup extends EventEmitter {
       seq = records[records.length - 1]!.seq + 1;
     }
     for (const [lun, regions] of folded) await this.pvols.get(lun)!.bitmap.addAll(regions);
-    this.log.info({ records: seq - this.receiverApplied, regions: [...folded.values()].reduce((n, r) => n + r.length, 0) }, 'unapplied records folded into the bitmaps');
+    this.log.info({ records: seq - fromSeq, regions: [...folded.values()].reduce((n, r) => n + r.length, 0) }, 'unapplied records folded into the bitmaps');
   }
 
   /** After a restart: the records still kept (not applied by the receiver) give lag and folding their start. */
@@ -447,8 +473,8 @@ export class MasterGroup extends EventEmitter {
    * caller has made the S-VOLs read-only again and holds the peer's ranges.
    */
   async resync(peerDirty: Array<{ lun: number; ranges: Array<[number, number]> }>): Promise<{ dirtyBytes: number; resyncFromSeq: number }> {
-    const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE');
-    if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS or PSUE`, { field: 'group' });
+    const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE' && p.status !== 'SSWS');
+    if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS, PSUE or SSWS`, { field: 'group' });
     for (const entry of peerDirty) {
       const pvol = this.pvols.get(entry.lun);
       if (!pvol) continue;
@@ -476,6 +502,117 @@ export class MasterGroup extends EventEmitter {
     this.log.info({ dirtyBytes }, 'resync started');
     for (const pvol of this.pvols.values()) this.startCopy(pvol.pair.pvolLun);
     return { dirtyBytes, resyncFromSeq };
+  }
+
+  // ---- planned swap and fencing (DESIGN.md §6) ------------------------------------
+
+  /**
+   * The first step of a planned swap, on the old primary: the group shows SWAP (persisted, so
+   * a restart keeps refusing writes), new host writes wait at a gate, writes in flight finish,
+   * and every record is made durable. Returns the seq the receiver must apply up to.
+   */
+  async freeze(): Promise<number> {
+    if (!this.gate) {
+      let open = (): void => undefined;
+      const promise = new Promise<void>((resolve) => { open = resolve; });
+      this.gate = { promise, open };
+    }
+    const bad = this.meta.pairs.find((p) => p.status !== 'PAIR' && p.status !== 'SWAP');
+    if (bad) {
+      this.thawGate();
+      throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${bad.pvolName} is ${bad.status}; a planned swap needs PAIR`, { field: 'group' });
+    }
+    for (const pair of this.meta.pairs) {
+      pair.status = 'SWAP';
+      pair.statusReason = 'swap: draining';
+    }
+    await this.persistMeta(this.meta);
+    if (this.hostWritesInFlight > 0) await new Promise<void>((resolve) => this.writesDrained.push(resolve));
+    await this.flush();
+    this.emit('changed');
+    return this.journal.nextSeq;
+  }
+
+  /** An aborted swap: PAIR again and the held host writes go on. */
+  async thaw(): Promise<void> {
+    let changed = false;
+    for (const pair of this.meta.pairs) {
+      if (pair.status !== 'SWAP') continue;
+      pair.status = 'PAIR';
+      pair.statusReason = null;
+      changed = true;
+    }
+    if (changed) await this.persistMeta(this.meta);
+    this.thawGate();
+    this.emit('changed');
+  }
+
+  private thawGate(): void {
+    const gate = this.gate;
+    this.gate = undefined;
+    gate?.open();
+  }
+
+  /**
+   * The other array holds a newer epoch (it took over): refuse host writes from now on, and fold
+   * every record the receiver has not applied into the bitmaps — those are this side's writes
+   * past the divergence point, which a resync --swap must overwrite.
+   */
+  async fence(newer: string, divergenceSeq: number): Promise<void> {
+    if (this.meta.pairs.every((p) => p.status === 'FENCED')) return;
+    this.log.warn({ newer, divergenceSeq }, 'the peer holds a newer epoch: fencing this group');
+    const divergent = await this.hostRecordsFrom(divergenceSeq);
+    for (const pair of this.meta.pairs) {
+      pair.status = 'FENCED';
+      pair.statusReason = `newer epoch ${newer}` + (divergent > 0 ? `; ${divergent} host writes here past seq ${divergenceSeq - 1} (diverged)` : '');
+    }
+    await this.persistMeta(this.meta);
+    // Our records from the divergence point on are writes the peer never applied; the active
+    // regions may hold writes whose records were lost (an unclean stop, a re-send cut short).
+    await this.foldUnapplied(divergenceSeq);
+    for (const pvol of this.pvols.values()) {
+      const regions = pvol.activity.values().flatMap((r) => pvol.bitmap.regionsOf(r * activityRegionBytes, Math.max(0, Math.min(activityRegionBytes, pvol.volume.sizeBytes - r * activityRegionBytes))));
+      if (regions.length > 0) await pvol.bitmap.addAll(regions);
+    }
+    this.emit('changed');
+  }
+
+  /**
+   * Host writes journaled here from `seq` on: after a takeover, the writes this side made that the
+   * new primary never saw. Write and zero records are always host writes; base records never are
+   * (copies, re-sends). A trim record is a host TRIM or a copied hole: inside a re-send unit it is
+   * taken for the latter (a host TRIM there is not counted; it un-writes, it loses no data).
+   */
+  async hostRecordsFrom(seq: number): Promise<number> {
+    let count = 0;
+    let inUnit = false;
+    for (let at = Math.max(seq, this.journal.tailSeq); at < this.journal.durableSeq;) {
+      let records: JournalRecord[];
+      try {
+        records = await this.journal.readFrom(at, readBatchBytesMax);
+      } catch (error) {
+        if (!(error instanceof JournalRecordCorruptError) || error.seq !== at) throw error;
+        count += 1; // unreadable: count it as a write, to be safe
+        at += 1;
+        continue;
+      }
+      if (records.length === 0) break;
+      for (const r of records) {
+        if (isUnitBegin(r)) inUnit = true;
+        else if (isUnitEnd(r)) inUnit = false;
+        else if (r.kind === 'write' || r.kind === 'zero' || (r.kind === 'trim' && !inUnit)) count += 1;
+      }
+      at = records[records.length - 1]!.seq + 1;
+    }
+    return count;
+  }
+
+  /** Every bitmap region of every pair, as byte ranges keyed by P-VOL name (for a reverse resync). */
+  dirtyRanges(): Array<{ pvolName: string; ranges: Array<[number, number]> }> {
+    return [...this.pvols.values()].map((pvol) => ({
+      pvolName: pvol.pair.pvolName,
+      ranges: pvol.bitmap.values().sort((a, b) => a - b).map((r): [number, number] => [r * pvol.bitmap.regionBytes, pvol.bitmap.regionBytes]),
+    }));
   }
 
   /**
@@ -667,6 +804,7 @@ export class MasterGroup extends EventEmitter {
   /** Clean stop: make everything durable, clear the activity logs (no unclean-stop resend needed). */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.thawGate();
     clearTimeout(this.syncTimer);
     clearInterval(this.linkWatch);
     for (const wake of [...this.durableWaiters]) wake();

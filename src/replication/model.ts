@@ -57,6 +57,8 @@ export interface GroupMeta {
    * that began at this seq re-copies its region); at or above it, restore stops and reports it.
    */
   skipDamagedBefore?: number;
+  /** Master side, after a planned swap promoted this array: the old primary still has to be demoted. */
+  demotePending?: boolean;
 }
 
 export const GROUP_DOCUMENT = 'group';

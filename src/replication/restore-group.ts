@@ -22,7 +22,7 @@ const retryMs = 200;
 
 export interface PeerChannel {
   readonly connected: boolean;
-  request(method: string, body: unknown, payload?: Buffer[]): Promise<{ body: unknown; payload: Buffer[] }>;
+  request(method: string, body: unknown, payload?: Buffer[], options?: { timeoutMs?: number }): Promise<{ body: unknown; payload: Buffer[] }>;
 }
 
 export interface WireRecord extends RecordMeta {
@@ -206,6 +206,39 @@ export class RestoreGroup extends EventEmitter {
     this.applying = this.applyLoop();
   }
 
+  /** Resolves true once every record before `seq` is applied (it must arrive and be stored first), false after `timeoutMs`. */
+  async waitApplied(seq: number, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.journal.appliedSeq < seq) {
+      if (Date.now() >= deadline || !this.running) return false;
+      await sleep(5);
+    }
+    return true;
+  }
+
+  /**
+   * Takeover with the master gone: stop pulling, apply everything stored that can be applied
+   * (an atomic unit whose end never came, or a damaged record, stays out), then stop.
+   * Returns the applied cursor: the consistency point the S-VOLs now hold.
+   */
+  async drainAndStop(): Promise<number> {
+    this.pullingStopped = true;
+    this.pausedApply = false;
+    this.applyWake?.();
+    await this.pulling;
+    for (;;) {
+      const applied = this.journal.appliedSeq;
+      if (applied >= this.journal.durableSeq || this.heldAt === this.journal.durableSeq || this.damaged?.seq === applied) break;
+      await sleep(5);
+    }
+    await this.batch?.catch(() => undefined);
+    const applied = this.journal.appliedSeq;
+    await this.stop();
+    return applied;
+  }
+
+  private pullingStopped = false;
+
   async stop(): Promise<void> {
     this.running = false;
     this.applyWake?.();
@@ -231,7 +264,7 @@ export class RestoreGroup extends EventEmitter {
    */
   private async pullLoop(): Promise<void> {
     let storing: Promise<void> = Promise.resolve();
-    while (this.running) {
+    while (this.running && !this.pullingStopped) {
       if (!this.peer.connected) {
         await storing.catch(() => undefined);
         await sleep(retryMs);

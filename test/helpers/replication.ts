@@ -118,6 +118,8 @@ export interface SiteOptions {
   beforePair?: (site: Site) => void | Promise<void>;
   /** link.suspendAfterMs on both arrays. */
   suspendAfterMs?: number;
+  /** More config for A (YAML text appended to its config). */
+  extraConfigA?: string;
 }
 
 /** Starts A and B, links B to A through a proxy, and pairs `volumes` P-VOLs in one journal group. */
@@ -126,7 +128,7 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
   const psk = writePsk(dir);
   const drives = options.drives ?? ['2GiB'];
   const link = { pskFile: psk, ...(options.suspendAfterMs === undefined ? {} : { suspendAfterMs: options.suspendAfterMs }) };
-  const a = await startArray(t, { id: 'site-a', ...link, drives, env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
+  const a = await startArray(t, { id: 'site-a', ...link, drives, ...(options.extraConfigA === undefined ? {} : { extraConfig: options.extraConfigA }), env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
   const b = await startArray(t, { id: 'site-b', ...link, drives, env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
   a.pinPorts();
   b.pinPorts();

@@ -120,7 +120,9 @@ async function freeAtStored(t: TestContext, plant: boolean): Promise<FreeResult>
   const b = (await display(site.b))[0]!;
   const compareAtLag0 = a.lagRecords === 0 ? identical(site).detail : undefined;
   await setRestorePaused(site.b, false);
-  await waitFor('lag 0 (restore resumed)', async () => (await display(site.a)).every((p) => p.lagRecords === 0 && p.consistencySeq === stored - 1), 60_000, 100);
+  // B's own cursor: with the plant A already claims this point, so A's display proves nothing here.
+  await waitFor('B to apply everything (restore resumed)', async () => (await display(site.b)).every((p) => p.consistencySeq === stored - 1), 60_000, 100);
+  await waitFor('lag 0 on A', async () => (await display(site.a)).every((p) => p.lagRecords === 0), 60_000, 100);
   assert.ok(identical(site).identical, 'identical once B applied everything');
   return { stored, applied, tailBeforeRestart, aConsistencySeq: a.consistencySeq, aLagRecords: a.lagRecords, bConsistencySeq: b.consistencySeq, compareAtLag0 };
 }
@@ -151,7 +153,13 @@ interface CrashImageResult {
 
 /** kill -9 of A under load (restore paused on B), then the crash image: is any P-VOL block ahead of the journal? */
 async function crashImages(t: TestContext, plant: boolean, attemptsMax: number): Promise<CrashImageResult> {
-  const site = await startSite(t, { volumes: 1, volumeSize: '16MiB', journalSize: '384MiB', drives: ['1GiB'], envA: planted('pvol-before-journal', plant), envB: {} });
+  // Drive writes through the thread pool (tuning.syncWriteBytesMax: 0): with small writes made
+  // synchronously the record and the P-VOL write land in one event-loop turn, and a kill -9
+  // almost never falls between them, so the planted order would hide.
+  const site = await startSite(t, {
+    volumes: 1, volumeSize: '16MiB', journalSize: '384MiB', drives: ['1GiB'], envA: planted('pvol-before-journal', plant), envB: {},
+    extraConfigA: 'tuning:\n  syncWriteBytesMax: 0',
+  });
   const result: CrashImageResult = { attempts: 0, ahead: [], checkedBlocks: 0 };
   for (let attempt = 1; attempt <= attemptsMax && result.ahead.length === 0; attempt++) {
     result.attempts = attempt;
