@@ -68,6 +68,7 @@ const routes: Record<string, Route> = {
   'pair split': (a) => ({ method: 'POST', url: '/v1/pairs/split', body: { group: text(a, 'group'), rw: a.rw === true } }),
   'pair resync': (a) => ({ method: 'POST', url: '/v1/pairs/resync', body: { group: text(a, 'group') } }),
   'pair restore': (a) => ({ method: 'POST', url: '/v1/pairs/restore', body: { group: text(a, 'group'), paused: a.paused === true } }),
+  takeover: (a) => ({ method: 'POST', url: '/v1/takeover', body: { group: text(a, 'group'), force: a.force === true } }),
 };
 
 export const commandVerbs = Object.keys(routes);

@@ -1,7 +1,8 @@
 // Goal: a host that can only do block I/O runs array commands through a
 // command device (claim 44): it writes a request block at offset 0 and reads
 // the reply at 4096; a remote command device on B answers with A's answer;
-// a wrong token, a malformed block, an unknown verb and a down link each give
+// takeover sent to B's own device swaps the roles; a wrong token, a malformed
+// block, an unknown verb and a down link each give
 // an error reply, and nothing else changes.
 // Method: two real arrays paired in a group (B reaches A through a TCP
 // proxy), command devices made with the CLI, and nbdsh (libnbd's Python
@@ -85,6 +86,16 @@ test('command devices: pair display on B, A\'s status through B\'s remote device
   assert.equal(split.answer.atSplitPoint, true);
   const resync = await command(site.b.uri('rcmd'), { id: 13, token, verb: 'pair resync', args: { group: 'g1' } });
   assert.equal(resync.status, 200, JSON.stringify(resync.answer));
+
+  await waitFor('PAIR again after the resync', async () => (await display(site.b))[0]!.status === 'PAIR', 60_000, 100);
+
+  // takeover through B's own device: a planned swap (A answers), B is the primary now.
+  const swap = await command(site.b.uri('cmd'), { id: 16, token, verb: 'takeover', args: { group: 'g1' } });
+  t.diagnostic(`takeover through B's command device: ${JSON.stringify(swap.answer)}`);
+  assert.equal(swap.status, 200, JSON.stringify(swap.answer));
+  assert.equal(swap.answer.kind, 'swap');
+  const after = await command(site.b.uri('cmd'), { id: 17, token, verb: 'pair display', args: { group: 'g1' } });
+  assert.equal(after.answer.pairs[0].direction, 'site-b->site-a');
 
   site.proxy.setMode('cut');
   await waitFor('B to see the link down', () => JSON.parse(cliOk(site.b, ['peer', 'list', '--json'])).peers[0].connected === false, 30_000, 100);
