@@ -13,71 +13,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { ProcessTracker, freePort, type Tracked } from './lib/processes.js';
 import { fioJobs, runFio, type FioJob, type Measurement } from './lib/fio.js';
-import { readReadyLine } from './lib/targets.js';
+import { BenchSites, type PairRow, type Site } from './lib/sites.js';
 
-const cliEntry = path.resolve(import.meta.dirname, '..', 'bin', 'twinstore.js');
 const MiB = 2 ** 20;
 const volumeBytes = 2048 * MiB;
 const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1] || process.env.BENCH_SECONDS || 10);
 const tracker = new ProcessTracker();
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'twinstore-repbench-'));
-
-interface Site {
-  id: string;
-  config: string;
-  server?: Tracked;
-  nbd?: string;
-}
+const sites = new BenchSites(tracker, dir);
+const cli = (site: Site, args: string[]): Promise<string> => sites.cli(site, args);
+const pairState = (site: Site): Promise<PairRow> => sites.pairState(site);
+const waitUntil = (site: Site, check: (row: PairRow) => boolean, timeoutMs: number): Promise<void> => sites.waitUntil(site, check, timeoutMs);
 
 function log(text: string): void {
   process.stdout.write(`[${new Date().toISOString().slice(11, 19)}] ${text}\n`);
-}
-
-async function cli(site: Site, args: string[]): Promise<string> {
-  const out = await tracker.run(process.execPath, [cliEntry, '--config', site.config, ...args], { label: `twinstore ${args.slice(0, 2).join(' ')}`, timeoutMs: 120_000 });
-  return out.stdout;
-}
-
-async function writeSites(): Promise<Site[]> {
-  const psk = path.join(dir, 'link.psk');
-  fs.writeFileSync(psk, crypto.randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
-  const links = [await freePort(), await freePort()];
-  return ['site-a', 'site-b'].map((id, i) => {
-    const config = path.join(dir, `${id}.yaml`);
-    fs.writeFileSync(config, [
-      'array:', `  id: ${id}`, `  dataDir: ${id}`,
-      'drives:', `  - path: ${id}/drive0.img`, '    size: 8GiB', `  - path: ${id}/journal0.img`, '    size: 2GiB', '    use: journal',
-      'listen:', '  nbd: 127.0.0.1:0', '  api: 127.0.0.1:0', `  link: 127.0.0.1:${links[i]}`,
-      'link:', `  pskFile: ${psk}`,
-      'peers:', `  - id: ${i === 0 ? 'site-b' : 'site-a'}`, `    link: 127.0.0.1:${links[1 - i]}`, '',
-    ].join('\n'));
-    return { id, config };
-  });
-}
-
-async function startSite(site: Site): Promise<void> {
-  site.server = tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe' });
-  site.nbd = (await readReadyLine(site.server)).nbd;
-}
-
-interface PairRow {
-  status: string;
-  lagRecords: number;
-  lagSeconds: number;
-  journalUsedPercent: number;
-}
-
-async function pairState(site: Site): Promise<PairRow> {
-  const out = JSON.parse(await cli(site, ['pair', 'display', '--json'])) as { pairs: PairRow[] };
-  return out.pairs[0]!;
-}
-
-async function waitUntil(site: Site, check: (row: PairRow) => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check(await pairState(site))) {
-    if (Date.now() > deadline) throw new Error('timed out waiting for the pair');
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** Runs `work` while sampling the pair every `everyMs`; returns the samples. */
@@ -109,9 +58,9 @@ function show(job: FioJob, m: Measurement): string {
 
 async function main(): Promise<void> {
   log(`work folder ${dir}; ${seconds} s per job; ${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}`);
-  const [a, b] = await writeSites();
-  await startSite(a!);
-  await startSite(b!);
+  const [a, b] = await sites.write();
+  await sites.start(a!);
+  await sites.start(b!);
   const source = path.join(dir, 'half.raw');
   const half = Buffer.alloc(MiB);
   const fd = fs.openSync(source, 'w');

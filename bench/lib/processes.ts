@@ -76,7 +76,8 @@ export class ProcessTracker {
   }
 
   /** Runs a tool to completion within timeoutMs; throws with its stderr when it fails. */
-  async run(command: string, args: string[], options: SpawnOptions & { timeoutMs: number }): Promise<RunResult> {
+  /** Runs a tool to its end; an exit code outside `okCodes` (default [0]) is an error. */
+  async run(command: string, args: string[], options: SpawnOptions & { timeoutMs: number; okCodes?: number[] }): Promise<RunResult> {
     const tracked = this.spawn(command, args, { ...options, stdout: 'pipe' });
     let stdout = '';
     tracked.child.stdout!.setEncoding('utf8');
@@ -91,7 +92,7 @@ export class ProcessTracker {
     const status = await tracked.exited;
     clearTimeout(timer);
     if (timedOut) throw new Error(`${options.label}: timed out after ${options.timeoutMs} ms\n${tracked.stderrTail()}`);
-    if (status !== 'code 0') throw new Error(`${options.label}: ${command} exited with ${status}\n${tracked.stderrTail()}`);
+    if (!(options.okCodes ?? [0]).some((code) => status === `code ${code}`)) throw new Error(`${options.label}: ${command} exited with ${status}\n${tracked.stderrTail()}`);
     return { stdout, stderr: tracked.stderrTail() };
   }
 

@@ -1,0 +1,74 @@
+// Two Twinstore arrays on this machine for the replication benchmarks: their
+// configs (a data drive and a journal drive each, a shared link key, link
+// ports chosen now), starting them, running the CLI against one, and reading
+// and waiting on `pair display`. Used by replication-bench.ts and
+// takeover-bench.ts.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { freePort, type ProcessTracker, type Tracked } from './processes.js';
+import { readReadyLine } from './targets.js';
+
+export const cliEntry = path.resolve(import.meta.dirname, '..', '..', 'bin', 'twinstore.js');
+
+export interface Site {
+  id: string;
+  config: string;
+  server?: Tracked;
+  nbd?: string;
+}
+
+export interface PairRow {
+  status: string;
+  lagRecords: number;
+  lagSeconds: number;
+  journalUsedPercent: number;
+  copyBytes: number;
+}
+
+export class BenchSites {
+  constructor(private readonly tracker: ProcessTracker, private readonly dir: string) {}
+
+  /** Writes site-a.yaml and site-b.yaml (each names the other as its peer); `extra` is appended to both. */
+  async write(extra = ''): Promise<Site[]> {
+    const psk = path.join(this.dir, 'link.psk');
+    fs.writeFileSync(psk, crypto.randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
+    const links = [await freePort(), await freePort()];
+    return ['site-a', 'site-b'].map((id, i) => {
+      const config = path.join(this.dir, `${id}.yaml`);
+      fs.writeFileSync(config, [
+        'array:', `  id: ${id}`, `  dataDir: ${id}`,
+        'drives:', `  - path: ${id}/drive0.img`, '    size: 8GiB', `  - path: ${id}/journal0.img`, '    size: 3GiB', '    use: journal',
+        'listen:', '  nbd: 127.0.0.1:0', '  api: 127.0.0.1:0', `  link: 127.0.0.1:${links[i]}`,
+        'link:', `  pskFile: ${psk}`,
+        'peers:', `  - id: ${i === 0 ? 'site-b' : 'site-a'}`, `    link: 127.0.0.1:${links[1 - i]}`,
+        extra, '',
+      ].join('\n'));
+      return { id, config };
+    });
+  }
+
+  async start(site: Site): Promise<void> {
+    site.server = this.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe' });
+    site.nbd = (await readReadyLine(site.server)).nbd;
+  }
+
+  async cli(site: Site, args: string[]): Promise<string> {
+    const out = await this.tracker.run(process.execPath, [cliEntry, '--config', site.config, ...args], { label: `twinstore ${args.slice(0, 2).join(' ')}`, timeoutMs: 600_000 });
+    return out.stdout;
+  }
+
+  async pairState(site: Site): Promise<PairRow> {
+    const out = JSON.parse(await this.cli(site, ['pair', 'display', '--json'])) as { pairs: PairRow[] };
+    return out.pairs[0]!;
+  }
+
+  async waitUntil(site: Site, check: (row: PairRow) => boolean, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!check(await this.pairState(site))) {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the pair');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
