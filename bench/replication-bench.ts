@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ProcessTracker, freePort, type Tracked } from './lib/processes.js';
 import { fioJobs, runFio, type FioJob, type Measurement } from './lib/fio.js';
-import { BenchSites, type PairRow, type Site } from './lib/sites.js';
+import { BenchSites, runBench, type PairRow, type Site } from './lib/sites.js';
 
 const MiB = 2 ** 20;
 const volumeBytes = 2048 * MiB;
@@ -133,16 +133,4 @@ async function main(): Promise<void> {
   process.stdout.write(`initial copy, 2 GiB half allocated: ${(volumeBytes / MiB / copySeconds).toFixed(0)} MiB/s (${copySeconds.toFixed(1)} s); nbdcopy --flush file->nbdkit: ${(volumeBytes / MiB / nbdcopySeconds).toFixed(0)} MiB/s (${nbdcopySeconds.toFixed(1)} s)\n`);
 }
 
-let cleaning = false;
-async function cleanup(): Promise<void> {
-  if (cleaning) return;
-  cleaning = true;
-  await tracker.stopAll().catch(() => undefined);
-  fs.rmSync(dir, { recursive: true, force: true });
-}
-process.on('SIGINT', () => void cleanup().then(() => process.exit(130)));
-main().then(cleanup, async (error: unknown) => {
-  process.stderr.write(`replication bench failed: ${(error as Error).stack ?? String(error)}\n`);
-  await cleanup();
-  process.exit(1);
-});
+runBench('replication bench', tracker, dir, main);

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ProcessTracker } from './lib/processes.js';
-import { BenchSites, type Site } from './lib/sites.js';
+import { BenchSites, runBench, type Site } from './lib/sites.js';
 
 const MiB = 2 ** 20;
 const tracker = new ProcessTracker();
@@ -96,16 +96,4 @@ async function main(): Promise<void> {
   process.stdout.write('\n' + rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ')).join('\n') + '\n');
 }
 
-let cleaning = false;
-async function cleanup(): Promise<void> {
-  if (cleaning) return;
-  cleaning = true;
-  await tracker.stopAll().catch(() => undefined);
-  fs.rmSync(dir, { recursive: true, force: true });
-}
-process.on('SIGINT', () => void cleanup().then(() => process.exit(130)));
-main().then(cleanup, async (error: unknown) => {
-  process.stderr.write(`takeover bench failed: ${(error as Error).stack ?? String(error)}\n`);
-  await cleanup();
-  process.exit(1);
-});
+runBench('takeover bench', tracker, dir, main);

@@ -27,6 +27,26 @@ export interface PairRow {
   copyBytes: number;
 }
 
+/**
+ * Runs a two-array bench: on its end, a failure or Ctrl-C, every child it started is stopped (by
+ * PID) and its work folder removed; a failure exits 1 with `name` in the message.
+ */
+export function runBench(name: string, tracker: ProcessTracker, dir: string, main: () => Promise<void>): void {
+  let cleaning = false;
+  const cleanup = async (): Promise<void> => {
+    if (cleaning) return;
+    cleaning = true;
+    await tracker.stopAll().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  process.on('SIGINT', () => void cleanup().then(() => process.exit(130)));
+  main().then(cleanup, async (error: unknown) => {
+    process.stderr.write(`${name} failed: ${(error as Error).stack ?? String(error)}\n`);
+    await cleanup();
+    process.exit(1);
+  });
+}
+
 export class BenchSites {
   constructor(private readonly tracker: ProcessTracker, private readonly dir: string) {}
 

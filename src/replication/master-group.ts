@@ -11,7 +11,7 @@
 
 import { EventEmitter } from 'node:events';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { JournalRecordCorruptError, type Journal, type JournalRecord, type RecordKind } from '../journal/index.js';
+import { JournalRecordCorruptError, type Journal, type JournalRecord, type RecordKind, type RecordMeta } from '../journal/index.js';
 import { RangeLock } from '../storage/range-lock.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
@@ -649,23 +649,10 @@ export class MasterGroup extends EventEmitter {
       const kind: RecordKind = hole ? 'trim' : 'base';
       const data = hole ? undefined : Buffer.alloc(length);
       if (data) await pvol.volume.read(offset, data);
-      for (;;) {
-        if (this.journal.usedBytes + length <= this.journal.capacityBytes * (1 - copyReserveFraction)) {
-          try {
-            const timestampMs = this.now();
-            const meta = { kind, epoch: this.meta.epoch, timestampMs, lun: pvol.pair.pvolLun, offset, length };
-            const reservation = this.journal.reserve(meta, data ? length : 0);
-            this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes });
-            await this.journal.write(reservation, meta, data);
-            this.recordWritten(reservation.seq);
-            return reservation.seq;
-          } catch (error) {
-            if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
-          }
-        }
-        if (this.stopped || !keepGoing()) return -1;
-        await this.waitForSpace(20);
-      }
+      const meta = { kind, epoch: this.meta.epoch, timestampMs: this.now(), lun: pvol.pair.pvolLun, offset, length };
+      // Base records leave room for host writes: they wait below the reserve.
+      const hasRoom = (): boolean => this.journal.usedBytes + length <= this.journal.capacityBytes * (1 - copyReserveFraction);
+      return await this.appendRecord(meta, data, keepGoing, hasRoom);
     } finally {
       unlock();
     }
@@ -889,17 +876,26 @@ export class MasterGroup extends EventEmitter {
   }
 
   /** Appends a marker record (units.ts), waiting for journal space while `keepGoing()`; its seq, or -1. */
-  private async appendMarker(code: number, keepGoing: () => boolean): Promise<number> {
-    const meta = { kind: 'marker' as const, epoch: this.meta.epoch, timestampMs: this.now(), lun: 0, offset: code, length: 0 };
+  private appendMarker(code: number, keepGoing: () => boolean): Promise<number> {
+    return this.appendRecord({ kind: 'marker', epoch: this.meta.epoch, timestampMs: this.now(), lun: 0, offset: code, length: 0 }, undefined, keepGoing);
+  }
+
+  /**
+   * Appends a record that is not a host write (base, trim, marker): waits for journal space
+   * (and for `hasRoom()`) while `keepGoing()`, never overflowing; its seq, or -1 when it gave up.
+   */
+  private async appendRecord(meta: Omit<RecordMeta, 'seq'>, data: Buffer | undefined, keepGoing: () => boolean, hasRoom: () => boolean = () => true): Promise<number> {
     for (;;) {
-      try {
-        const reservation = this.journal.reserve(meta, 0);
-        this.unapplied.push({ seq: reservation.seq, timestampMs: meta.timestampMs, bytes: reservation.recordBytes });
-        await this.journal.write(reservation, meta, undefined);
-        this.recordWritten(reservation.seq);
-        return reservation.seq;
-      } catch (error) {
-        if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
+      if (hasRoom()) {
+        try {
+          const reservation = this.journal.reserve(meta, data?.length ?? 0);
+          this.unapplied.push({ seq: reservation.seq, timestampMs: meta.timestampMs, bytes: reservation.recordBytes });
+          await this.journal.write(reservation, meta, data);
+          this.recordWritten(reservation.seq);
+          return reservation.seq;
+        } catch (error) {
+          if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
+        }
       }
       if (this.stopped || !keepGoing()) return -1;
       await this.waitForSpace(20);
