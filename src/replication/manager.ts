@@ -7,6 +7,7 @@ import { TwinstoreError } from '../errors.js';
 import { Journal, type Epoch, type JournalRecord } from '../journal/index.js';
 import type { MetaRecord, StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
+import { crashPoint } from '../util/crash-at.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
 import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
@@ -290,7 +291,9 @@ export class ReplicationManager {
     }
     await restore.stop();
     this.restores.delete(name);
+    crashPoint('swap.promote', 'before');
     const group = await this.promote(restore.meta, endSeq, 'PAIR', true);
+    crashPoint('swap.promote', 'after');
     await this.demotePeer(group);
     const freezeMs = Date.now() - frozenAt;
     this.log.info({ group: name, consistencySeq: endSeq - 1, freezeMs }, 'planned swap done: this array is the primary');
@@ -345,7 +348,10 @@ export class ReplicationManager {
 
   /** swap.freeze on the primary. */
   async freezeForSwap(body: { group: string }): Promise<{ endSeq: number }> {
-    return { endSeq: await this.masterGroup(body.group).freeze() };
+    crashPoint('swap.freeze', 'before');
+    const endSeq = await this.masterGroup(body.group).freeze();
+    crashPoint('swap.freeze', 'after');
+    return { endSeq };
   }
 
   async thawAfterSwap(body: { group: string }): Promise<void> {
@@ -364,6 +370,7 @@ export class ReplicationManager {
       if (restore && formatEpoch(restore.meta.epoch) === formatEpoch(body.epoch)) return; // done already
       throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${body.group} sends from ${this.engine.arrayId}`, { field: 'group' });
     }
+    crashPoint('swap.demote', 'before');
     if (body.epoch.counter <= master.meta.epoch.counter) {
       throw new TwinstoreError('JOURNAL_EPOCH_STALE', `epoch ${formatEpoch(body.epoch)} is not newer than ${formatEpoch(master.meta.epoch)}`, { field: 'epoch' });
     }
@@ -399,6 +406,7 @@ export class ReplicationManager {
     const journal = await this.reopenJournal(meta);
     await this.finishRoleChange(meta, journal);
     this.newRestore(meta, journal).start();
+    crashPoint('swap.demote', 'after');
     this.log.info({ group: body.group, epoch: formatEpoch(body.epoch) }, 'demoted: this array now receives the group');
   }
 
