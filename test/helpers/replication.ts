@@ -11,23 +11,10 @@ import { createVolume, runOk, startArray, tempDir, writePsk, type RunningArray }
 import { LinkProxy } from './link-proxy.js';
 import { readAll } from './nbdsh.js';
 import { nowUs } from './hosts.js';
+import type { PairDisplay } from '../../src/replication/index.js';
 
-export interface PairRow {
-  group: string;
-  direction: string;
-  pvol: string;
-  svol: string;
-  status: string;
-  statusReason: string | null;
-  copyPercent: number;
-  journalUsedPercent: number;
-  lagRecords: number;
-  lagBytes: number;
-  lagSeconds: number;
-  consistencySeq: number;
-  restoring: boolean;
-  copyBytes: number;
-}
+/** A row of `pair display --json` (the API's contract, src/replication/model.ts). */
+export type PairRow = PairDisplay;
 
 export interface JournalInfo {
   role: string;

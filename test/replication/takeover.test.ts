@@ -10,6 +10,7 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { run, runOk, type RunningArray } from '../helpers/array.js';
 import { cliOk, display, readVolume, startSite, startWithin, waitFor, type Site } from '../helpers/replication.js';
 
@@ -17,6 +18,15 @@ const mib = 2 ** 20;
 
 function write(array: RunningArray, volume: string, pattern: number, offsetMiB: number, lengthMiB: number): void {
   runOk('qemu-io', ['-f', 'raw', array.uri(volume), '-c', `write -P ${pattern} ${offsetMiB}M ${lengthMiB}M`, '-c', 'flush']);
+}
+
+/** A loopback port chosen at run time with nothing listening on it (bound on port 0, then closed). */
+async function closedPort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }
 
 function holds(image: Buffer, pattern: number, offsetMiB: number, lengthMiB: number): boolean {
@@ -124,7 +134,7 @@ test('a link cut with writes on both sides: A is fenced showing the divergence; 
   // Cut both ways: B pulls through the proxy; A reaches B directly, so point A at a closed port.
   site.proxy.setMode('cut');
   const bLink = JSON.parse(cliOk(site.a, ['peer', 'list', '--json'])).peers[0].link as string;
-  cliOk(site.a, ['peer', 'add', 'site-b', '--link', '127.0.0.1:1']);
+  cliOk(site.a, ['peer', 'add', 'site-b', '--link', `127.0.0.1:${await closedPort()}`]);
   await waitFor('B to lose A', () => JSON.parse(cliOk(site.b, ['peer', 'list', '--json'])).peers[0].connected === false, 30_000, 100);
 
   const taken = await takeover(site.b);
