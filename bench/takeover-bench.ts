@@ -43,7 +43,7 @@ async function fioWrite(site: Site, volume: string, bytes: number, offset = 0): 
 
 async function main(): Promise<void> {
   log(`work folder ${dir}; ${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}`);
-  const [a, b] = await sites.write('takeover:\n  peerTimeoutMs: 2000\n  freezeMsMax: 300000');
+  const [a, b] = await sites.write('takeover:\n  peerTimeoutMs: 2000\nswap:\n  freezeMsMax: 300000');
   await sites.start(a!);
   await sites.start(b!);
   for (const [site, name] of [[a!, 'vol'], [b!, 'vol']] as const) {

@@ -13,12 +13,16 @@ export interface ReplicationControl {
   addPeer(id: string, link: string): Promise<{ id: string; link: string }>;
   createJournal(name: string, sizeBytes: number): Promise<Record<string, unknown>>;
   showJournal(name: string): Record<string, unknown>;
-  createPair(body: { group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: 'suspend' | 'throttle' | undefined; copyPaceBytesPerSecond?: number | undefined }): Promise<unknown>;
+  createPair(body: {
+    group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: 'suspend' | 'throttle' | undefined; copyPaceBytesPerSecond?: number | undefined;
+    fence?: 'never' | 'data' | undefined; fenceAfterMs?: number | undefined;
+  }): Promise<unknown>;
   displayPairs(group: string | undefined): Promise<unknown[]>;
   setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }>;
   deleteGroup(group: string, force: boolean): Promise<{ deleted: string }>;
   splitPair(group: string, rw: boolean): Promise<unknown>;
-  resyncPair(group: string, swap: boolean, discard: string | null): Promise<unknown>;
+  /** `forwarded`: sent by the peer array (a forwarded command is never forwarded again). */
+  resyncPair(group: string, swap: boolean, discard: string | null, forwarded: boolean): Promise<unknown>;
   takeover(group: string, force: boolean): Promise<unknown>;
   /** Read-only journal numbers per group, for /metrics. */
   groupStats(): GroupStats[];
@@ -34,6 +38,8 @@ const pairSchema = z.strictObject({
   remoteJournal: z.string().min(1),
   overflow: z.enum(['suspend', 'throttle']).optional(),
   copyPace: z.union([z.string(), z.number()]).optional(),
+  fence: z.enum(['never', 'data']).optional(),
+  fenceAfterMs: z.number().int().min(100).max(3_600_000).optional(),
 });
 
 export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
@@ -78,8 +84,10 @@ export function addReplicationRoutes(app: FastifyInstance, control: () => Replic
     return control().splitPair(body.group, body.rw);
   });
   app.post('/v1/pairs/resync', async (request) => {
-    const body = parseBody(z.strictObject({ group: z.string().min(1), swap: z.boolean().default(false), discard: z.string().min(1).nullable().default(null) }), request.body);
-    return control().resyncPair(body.group, body.swap, body.discard);
+    const body = parseBody(z.strictObject({
+      group: z.string().min(1), swap: z.boolean().default(false), discard: z.string().min(1).nullable().default(null), forwarded: z.boolean().default(false),
+    }), request.body);
+    return control().resyncPair(body.group, body.swap, body.discard, body.forwarded);
   });
   app.post('/v1/takeover', async (request) => {
     const body = parseBody(z.strictObject({ group: z.string().min(1), force: z.boolean().default(false) }), request.body);

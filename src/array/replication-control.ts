@@ -87,6 +87,12 @@ export class ArrayReplication implements ReplicationControl {
       case 'pair.resync-started':
         await this.manager.resyncStarted(body as never);
         return { body: { ok: true }, payload: [] };
+      case 'swap.drain':
+        return { body: this.manager.startDrain(body as never), payload: [] };
+      case 'group.divergence':
+        return { body: await this.manager.divergence(body as never), payload: [] };
+      case 'swap.status':
+        return { body: this.manager.swapStatus(body as never), payload: [] };
       case 'swap.freeze':
         return { body: await this.manager.freezeForSwap(body as never), payload: [] };
       case 'swap.thaw':
@@ -179,16 +185,24 @@ export class ArrayReplication implements ReplicationControl {
   }
 
   /** pair resync: run on the master; sent there from the S-VOL's array. `swap`: after a takeover, on the new primary. */
-  async resyncPair(group: string, swap: boolean, discard: string | null = null): Promise<unknown> {
-    if (swap) return this.manager.resyncSwap(group, discard);
-    if (discard !== null) throw new TwinstoreError('BAD_REQUEST', '--discard goes with --swap (after a takeover)', { field: 'discard' });
-    if (this.manager.groupRole(group) === 'restore') return this.forwardToMaster(group, 'POST', '/v1/pairs/resync', { group });
+  async resyncPair(group: string, swap: boolean, discard: string | null = null, forwarded = false): Promise<unknown> {
+    const forward = (): Promise<unknown> => {
+      if (forwarded) throw new TwinstoreError('PAIR_INVALID', `group ${group} cannot be resynced from ${this.config.arrayId} that way (the command came from the peer already)`, { field: 'group' });
+      return this.forwardToMaster(group, 'POST', '/v1/pairs/resync', { group, swap, discard, forwarded: true });
+    };
+    if (this.manager.groupRole(group) === 'restore') return forward();
+    const state = this.manager.takeoverState(group);
+    // After a takeover, --swap keeps the array that took over as the primary; without it the old one is again.
+    if (swap) return state === 'fenced' ? forward() : this.manager.resyncSwap(group, discard);
+    if (state === 'fenced' || state === 'reclaiming') return this.manager.reclaim(group, discard);
+    if (state === 'took-over') return forward();
+    if (discard !== null) throw new TwinstoreError('BAD_REQUEST', '--discard names a side after a takeover (the group is not taken over here)', { field: 'discard' });
     return this.manager.resync(group);
   }
 
   /** takeover: run on the receiving array (DESIGN.md §6). */
   async takeover(group: string, force: boolean): Promise<unknown> {
-    return this.manager.takeover(group, { force, peerTimeoutMs: this.config.takeover.peerTimeoutMs, freezeMsMax: this.config.takeover.freezeMsMax });
+    return this.manager.takeover(group, { force, peerTimeoutMs: this.config.takeover.peerTimeoutMs, swap: this.config.swap });
   }
 
   private async forwardToMaster(group: string, method: string, url: string, body: unknown): Promise<unknown> {

@@ -3,6 +3,7 @@
 // a split --rw made them writable, tracked); journal volumes are the array's
 // own and are never exported.
 
+import { TwinstoreError } from '../errors.js';
 import type { BlockExport } from '../nbd/index.js';
 import type { StorageEngine, Volume, VolumeRole, Extent } from '../storage/index.js';
 import { formatSize } from '../util/size.js';
@@ -58,17 +59,34 @@ export class VolumeExport implements BlockExport {
   write(offset: number, data: Buffer): Promise<void> {
     if (this.commandDevice) return this.commandDevice.write(offset, data);
     const master = this.journaled(this.volume);
+    if (!master && this.unjournaledPvol()) return this.refuse();
     return master ? master.group.write(master.lun, offset, data) : this.volume.write(offset, data);
   }
 
   writeZeroes(offset: number, length: number, keepAllocated: boolean): Promise<void> {
     const master = this.journaled(this.volume);
+    if (!master && this.unjournaledPvol()) return this.refuse();
     return master ? master.group.writeZeroes(master.lun, offset, length, keepAllocated) : this.volume.writeZeroes(offset, length, keepAllocated);
   }
 
   trim(offset: number, length: number): Promise<void> {
     const master = this.journaled(this.volume);
+    if (!master && this.unjournaledPvol()) return this.refuse();
     return master ? master.group.trim(master.lun, offset, length) : this.volume.writeZeroes(offset, length, false);
+  }
+
+  /**
+   * A P-VOL with no sending group: its group is changing role (a swap's demotion stops the group
+   * before the volume turns S-VOL and its sessions close; a pair delete before it turns simplex).
+   * A write let through here would be acknowledged but never journaled: the other array would
+   * never get it, and a swap would lose it.
+   */
+  private unjournaledPvol(): boolean {
+    return this.volume.meta.role === 'pvol';
+  }
+
+  private refuse(): Promise<never> {
+    return Promise.reject(new TwinstoreError('VOLUME_FENCED', `volume ${this.volume.name} is changing its role: host writes are refused`));
   }
 
   zeroIsFast(offset: number, length: number): boolean {

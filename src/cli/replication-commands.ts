@@ -67,8 +67,10 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
     .requiredOption('--remote-journal <array:name>', 'the restore journal on the peer')
     .option('--overflow <policy>', 'suspend or throttle when the journal is full')
     .option('--copy-pace <rate>', 'initial copy rate cap per second, e.g. 100MiB')
+    .option('--fence <policy>', 'with the link down: never (keep writing, tracked) or data (refuse writes after --fence-after)')
+    .option('--fence-after <ms>', 'how long the link must be down before fence data refuses writes', (v) => Number(v))
     .option('--json', 'print JSON')
-    .action(async (opts: { group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: string; copyPace?: string; json?: boolean }) => {
+    .action(async (opts: { group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: string; copyPace?: string; fence?: string; fenceAfter?: number; json?: boolean }) => {
       const body = {
         group: opts.group,
         pvol: opts.pvol,
@@ -77,6 +79,8 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
         remoteJournal: opts.remoteJournal,
         ...(opts.overflow === undefined ? {} : { overflow: opts.overflow }),
         ...(opts.copyPace === undefined ? {} : { copyPace: opts.copyPace }),
+        ...(opts.fence === undefined ? {} : { fence: opts.fence }),
+        ...(opts.fenceAfter === undefined ? {} : { fenceAfterMs: opts.fenceAfter }),
       };
       const { pairs } = await connect(globals()).request<{ pairs: PairDisplay[] }>('POST', '/v1/pairs', body);
       print(opts.json ?? globals().json, { pairs }, () => pairTable(pairs));

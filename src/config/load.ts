@@ -8,6 +8,9 @@ import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import { TwinstoreError } from '../errors.js';
 import { configSchema, type HostPort } from './schema.js';
 
+/** What a P-VOL does while its link is down: keep writing (`never`) or refuse writes (`data`). */
+export type FencePolicy = 'never' | 'data';
+
 export interface ArrayConfig {
   file: string;
   arrayId: string;
@@ -17,11 +20,12 @@ export interface ArrayConfig {
   listen: { nbd: HostPort; api: HostPort; link: HostPort | undefined };
   peers: Array<{ id: string; link: HostPort }>;
   link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number };
-  groupDefaults: { overflow: 'suspend' | 'throttle'; throttleMsMax: number };
+  groupDefaults: { overflow: 'suspend' | 'throttle'; throttleMsMax: number; fence: FencePolicy; fenceAfterMs: number };
   bitmapRegionBytes: number;
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
-  takeover: { peerTimeoutMs: number; freezeMsMax: number };
+  takeover: { peerTimeoutMs: number };
+  swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
 }
 
 export function loadConfig(file: string): ArrayConfig {
@@ -86,6 +90,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     apiToken: config.api.token,
     tuning: config.tuning,
     takeover: config.takeover,
+    swap: config.swap,
   };
 }
 

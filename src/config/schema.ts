@@ -69,10 +69,12 @@ export const configSchema = z.strictObject({
         .strictObject({
           overflow: z.enum(['suspend', 'throttle']).default('suspend'),
           throttleMsMax: z.number().int().min(0).max(600_000).default(5000),
+          fence: z.enum(['never', 'data']).default('never'),
+          fenceAfterMs: z.number().int().min(100).max(3_600_000).default(30_000),
         })
-        .default({ overflow: 'suspend', throttleMsMax: 5000 }),
+        .default({ overflow: 'suspend', throttleMsMax: 5000, fence: 'never', fenceAfterMs: 30_000 }),
     })
-    .default({ defaults: { overflow: 'suspend', throttleMsMax: 5000 } }),
+    .default({ defaults: { overflow: 'suspend', throttleMsMax: 5000, fence: 'never', fenceAfterMs: 30_000 } }),
   bitmap: z
     .strictObject({
       regionBytes: sizeBytes.refine((n) => n >= 4096 && n <= 64 * 2 ** 20 && (n & (n - 1)) === 0, { message: 'must be a power of two from 4KiB to 64MiB' }).default(65536),
@@ -82,9 +84,15 @@ export const configSchema = z.strictObject({
   takeover: z
     .strictObject({
       peerTimeoutMs: z.number().int().min(100).max(600_000).default(5000),
+    })
+    .default({ peerTimeoutMs: 5000 }),
+  swap: z
+    .strictObject({
+      lagBytesMax: sizeBytes.default(64 * 2 ** 20),
+      drainMsMax: z.number().int().min(0).max(3_600_000).default(60_000),
       freezeMsMax: z.number().int().min(100).max(600_000).default(10_000),
     })
-    .default({ peerTimeoutMs: 5000, freezeMsMax: 10_000 }),
+    .default({ lagBytesMax: 64 * 2 ** 20, drainMsMax: 60_000, freezeMsMax: 10_000 }),
   tuning: z
     .strictObject({
       pollMicros: z.number().int().min(0).max(10_000).default(200),

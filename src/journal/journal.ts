@@ -214,6 +214,11 @@ export class Journal {
     return this.keptBytes;
   }
 
+  /** A device error stopped this journal (fail-stop): every call fails; open it again from the device to go on. */
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
+
   get capacityBytes(): number {
     return this.ringBytes;
   }

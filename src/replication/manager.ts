@@ -3,15 +3,15 @@
 // link requests, and routes P-VOL host writes into the journaled write path.
 
 import crypto from 'node:crypto';
-import { TwinstoreError } from '../errors.js';
-import { Journal, type Epoch, type JournalRecord } from '../journal/index.js';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
+import { Journal, compareEpochs, type Epoch, type JournalRecord } from '../journal/index.js';
 import type { MetaRecord, StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { crashPoint } from '../util/crash-at.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
 import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
-import { GROUP_DOCUMENT, bitmapSetName, formatEpoch, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
+import { GROUP_DOCUMENT, bitmapSetName, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
 
 export interface PairCreateRequest {
   group: string;
@@ -21,6 +21,8 @@ export interface PairCreateRequest {
   remoteJournal: string;
   overflow?: OverflowPolicy | undefined;
   copyPaceBytesPerSecond?: number | undefined;
+  fence?: FencePolicy | undefined;
+  fenceAfterMs?: number | undefined;
 }
 
 /**
@@ -56,27 +58,71 @@ export interface TakeoverResult {
 }
 
 /**
- * Where two epoch chains part: the first seq of the first epoch in `theirs` that `ours` lacks
- * (records from there on were written here without the other side). 0 when nothing is shared.
+ * Where two epoch chains part: past their common prefix, the lower first seq of the next epoch
+ * in either chain (records from there on were written by one side without the other). 0 when
+ * nothing is shared; MAX_SAFE_INTEGER when the chains are the same.
  */
-function divergencePoint(ours: GroupMeta['epochs'], theirs: GroupMeta['epochs']): number {
-  const known = new Set(ours.map((e) => formatEpoch(e.epoch)));
-  const first = theirs.find((e) => !known.has(formatEpoch(e.epoch)));
-  return first?.firstSeq ?? 0;
+export function divergencePoint(ours: GroupMeta['epochs'], theirs: GroupMeta['epochs']): number {
+  let i = 0;
+  while (i < ours.length && i < theirs.length && formatEpoch(ours[i]!.epoch) === formatEpoch(theirs[i]!.epoch)) i++;
+  if (i === 0) return 0;
+  return Math.min(ours[i]?.firstSeq ?? Number.MAX_SAFE_INTEGER, theirs[i]?.firstSeq ?? Number.MAX_SAFE_INTEGER);
 }
 
-/** Is epoch `a` newer than `b`? Counters first; equal counters from different arrays are not ordered (divergence). */
-function newer(a: Epoch, b: Epoch): boolean {
-  return a.counter > b.counter;
+/**
+ * Is epoch `a` newer than `b`? Counters first. Equal counters from different promotions (two
+ * arrays that each took over while cut off from each other) still get a total order, by array
+ * id and then nonce, so that exactly one of the two fences itself when they meet.
+ */
+export function newer(a: Epoch, b: Epoch): boolean {
+  const order = compareEpochs(a, b);
+  if (order !== 'conflict') return order === 'newer';
+  return a.arrayId !== b.arrayId ? a.arrayId > b.arrayId : a.nonce > b.nonce;
+}
+
+/** What a group.hello answers: the peer's view of the group. */
+interface HelloReply {
+  epoch: Epoch | null;
+  role: GroupRole | null;
+  epochs: GroupMeta['epochs'];
+  divergence: GroupMeta['divergence'] | null;
+}
+
+export interface TakeoverOptions {
+  force: boolean;
+  /** No answer from the primary within this: take over without it. */
+  peerTimeoutMs: number;
+  swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
 }
 
 export interface ReplicationOptions {
   engine: StorageEngine;
   log: Logger;
   peerChannel: (peerId: string) => PeerChannel | undefined;
-  defaults: { overflow: OverflowPolicy; throttleMsMax: number; regionBytes: number };
+  defaults: { overflow: OverflowPolicy; throttleMsMax: number; regionBytes: number; fence: FencePolicy; fenceAfterMs: number };
   /** A sending group whose receiver is silent this long suspends (PSUE link-down); default 30 s. */
   suspendAfterMs?: number;
+}
+
+/** How many times a planned swap sends one step to a primary whose link drops under it. */
+const swapAttemptsMax = 3;
+
+/** Resolves true once the peer's link is up, false after `timeoutMs`. */
+async function waitConnected(peer: PeerChannel, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!peer.connected) {
+    if (Date.now() >= deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
+/** A duration from the peer: a whole number of ms in [0, 1 h], else BAD_REQUEST. */
+function checkedMs(value: unknown, field: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > 3_600_000) {
+    throw new TwinstoreError('BAD_REQUEST', `${field} must be a whole number of ms from 0 to 3600000`, { field });
+  }
+  return value;
 }
 
 /** Parses ARRAY:NAME; a bare NAME belongs to `localId`. */
@@ -121,6 +167,8 @@ export class ReplicationManager {
           void group.resend(unclean).catch((error: unknown) => this.log.error({ group: meta.name, err: (error as Error).message }, 'resend after unclean stop failed'));
         }
         for (const pair of meta.pairs) group.startCopy(pair.pvolLun);
+        // Frozen for a swap when it stopped: ask the peer soon whether it promoted.
+        if (group.frozen) this.watchFreeze(group, 0);
       } else {
         this.newRestore(meta, journal).start();
       }
@@ -252,13 +300,18 @@ export class ReplicationManager {
    * is stored and promote here (SSWS: host writes tracked until `pair resync --swap`).
    * Re-running it finishes a swap that stopped half-way.
    */
-  async takeover(name: string, options: { force: boolean; peerTimeoutMs: number; freezeMsMax: number }): Promise<TakeoverResult> {
+  async takeover(name: string, options: TakeoverOptions): Promise<TakeoverResult> {
     const started = Date.now();
     const master = this.masters.get(name);
     if (master) {
       if (master.meta.demotePending === true) {
         await this.demotePeer(master);
         return { group: name, kind: 'swap', consistencySeq: master.journal.nextSeq - 1, epoch: formatEpoch(master.meta.epoch), freezeMs: 0, ms: Date.now() - started, resumed: true };
+      }
+      if (master.meta.pairs.every((p) => p.status === 'SSWS') && master.meta.epoch.arrayId === this.engine.arrayId) {
+        // Taken over already (the answer was lost, or the array died right after): done.
+        const firstSeq = master.meta.epochs[master.meta.epochs.length - 1]!.firstSeq;
+        return { group: name, kind: 'takeover', consistencySeq: firstSeq - 1, epoch: formatEpoch(master.meta.epoch), freezeMs: 0, ms: Date.now() - started, resumed: true };
       }
       throw new TwinstoreError('PAIR_INVALID', `group ${name} already sends from ${this.engine.arrayId}; run takeover on the other array`, { field: 'group' });
     }
@@ -267,37 +320,100 @@ export class ReplicationManager {
     if (copying && !options.force) {
       throw new TwinstoreError('PAIR_INVALID', `group ${name}: ${copying.svolName} is in COPY, so its S-VOL is not consistent; use --force to take over anyway`, { field: 'group' });
     }
-    const peer = this.options.peerChannel(restore.meta.peer);
-    let endSeq: number | undefined;
-    if (peer?.connected) {
-      try {
-        endSeq = ((await peer.request('swap.freeze', { group: name }, [], { timeoutMs: options.peerTimeoutMs })).body as { endSeq: number }).endSeq;
-      } catch (error) {
-        this.log.warn({ group: name, err: (error as Error).message }, 'takeover: the primary did not answer the freeze; taking over without it');
-      }
-    }
-    if (endSeq === undefined) {
-      const applied = await restore.drainAndStop();
-      this.restores.delete(name);
-      const group = await this.promote(restore.meta, applied, 'SSWS', false);
-      this.log.warn({ group: name, consistencySeq: applied - 1 }, 'takeover without the primary: SSWS');
-      return { group: name, kind: 'takeover', consistencySeq: applied - 1, epoch: formatEpoch(group.meta.epoch), freezeMs: 0, ms: Date.now() - started, resumed: false };
-    }
+    const endSeq = await this.drainAndFreezePeer(restore, options);
+    if (endSeq === undefined) return this.takeoverWithoutPeer(restore, started);
     const frozenAt = Date.now();
-    const drained = await restore.waitApplied(endSeq, options.freezeMsMax);
-    if (!drained) {
-      await peer!.request('swap.thaw', { group: name }).catch(() => undefined);
-      throw new TwinstoreError('LINK_TIMEOUT', `swap of ${name} aborted: the S-VOLs did not reach seq ${endSeq - 1} within ${options.freezeMsMax} ms; the primary writes again`);
+    const drained = await restore.waitApplied(endSeq, options.swap.freezeMsMax);
+    if (!drained || this.swapDecisions.get(name) === 'aborted') {
+      this.swapDecisions.set(name, 'aborted');
+      await this.options.peerChannel(restore.meta.peer)?.request('swap.thaw', { group: name }).catch(() => undefined);
+      throw new TwinstoreError('LINK_TIMEOUT', `swap of ${name} aborted: the S-VOLs did not reach seq ${endSeq - 1} within ${options.swap.freezeMsMax} ms; the primary writes again`);
     }
+    // From here on this array promotes: a primary asking (swap.status) is told so and stays frozen.
+    this.swapDecisions.set(name, 'promoting');
     await restore.stop();
     this.restores.delete(name);
     crashPoint('swap.promote', 'before');
     const group = await this.promote(restore.meta, endSeq, 'PAIR', true);
+    this.swapDecisions.delete(name);
     crashPoint('swap.promote', 'after');
     await this.demotePeer(group);
     const freezeMs = Date.now() - frozenAt;
     this.log.info({ group: name, consistencySeq: endSeq - 1, freezeMs }, 'planned swap done: this array is the primary');
     return { group: name, kind: 'swap', consistencySeq: endSeq - 1, epoch: formatEpoch(group.meta.epoch), freezeMs, ms: Date.now() - started, resumed: false };
+  }
+
+  /**
+   * Steps 1 and 2 of a planned swap, asked of the primary: drain (replication goes on while host
+   * writes flow, until the lag is at most `lagBytesMax`), then freeze; returns the seq to apply
+   * up to. Undefined when the primary does not answer (or stops answering): take over without it.
+   * A primary that answers with an error (not PAIR, a drain that never got there) aborts the swap.
+   */
+  private async drainAndFreezePeer(restore: RestoreGroup, options: TakeoverOptions): Promise<number | undefined> {
+    const name = restore.meta.name;
+    const peer = this.options.peerChannel(restore.meta.peer);
+    this.swapDecisions.set(name, 'pending');
+    const freeze = { group: name, lagBytesMax: options.swap.lagBytesMax, drainMsMax: options.swap.drainMsMax, freezeMsMax: options.swap.freezeMsMax };
+    const steps: Array<{ method: string; body: unknown; timeoutMs: number }> = [
+      { method: 'swap.drain', body: { group: name, drainMsMax: options.swap.drainMsMax }, timeoutMs: options.peerTimeoutMs },
+      { method: 'swap.freeze', body: freeze, timeoutMs: options.swap.drainMsMax + options.swap.freezeMsMax + options.peerTimeoutMs },
+    ];
+    let reply: unknown;
+    for (const step of steps) {
+      // Each step may be sent again (both are idempotent on the primary): a link that drops and
+      // comes back within peerTimeoutMs does not turn a planned swap into a takeover without it.
+      for (let attempt = 1; ; attempt++) {
+        if (!peer || !(await waitConnected(peer, options.peerTimeoutMs))) return this.peerSilent(name, `no link to ${restore.meta.peer} within ${options.peerTimeoutMs} ms`);
+        try {
+          reply = (await peer.request(step.method, step.body, [], { timeoutMs: step.timeoutMs })).body;
+          break;
+        } catch (error) {
+          const unreachable = isTwinstoreError(error) && (error.code === 'LINK_DOWN' || error.code === 'LINK_TIMEOUT');
+          if (unreachable && attempt < swapAttemptsMax) continue;
+          if (unreachable) return this.peerSilent(name, (error as Error).message);
+          this.swapDecisions.set(name, 'aborted');
+          await peer.request('swap.thaw', { group: name }).catch(() => undefined);
+          throw error;
+        }
+      }
+    }
+    return (reply as { endSeq: number }).endSeq;
+  }
+
+  private peerSilent(name: string, why: string): undefined {
+    this.log.warn({ group: name, why }, 'takeover: the primary did not answer the swap; taking over without it');
+    return undefined;
+  }
+
+  /** Takeover without the primary (DESIGN.md §6): apply every stored record, then promote (SSWS). */
+  private async takeoverWithoutPeer(restore: RestoreGroup, started: number): Promise<TakeoverResult> {
+    const name = restore.meta.name;
+    this.swapDecisions.set(name, 'promoting');
+    crashPoint('takeover.apply', 'before');
+    const applied = await restore.drainAndStop();
+    this.restores.delete(name);
+    crashPoint('takeover.promote', 'before');
+    const group = await this.promote(restore.meta, applied, 'SSWS', false);
+    this.swapDecisions.delete(name);
+    crashPoint('takeover.promote', 'after');
+    this.log.warn({ group: name, consistencySeq: applied - 1 }, 'takeover without the primary: SSWS');
+    return { group: name, kind: 'takeover', consistencySeq: applied - 1, epoch: formatEpoch(group.meta.epoch), freezeMs: 0, ms: Date.now() - started, resumed: false };
+  }
+
+  /**
+   * This array's decision on a planned swap it asked for, by group: while `pending` a frozen
+   * primary that asks (swap.status) makes it `aborted`, and it will not promote; once
+   * `promoting` the primary stays frozen until it is demoted. In memory: a restart ends any swap.
+   */
+  private readonly swapDecisions = new Map<string, 'pending' | 'aborted' | 'promoting'>();
+
+  /** swap.status, asked by a primary frozen longer than it should be: did we promote (or are we promoting)? */
+  swapStatus(body: { group: string }): { promoted: boolean } {
+    const name = String(body.group);
+    if (this.masters.has(name)) return { promoted: true };
+    if (this.swapDecisions.get(name) === 'promoting') return { promoted: true };
+    if (this.restores.has(name)) this.swapDecisions.set(name, 'aborted');
+    return { promoted: false };
   }
 
   /**
@@ -346,12 +462,47 @@ export class ReplicationManager {
     return meta.pairs.map((p) => ({ pvolLun: p.pvolLun, pvolName: p.pvolName, svolName: p.svolName }));
   }
 
-  /** swap.freeze on the primary. */
-  async freezeForSwap(body: { group: string }): Promise<{ endSeq: number }> {
+  /** swap.drain on the primary: step 1 starts (shown as SWAP/draining; host writes go on). */
+  startDrain(body: { group: string; drainMsMax: number }): { lagBytes: number } {
+    const group = this.masterGroup(body.group);
+    return { lagBytes: group.startDrain(checkedMs(body.drainMsMax, 'drainMsMax')) };
+  }
+
+  /**
+   * swap.freeze on the primary: the drain runs until the lag is small, then the freeze (SWAP
+   * persisted, host writes held). A watchdog asks the peer, once the freeze has lasted longer
+   * than it may, whether it promoted: if not, the swap is over and this array thaws.
+   */
+  async freezeForSwap(body: { group: string; lagBytesMax: number; drainMsMax: number; freezeMsMax: number }): Promise<{ endSeq: number }> {
+    const group = this.masterGroup(body.group);
+    const freezeMsMax = checkedMs(body.freezeMsMax, 'freezeMsMax');
+    await group.drainTo(Math.max(0, Number(body.lagBytesMax) || 0), checkedMs(body.drainMsMax, 'drainMsMax'));
     crashPoint('swap.freeze', 'before');
-    const endSeq = await this.masterGroup(body.group).freeze();
+    const endSeq = await group.freeze(freezeMsMax);
     crashPoint('swap.freeze', 'after');
+    this.watchFreeze(group, freezeMsMax);
     return { endSeq };
+  }
+
+  /** Until the group is no longer frozen here: past `freezeMsMax`, ask the peer (every second) whether it promoted. */
+  private watchFreeze(group: MasterGroup, freezeMsMax: number): void {
+    const check = async (): Promise<void> => {
+      if (this.masters.get(group.meta.name) !== group || !group.frozen) return;
+      const peer = this.options.peerChannel(group.meta.peer);
+      try {
+        if (!peer?.connected) throw new TwinstoreError('LINK_DOWN', `peer ${group.meta.peer} is not reachable`);
+        const { promoted } = (await peer.request('swap.status', { group: group.meta.name })).body as { promoted: boolean };
+        if (!promoted) {
+          this.log.warn({ group: group.meta.name }, 'the array that froze this group for a swap did not promote: thawing');
+          await group.thaw();
+          return;
+        }
+      } catch (error) {
+        this.log.warn({ group: group.meta.name, err: (error as Error).message }, 'frozen for a swap and the peer cannot say whether it promoted: host writes stay refused');
+      }
+      setTimeout(() => void check(), 1000).unref();
+    };
+    setTimeout(() => void check(), freezeMsMax + 1000).unref();
   }
 
   async thawAfterSwap(body: { group: string }): Promise<void> {
@@ -370,14 +521,14 @@ export class ReplicationManager {
       if (restore && formatEpoch(restore.meta.epoch) === formatEpoch(body.epoch)) return; // done already
       throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${body.group} sends from ${this.engine.arrayId}`, { field: 'group' });
     }
-    crashPoint('swap.demote', 'before');
-    if (body.epoch.counter <= master.meta.epoch.counter) {
+    crashPoint(keepDirty ? 'resync-swap.reverse' : 'swap.demote', 'before');
+    if (!newer(body.epoch, master.meta.epoch)) {
       throw new TwinstoreError('JOURNAL_EPOCH_STALE', `epoch ${formatEpoch(body.epoch)} is not newer than ${formatEpoch(master.meta.epoch)}`, { field: 'epoch' });
     }
     if (keepDirty) {
       await master.fence(formatEpoch(body.epoch), body.divergenceSeq ?? 0);
       // Both sides wrote after they parted: overwriting ours needs the operator's word.
-      const divergent = await master.hostRecordsFrom(body.divergenceSeq ?? 0);
+      const divergent = await master.divergentWrites(body.divergenceSeq ?? 0);
       if (divergent > 0 && body.discard !== this.engine.arrayId) {
         throw new TwinstoreError('PAIR_INVALID', `group ${body.group} diverged: ${this.engine.arrayId} took ${divergent} host writes after seq ${(body.divergenceSeq ?? 0) - 1}, which the new primary never saw; ` +
           `run pair resync --group ${body.group} --swap --discard ${this.engine.arrayId} to overwrite them`, { field: 'discard' });
@@ -406,7 +557,7 @@ export class ReplicationManager {
     const journal = await this.reopenJournal(meta);
     await this.finishRoleChange(meta, journal);
     this.newRestore(meta, journal).start();
-    crashPoint('swap.demote', 'after');
+    crashPoint(keepDirty ? 'resync-swap.reverse' : 'swap.demote', 'after');
     this.log.info({ group: body.group, epoch: formatEpoch(body.epoch) }, 'demoted: this array now receives the group');
   }
 
@@ -426,15 +577,95 @@ export class ReplicationManager {
       throw new TwinstoreError('BAD_REQUEST', `--discard names the side whose writes are overwritten: with --swap that can only be ${group.meta.peer}`, { field: 'discard' });
     }
     await peer.request('swap.reverse', { group: name, epoch: group.meta.epoch, firstSeq: group.journal.nextSeq, divergenceSeq, discard, pairs: this.pairsForPeer(group.meta) });
+    crashPoint('resync-swap.resync', 'before');
     return this.resync(name);
   }
 
+  /**
+   * pair resync --discard PEER on a fenced old primary (the other array took over, and its writes
+   * since are to be dropped): this array becomes the primary again in a new epoch newer than the
+   * peer's (its journal starts afresh; its own writes past the divergence point are in its bitmaps
+   * since the fence), the peer turns receiver with its writes since the takeover marked, and a
+   * resync copies both sets of regions from here. Re-running it goes on from the step reached.
+   */
+  async reclaim(name: string, discard: string | null): Promise<{ group: string; dirtyBytes: number }> {
+    let group = this.masterGroup(name);
+    const peer = this.peerOf(group);
+    const theirs = (await peer.request('group.hello', { group: name, epoch: group.meta.epoch, epochs: group.meta.epochs })).body as { epoch: Epoch | null; role: GroupRole | null; epochs: GroupMeta['epochs'] };
+    if (theirs.role === 'restore' && theirs.epoch && formatEpoch(theirs.epoch) === formatEpoch(group.meta.epoch)) return this.resync(name); // the peer turned already
+    if (theirs.role !== 'master' || !theirs.epoch) throw new TwinstoreError('PAIR_INVALID', `group ${name}: ${group.meta.peer} does not hold it as a primary; nothing to reclaim`, { field: 'group' });
+    if (discard !== null && discard !== group.meta.peer) {
+      throw new TwinstoreError('BAD_REQUEST', `--discard names the side whose writes are overwritten: without --swap that can only be ${group.meta.peer}`, { field: 'discard' });
+    }
+    // Refuse before anything changes when the peer wrote since it took over and the operator did not say to drop that.
+    const theirWrites = ((await peer.request('group.divergence', { group: name, seq: divergencePoint(group.meta.epochs, theirs.epochs) })).body as { writes: number }).writes;
+    if (theirWrites > 0 && discard !== group.meta.peer) {
+      throw new TwinstoreError('PAIR_INVALID', `group ${name} diverged: ${group.meta.peer} took ${theirWrites} host writes since it took over, which ${this.engine.arrayId} never saw; ` +
+        `run pair resync --group ${name} --discard ${group.meta.peer} to overwrite them (or pair resync --swap on ${group.meta.peer} to keep them)`, { field: 'discard' });
+    }
+    if (group.meta.reclaiming !== true) {
+      if (!group.meta.pairs.every((p) => p.status === 'FENCED') || !newer(theirs.epoch, group.meta.epoch)) {
+        throw new TwinstoreError('PAIR_INVALID', `group ${name} is not fenced by a newer epoch of ${group.meta.peer} on ${this.engine.arrayId}; pair resync --discard ${group.meta.peer} follows a takeover by ${group.meta.peer}`, { field: 'group' });
+      }
+      group = await this.reEpoch(group, theirs.epoch);
+    } else if (!newer(group.meta.epoch, theirs.epoch)) {
+      throw new TwinstoreError('INTERNAL', `group ${name} is being reclaimed here but ${group.meta.peer}'s epoch is not older`);
+    }
+    const divergenceSeq = divergencePoint(group.meta.epochs, theirs.epochs);
+    await peer.request('swap.reverse', { group: name, epoch: group.meta.epoch, firstSeq: group.journal.nextSeq, divergenceSeq, discard, pairs: this.pairsForPeer(group.meta) });
+    crashPoint('resync-swap.resync', 'before');
+    return this.resync(name);
+  }
+
+  /** Reclaim, first step: a new epoch above the peer's, persisted; the journal anew; host writes tracked (PSUE). */
+  private async reEpoch(old: MasterGroup, theirs: Epoch): Promise<MasterGroup> {
+    crashPoint('reclaim.epoch', 'before');
+    const epoch: Epoch = { counter: Math.max(old.meta.epoch.counter, theirs.counter) + 1, arrayId: this.engine.arrayId, nonce: crypto.randomBytes(8).toString('hex') };
+    await old.stop();
+    this.masters.delete(old.meta.name);
+    const reason = `reclaimed from ${old.meta.peer}: waiting for it to turn receiver`;
+    const meta: GroupMeta = {
+      ...old.meta, epoch, epochs: [...old.meta.epochs, { epoch, firstSeq: old.journal.nextSeq }], divergence: null, reclaiming: true,
+      pairs: old.meta.pairs.map((p) => ({ ...p, status: 'PSUE', statusReason: reason })),
+    };
+    await this.persist(meta);
+    const journal = await this.reopenJournal(meta);
+    await this.finishRoleChange(meta, journal);
+    crashPoint('reclaim.epoch', 'after');
+    this.log.warn({ group: meta.name, epoch: formatEpoch(epoch) }, 'reclaim: this array is the primary again in a new epoch');
+    return this.newMaster(meta, journal);
+  }
+
   /** group.hello: a primary tells its peer its epoch; the side with the older one fences itself. */
-  async hello(body: { group: string; epoch: Epoch; epochs: GroupMeta['epochs'] }): Promise<{ epoch: Epoch | null; role: GroupRole | null; epochs: GroupMeta['epochs'] }> {
+  async hello(body: { group: string; epoch: Epoch; epochs: GroupMeta['epochs'] }): Promise<HelloReply> {
     const ours = this.masters.get(body.group);
     if (ours && newer(body.epoch, ours.meta.epoch)) await ours.fence(formatEpoch(body.epoch), divergencePoint(ours.meta.epochs, body.epochs));
     const group = ours ?? this.restores.get(body.group);
-    return { epoch: group?.meta.epoch ?? null, role: group?.meta.role ?? null, epochs: group?.meta.epochs ?? [] };
+    return { epoch: group?.meta.epoch ?? null, role: group?.meta.role ?? null, epochs: group?.meta.epochs ?? [], divergence: group?.meta.divergence ?? null };
+  }
+
+  /** group.divergence: how many host writes this side holds past `seq` that the peer never saw. */
+  async divergence(body: { group: string; seq: number }): Promise<{ writes: number }> {
+    const master = this.masters.get(String(body.group));
+    const seq = Number(body.seq);
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new TwinstoreError('BAD_REQUEST', 'seq must be a whole number >= 0', { field: 'seq' });
+    return { writes: master ? await master.divergentWrites(seq) : 0 };
+  }
+
+  /**
+   * The newer primary learns that the fenced side holds writes it never saw: its pairs show it,
+   * so the operator sees the divergence on both arrays before choosing the side to discard.
+   */
+  private async noteDivergence(group: MasterGroup, theirs: HelloReply): Promise<void> {
+    const writes = theirs.divergence?.writes ?? 0;
+    if (writes <= 0 || theirs.role !== 'master' || !theirs.epoch || !newer(group.meta.epoch, theirs.epoch)) return;
+    const peer = group.meta.peer;
+    const reason = `diverged: ${peer} took ${writes} host writes after seq ${theirs.divergence!.seq - 1} that this array never saw; ` +
+      `pair resync --swap --discard ${peer} keeps this side, pair resync --discard ${this.engine.arrayId} keeps ${peer}'s`;
+    const changed = group.meta.pairs.filter((p) => p.status === 'SSWS' && p.statusReason !== reason);
+    if (changed.length === 0) return;
+    for (const pair of changed) pair.statusReason = reason;
+    await this.persist(group.meta);
   }
 
   /** Every second, each primary tells its peer its epoch (and fences itself if the peer's is newer). */
@@ -447,9 +678,12 @@ export class ReplicationManager {
         if (!peer?.connected || group.meta.pairs.every((p) => p.status === 'FENCED')) continue;
         void peer.request('group.hello', { group: group.meta.name, epoch: group.meta.epoch, epochs: group.meta.epochs })
           .then(async (response) => {
-            const theirs = response.body as { epoch: Epoch | null; role: GroupRole | null; epochs: GroupMeta['epochs'] };
-            if (theirs.role === 'master' && theirs.epoch && newer(theirs.epoch, group.meta.epoch) && this.masters.get(group.meta.name) === group) {
+            const theirs = response.body as HelloReply;
+            if (this.masters.get(group.meta.name) !== group) return;
+            if (theirs.role === 'master' && theirs.epoch && newer(theirs.epoch, group.meta.epoch)) {
               await group.fence(formatEpoch(theirs.epoch), divergencePoint(group.meta.epochs, theirs.epochs));
+            } else {
+              await this.noteDivergence(group, theirs);
             }
           })
           .catch(() => undefined);
@@ -474,6 +708,20 @@ export class ReplicationManager {
     const peer = this.options.peerChannel(group.meta.peer);
     if (!peer?.connected) throw new TwinstoreError('LINK_DOWN', `peer ${group.meta.peer} of group ${group.meta.name} is not reachable`);
     return peer;
+  }
+
+  /**
+   * Where a group stands after a takeover, on this array: `fenced` (the other array took over),
+   * `reclaiming` (a resync --discard of the other is under way here) or `took-over` (this array
+   * took over without the other: SSWS).
+   */
+  takeoverState(name: string): 'fenced' | 'reclaiming' | 'took-over' | undefined {
+    const group = this.masters.get(name);
+    if (!group) return undefined;
+    if (group.meta.reclaiming === true) return 'reclaiming';
+    if (group.meta.pairs.every((p) => p.status === 'FENCED')) return 'fenced';
+    if (group.meta.pairs.every((p) => p.status === 'SSWS')) return 'took-over';
+    return undefined;
   }
 
   /** Whether this array sends (master), receives (restore) or does not hold the group. */
@@ -568,6 +816,8 @@ export class ReplicationManager {
         overflow: request.overflow ?? this.options.defaults.overflow,
         throttleMsMax: this.options.defaults.throttleMsMax,
         copyPaceBytesPerSecond: request.copyPaceBytesPerSecond ?? 0,
+        fence: request.fence ?? this.options.defaults.fence,
+        fenceAfterMs: request.fenceAfterMs ?? this.options.defaults.fenceAfterMs,
         regionBytes: this.options.defaults.regionBytes,
         epoch,
         epochs: [{ epoch, firstSeq: 0 }],
@@ -577,7 +827,10 @@ export class ReplicationManager {
       group = this.newMaster(meta, journal);
     }
     try {
-      await peer.request('pair.join', { group: request.group, master: local, epoch, journal: remoteJournalRef.name, remoteJournal: journalRef.name, pair: { ...pair, localVolumeId: -1 } });
+      await peer.request('pair.join', {
+        group: request.group, master: local, epoch, journal: remoteJournalRef.name, remoteJournal: journalRef.name, pair: { ...pair, localVolumeId: -1 },
+        fence: group.meta.fence, fenceAfterMs: group.meta.fenceAfterMs,
+      });
     } catch (error) {
       if (!existing) {
         // The peer did not join: give the journal back, as if the group had never been made.
@@ -624,7 +877,7 @@ export class ReplicationManager {
   /** Session counts come from the NBD layer; set by the array. */
   openSessions: (volumeName: string) => number = () => 0;
 
-  async join(body: { group: string; master: string; epoch: Epoch; journal: string; remoteJournal: string; pair: PairMeta }): Promise<void> {
+  async join(body: { group: string; master: string; epoch: Epoch; journal: string; remoteJournal: string; pair: PairMeta; fence?: FencePolicy; fenceAfterMs?: number }): Promise<void> {
     this.prepare({ group: body.group, svol: body.pair.svolName, journal: body.journal, sizeBytes: body.pair.sizeBytes, master: body.master });
     const svol = this.engine.volume(body.pair.svolName)!;
     let group = this.restores.get(body.group);
@@ -641,6 +894,9 @@ export class ReplicationManager {
         overflow: this.options.defaults.overflow,
         throttleMsMax: this.options.defaults.throttleMsMax,
         copyPaceBytesPerSecond: 0,
+        // The group's link-down policy, for when this array becomes its primary (swap, takeover).
+        fence: body.fence === 'data' || body.fence === 'never' ? body.fence : this.options.defaults.fence,
+        fenceAfterMs: Number.isSafeInteger(body.fenceAfterMs) && body.fenceAfterMs! > 0 ? body.fenceAfterMs! : this.options.defaults.fenceAfterMs,
         regionBytes: this.options.defaults.regionBytes,
         epoch: body.epoch,
         epochs: [{ epoch: body.epoch, firstSeq: 0 }],

@@ -11,13 +11,14 @@
 
 import { EventEmitter } from 'node:events';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { JournalRecordCorruptError, type Journal, type JournalRecord, type RecordKind, type RecordMeta } from '../journal/index.js';
+import { Journal, JournalRecordCorruptError, type JournalRecord, type RecordKind, type RecordMeta, type Reservation } from '../journal/index.js';
 import { RangeLock } from '../storage/range-lock.js';
-import type { StorageEngine, Volume } from '../storage/index.js';
+import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
+import { VolumeJournalDevice } from './journal-device.js';
 import { isUnitBegin, isUnitEnd, unitMarker } from './units.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 
@@ -34,6 +35,16 @@ const copyReserveFraction = 0.25;
  * in the journal beside the host writes made meanwhile: larger ones suspend the group instead.
  */
 const resendShareMax = 0.5;
+
+/** A receiver's report of a drive I/O error (sent with its journal.read). */
+export interface ReceiverDriveError {
+  /** Its applied cursor: restore stopped before this record. */
+  seq: number;
+  /** What failed, e.g. `S-VOL svol0 write: write failed on …`. */
+  message: string;
+  /** The start of the latest resync the receiver had heard of (its skipDamagedBefore). */
+  resyncFromSeq: number;
+}
 
 interface Pvol {
   pair: PairMeta;
@@ -58,7 +69,8 @@ export interface MasterGroupOptions {
 
 export class MasterGroup extends EventEmitter {
   readonly meta: GroupMeta;
-  readonly journal: Journal;
+  /** Replaced only when a resync opens it again after a drive error stopped it (reopenJournal). */
+  journal: Journal;
   private readonly engine: StorageEngine;
   private readonly persistMeta: (meta: GroupMeta) => Promise<void>;
   private readonly log: Logger;
@@ -78,17 +90,26 @@ export class MasterGroup extends EventEmitter {
   /** Timestamp (our clock) of the newest record the receiver applied: the consistency point's time. */
   private consistencyTimeMs: number | undefined;
   private copying = new Set<number>();
-  /** A planned swap's freeze: new host writes wait here (then fail if the swap went through). */
-  private gate: { promise: Promise<void>; open: () => void } | undefined;
+  /** A planned swap's freeze: new host writes wait here at most `holdMsMax` (then fail if still frozen, or the swap went through). */
+  private gate: { promise: Promise<void>; open: () => void; holdMsMax: number } | undefined;
+  /** A planned swap's drain (step 1) is shown until this time (our clock); 0: none. */
+  private drainUntilMs = 0;
   private hostWritesInFlight = 0;
   private readonly writesDrained: Array<() => void> = [];
   /** Host writes going the bitmap way right now (a resync waits for them before reading the bitmap). */
   private bitmapWrites = 0;
   private readonly bitmapDrained: Array<() => void> = [];
+  /** Host writes taken the bitmap way since this process started (at least one when meta.trackedWrites). */
+  private trackedWriteCount = 0;
+  private trackedPersist: Promise<void> | undefined;
   private linkWatch: NodeJS.Timeout | undefined;
   /** Activity regions (per LUN) whose re-send after an unclean stop has not finished. */
   private readonly resendPending = new Map<number, Set<number>>();
   private stopped = false;
+  /** The latest suspension's folding of the unapplied records into the bitmaps. */
+  private folding: Promise<void> = Promise.resolve();
+  /** The seq the latest resync started at: a receiver's drive-error report from before it is stale. */
+  private resyncFromSeq = 0;
 
   constructor(options: MasterGroupOptions) {
     super();
@@ -142,7 +163,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   private async hostWrite(lun: number, kind: RecordKind, offset: number, length: number, data: Buffer | undefined, apply: (v: Volume) => Promise<void>): Promise<void> {
-    if (this.gate) await this.gate.promise;
+    if (this.gate) await this.holdAtGate(this.gate);
     this.checkWritable();
     this.hostWritesInFlight += 1;
     try {
@@ -153,11 +174,20 @@ export class MasterGroup extends EventEmitter {
     }
   }
 
+  /** A host write during a swap's freeze waits for the thaw, or `holdMsMax` at most: an error, not a hang. */
+  private async holdAtGate(gate: { promise: Promise<void>; holdMsMax: number }): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, gate.holdMsMax); });
+    await Promise.race([gate.promise, timeout]);
+    clearTimeout(timer);
+  }
+
   /** FENCED, or a swap (SWAP) holding the group, or demoted: host writes are refused. */
   private checkWritable(): void {
     if (this.stopped) throw new TwinstoreError('VOLUME_FENCED', `group ${this.meta.name} no longer takes host writes here (its role changed)`);
     const held = this.meta.pairs.find((p) => p.status === 'FENCED' || p.status === 'SWAP');
     if (held) throw new TwinstoreError('VOLUME_FENCED', `group ${this.meta.name} is ${held.status}${held.statusReason ? ` (${held.statusReason})` : ''}: host writes are refused`);
+    if (this.meta.writesRefused) throw new TwinstoreError('VOLUME_FENCED', `group ${this.meta.name}: ${this.meta.writesRefused}; host writes are refused until pair resync`);
   }
 
   private async hostWriteOpen(lun: number, kind: RecordKind, offset: number, length: number, data: Buffer | undefined, apply: (v: Volume) => Promise<void>): Promise<void> {
@@ -170,11 +200,7 @@ export class MasterGroup extends EventEmitter {
       const reservation = await this.reserveForHost(pvol, kind, offset, length);
       if (reservation === undefined) return await this.bitmapWrite(pvol, offset, length, apply);
       const meta = { kind, epoch: this.meta.epoch, timestampMs: reservation.timestampMs, lun, offset, length };
-      await this.markActivity(pvol, offset, length);
-      if (isPlanted('pvol-before-journal')) await apply(pvol.volume);
-      await this.journal.write(reservation.reservation, meta, data);
-      this.recordWritten(reservation.reservation.seq);
-      if (!isPlanted('pvol-before-journal')) await apply(pvol.volume);
+      await this.journaledWrite(pvol, reservation.reservation, meta, data, apply);
     } finally {
       for (const r of regions) {
         const left = (pvol.activeWrites.get(r) ?? 1) - 1;
@@ -185,16 +211,86 @@ export class MasterGroup extends EventEmitter {
     }
   }
 
+  /**
+   * Activity mark, record, then the P-VOL write (DESIGN.md §3). A drive I/O error on the way
+   * fails this host write, and its regions go into the bitmap before the host hears of it: the
+   * record may reach the S-VOL while the P-VOL write did not happen, so a resync must copy them.
+   * Then the group suspends (PSUE `drive-error: …`).
+   */
+  private async journaledWrite(pvol: Pvol, reservation: Reservation, meta: Omit<RecordMeta, 'seq'>, data: Buffer | undefined, apply: (v: Volume) => Promise<void>): Promise<void> {
+    let step = 'activity log';
+    try {
+      await this.markActivity(pvol, meta.offset, meta.length);
+      step = 'journal write';
+      if (isPlanted('pvol-before-journal')) await apply(pvol.volume);
+      await this.journal.write(reservation, meta, data);
+      this.recordWritten(reservation.seq);
+      step = `P-VOL ${pvol.pair.pvolName} write`;
+      if (!isPlanted('pvol-before-journal')) await apply(pvol.volume);
+    } catch (error) {
+      if (!isIoError(error)) throw error;
+      if (step === 'activity log') await this.fillReservation(reservation, meta, data);
+      await this.driveError(error, step, { pvol, offset: meta.offset, length: meta.length });
+      throw error;
+    }
+  }
+
+  /**
+   * A reserved record that is never written leaves a gap no later record can become durable past:
+   * it is written although its host write failed (the region is in the bitmap; either content is
+   * one the host may see after an error). If the journal itself failed, a resync opens it again.
+   */
+  private async fillReservation(reservation: Reservation, meta: Omit<RecordMeta, 'seq'>, data: Buffer | undefined): Promise<void> {
+    try {
+      await this.journal.write(reservation, meta, data);
+      this.recordWritten(reservation.seq);
+    } catch (error) {
+      if (!isIoError(error)) throw error;
+    }
+  }
+
+  /**
+   * A drive I/O error on this array's write path (DESIGN.md §6): the range concerned goes into its
+   * bitmap durably, then a replicating group goes PSUE with reason `drive-error: <what failed>`.
+   */
+  private async driveError(error: Error, what: string, range?: { pvol: Pvol; offset: number; length: number }): Promise<void> {
+    if (range) await range.pvol.bitmap.mark(range.offset, range.length);
+    if (!this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) return;
+    this.log.error({ err: error.message, what }, 'drive I/O error; suspending');
+    await this.suspend(`drive-error: ${what}: ${error.message}`);
+  }
+
+  /** The regions of the activity log as bitmap regions: every region written since the last good flush lies in them. */
+  private activeBitmapRegions(pvol: Pvol): number[] {
+    return pvol.activity.values().flatMap((r) => pvol.bitmap.regionsOf(r * activityRegionBytes, Math.max(0, Math.min(activityRegionBytes, pvol.volume.sizeBytes - r * activityRegionBytes))));
+  }
+
   /** A host write while the pair is suspended or split: the bitmap mark is durable before the write. */
   private async bitmapWrite(pvol: Pvol, offset: number, length: number, apply: (v: Volume) => Promise<void>): Promise<void> {
     this.bitmapWrites += 1;
     try {
+      await this.noteTrackedWrite();
       await pvol.bitmap.mark(offset, length);
       await apply(pvol.volume);
     } finally {
       this.bitmapWrites -= 1;
       if (this.bitmapWrites === 0) for (const wake of this.bitmapDrained.splice(0)) wake();
     }
+  }
+
+  /**
+   * A host write the peer will not get until a resync: the first since the last resync makes
+   * `trackedWrites` durable before it is written, so a demotion (resync --swap, a discard) knows
+   * this side holds writes the other never saw, across restarts.
+   */
+  private noteTrackedWrite(): Promise<void> {
+    this.trackedWriteCount += 1;
+    if (this.meta.trackedWrites === true && this.trackedPersist === undefined) return Promise.resolve();
+    if (this.trackedPersist === undefined) {
+      this.meta.trackedWrites = true;
+      this.trackedPersist = this.persistMeta(this.meta).finally(() => { this.trackedPersist = undefined; });
+    }
+    return this.trackedPersist;
   }
 
   private journaling(pvol: Pvol): boolean {
@@ -210,9 +306,14 @@ export class MasterGroup extends EventEmitter {
       const timestampMs = this.now();
       try {
         const reservation = this.journal.reserve({ kind, epoch: this.meta.epoch, timestampMs, lun: pvol.pair.pvolLun, offset, length }, dataBytes);
-        this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes });
+        this.unapplied.push({ seq: reservation.seq, timestampMs, bytes: reservation.recordBytes, region: { lun: pvol.pair.pvolLun, offset, length } });
         return { reservation, timestampMs };
       } catch (error) {
+        if (isIoError(error)) {
+          // The journal stopped on a drive error: suspended, this write goes the bitmap way.
+          await this.driveError(error, 'journal');
+          return undefined;
+        }
         if (!isTwinstoreError(error) || error.code !== 'JOURNAL_FULL') throw error;
         if (this.now() >= deadline) {
           await this.suspend('journal-full');
@@ -251,7 +352,32 @@ export class MasterGroup extends EventEmitter {
    */
   async flush(): Promise<void> {
     const target = this.writtenSeq;
-    await Promise.all([this.engine.flush(), this.durableThrough(target)]);
+    await Promise.all([
+      this.engine.flush().catch((error: unknown) => this.syncFailed(error, 'P-VOL sync')),
+      this.journalDurable(target).catch((error: unknown) => this.syncFailed(error, 'journal sync')),
+    ]);
+  }
+
+  /**
+   * Records through `seq` durable; or, once a drive error stopped the journal and the group is
+   * suspended, every unapplied record folded into the bitmaps (durable there), so a FLUSH on the
+   * bitmap way does not fail until the resync.
+   */
+  private journalDurable(seq: number): Promise<void> {
+    if (this.journal.failed && !this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) return this.folding;
+    return this.durableThrough(seq);
+  }
+
+  /**
+   * A failed sync fails the FLUSH and suspends the group. After a failed P-VOL sync the drive may
+   * have dropped any write since the last good flush: those lie in the activity log's regions.
+   */
+  private async syncFailed(error: unknown, what: 'P-VOL sync' | 'journal sync'): Promise<never> {
+    if (isIoError(error)) {
+      if (what === 'P-VOL sync') for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(this.activeBitmapRegions(pvol));
+      await this.driveError(error, what);
+    }
+    throw error;
   }
 
   /**
@@ -275,7 +401,10 @@ export class MasterGroup extends EventEmitter {
     const round = this.journal.sync().finally(() => {
       this.syncing = undefined;
       for (const wake of [...this.durableWaiters]) wake();
-      if (this.durableWaiters.size > 0 && this.journal.durableSeq <= this.writtenSeq) this.scheduleSync();
+      if (this.durableWaiters.size > 0 && this.journal.durableSeq <= this.writtenSeq && !this.journal.failed) this.scheduleSync();
+    });
+    round.catch((error: unknown) => {
+      if (isIoError(error)) void this.driveError(error, 'journal sync').catch((e: unknown) => this.log.error({ err: (e as Error).message }, 'suspend on a drive error failed'));
     });
     this.syncing = round;
     return round;
@@ -296,7 +425,8 @@ export class MasterGroup extends EventEmitter {
       pair.statusReason = reason;
     }
     await this.persistMeta(this.meta);
-    await this.foldUnapplied();
+    this.folding = this.foldUnapplied();
+    await this.folding;
     this.emit('changed');
   }
 
@@ -306,6 +436,22 @@ export class MasterGroup extends EventEmitter {
    * later resync copies those regions.
    */
   private async foldUnapplied(fromSeq = this.receiverApplied): Promise<void> {
+    try {
+      await this.foldFromJournal(fromSeq);
+    } catch (error) {
+      if (!isIoError(error)) throw error;
+      // The journal cannot be read back (a drive error): the unapplied queue names the same regions.
+      this.log.warn({ err: error.message }, 'journal unreadable; folding the unapplied records from memory');
+      const folded = new Map<Pvol, number[]>();
+      for (const { region } of this.unapplied.from(fromSeq)) {
+        const pvol = region ? this.pvols.get(region.lun) : undefined;
+        if (pvol && region) folded.set(pvol, [...(folded.get(pvol) ?? []), ...pvol.bitmap.regionsOf(region.offset, region.length)]);
+      }
+      for (const [pvol, regions] of folded) await pvol.bitmap.addAll(regions);
+    }
+  }
+
+  private async foldFromJournal(fromSeq: number): Promise<void> {
     const folded = new Map<number, number[]>();
     await this.journal.sync();
     let seq = Math.max(fromSeq, this.journal.tailSeq);
@@ -339,7 +485,8 @@ export class MasterGroup extends EventEmitter {
       const records = await this.journal.readFrom(seq, readBatchBytesMax);
       if (records.length === 0) break;
       for (const r of records) {
-        this.unapplied.push({ seq: r.seq, timestampMs: r.timestampMs, bytes: 4096 + Math.ceil((r.data?.length ?? 0) / 4096) * 4096 });
+        const region = r.kind === 'marker' ? undefined : { lun: r.lun, offset: r.offset, length: r.length };
+        this.unapplied.push({ seq: r.seq, timestampMs: r.timestampMs, bytes: 4096 + Math.ceil((r.data?.length ?? 0) / 4096) * 4096, region });
       }
       seq = records[records.length - 1]!.seq + 1;
     }
@@ -475,6 +622,7 @@ export class MasterGroup extends EventEmitter {
   async resync(peerDirty: Array<{ lun: number; ranges: Array<[number, number]> }>): Promise<{ dirtyBytes: number; resyncFromSeq: number }> {
     const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE' && p.status !== 'SSWS');
     if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS, PSUE or SSWS`, { field: 'group' });
+    if (this.journal.failed) await this.reopenJournal();
     for (const entry of peerDirty) {
       const pvol = this.pvols.get(entry.lun);
       if (!pvol) continue;
@@ -489,7 +637,13 @@ export class MasterGroup extends EventEmitter {
       pair.copyDoneBytes = 0;
     }
     this.meta.splitSeq = null;
+    this.meta.writesRefused = null;
+    this.meta.trackedWrites = false;
+    this.meta.reclaiming = false;
+    this.trackedWriteCount = 0;
+    this.meta.divergence = null;
     const resyncFromSeq = this.journal.nextSeq;
+    this.resyncFromSeq = resyncFromSeq;
     // Writes that chose the bitmap way before the switch mark it before they write: wait for them.
     if (this.bitmapWrites > 0) await new Promise<void>((resolve) => this.bitmapDrained.push(resolve));
     let dirtyBytes = 0;
@@ -511,11 +665,12 @@ export class MasterGroup extends EventEmitter {
    * a restart keeps refusing writes), new host writes wait at a gate, writes in flight finish,
    * and every record is made durable. Returns the seq the receiver must apply up to.
    */
-  async freeze(): Promise<number> {
+  async freeze(freezeMsMax: number): Promise<number> {
+    this.drainUntilMs = 0;
     if (!this.gate) {
       let open = (): void => undefined;
       const promise = new Promise<void>((resolve) => { open = resolve; });
-      this.gate = { promise, open };
+      this.gate = { promise, open, holdMsMax: freezeMsMax };
     }
     const bad = this.meta.pairs.find((p) => p.status !== 'PAIR' && p.status !== 'SWAP');
     if (bad) {
@@ -524,7 +679,7 @@ export class MasterGroup extends EventEmitter {
     }
     for (const pair of this.meta.pairs) {
       pair.status = 'SWAP';
-      pair.statusReason = 'swap: draining';
+      pair.statusReason = 'swap: frozen';
     }
     await this.persistMeta(this.meta);
     if (this.hostWritesInFlight > 0) await new Promise<void>((resolve) => this.writesDrained.push(resolve));
@@ -533,8 +688,36 @@ export class MasterGroup extends EventEmitter {
     return this.journal.nextSeq;
   }
 
+  /** Step 1 of a planned swap (swap.drain): shown as SWAP/draining until the freeze or `drainMsMax`; writes go on. */
+  startDrain(drainMsMax: number): number {
+    const bad = this.meta.pairs.find((p) => p.status !== 'PAIR');
+    if (bad) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${bad.pvolName} is ${bad.status}; a planned swap needs PAIR`, { field: 'group' });
+    this.drainUntilMs = this.now() + drainMsMax;
+    this.emit('changed');
+    return this.unapplied.bytes;
+  }
+
+  /** The drain: waits while host writes flow until the receiver is at most `lagBytesMax` behind. */
+  async drainTo(lagBytesMax: number, drainMsMax: number): Promise<void> {
+    const deadline = this.now() + drainMsMax;
+    this.drainUntilMs = Math.max(this.drainUntilMs, deadline);
+    while (this.unapplied.bytes > lagBytesMax) {
+      if (this.now() >= deadline || this.stopped || this.meta.pairs.some((p) => p.status !== 'PAIR' && p.status !== 'SWAP')) {
+        this.drainUntilMs = 0;
+        throw new TwinstoreError('LINK_TIMEOUT', `swap of ${this.meta.name} aborted: the lag is still ${this.unapplied.bytes} bytes (swap.lagBytesMax ${lagBytesMax}) after ${drainMsMax} ms of drain, or the pairs left PAIR`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Frozen for a planned swap (SWAP persisted): host writes are held, then refused. */
+  get frozen(): boolean {
+    return this.meta.pairs.some((p) => p.status === 'SWAP');
+  }
+
   /** An aborted swap: PAIR again and the held host writes go on. */
   async thaw(): Promise<void> {
+    this.drainUntilMs = 0;
     let changed = false;
     for (const pair of this.meta.pairs) {
       if (pair.status !== 'SWAP') continue;
@@ -561,11 +744,12 @@ export class MasterGroup extends EventEmitter {
   async fence(newer: string, divergenceSeq: number): Promise<void> {
     if (this.meta.pairs.every((p) => p.status === 'FENCED')) return;
     this.log.warn({ newer, divergenceSeq }, 'the peer holds a newer epoch: fencing this group');
-    const divergent = await this.hostRecordsFrom(divergenceSeq);
+    const divergent = await this.divergentWrites(divergenceSeq);
     for (const pair of this.meta.pairs) {
       pair.status = 'FENCED';
       pair.statusReason = `newer epoch ${newer}` + (divergent > 0 ? `; ${divergent} host writes here past seq ${divergenceSeq - 1} (diverged)` : '');
     }
+    this.meta.divergence = { seq: divergenceSeq, writes: divergent };
     await this.persistMeta(this.meta);
     // Our records from the divergence point on are writes the peer never applied; the active
     // regions may hold writes whose records were lost (an unclean stop, a re-send cut short).
@@ -575,6 +759,15 @@ export class MasterGroup extends EventEmitter {
       if (regions.length > 0) await pvol.bitmap.addAll(regions);
     }
     this.emit('changed');
+  }
+
+  /**
+   * Host writes here that the peer never got, past the divergence point `seq`: those journaled
+   * from `seq` on, plus those taken the bitmap way since the last resync (suspended, split, SSWS).
+   */
+  async divergentWrites(seq: number): Promise<number> {
+    const tracked = this.meta.trackedWrites === true ? Math.max(1, this.trackedWriteCount) : 0;
+    return (await this.hostRecordsFrom(seq)) + tracked;
   }
 
   /**
@@ -622,12 +815,34 @@ export class MasterGroup extends EventEmitter {
   watchLink(suspendAfterMs: number): void {
     clearInterval(this.linkWatch);
     this.lastHeardMs = Math.max(this.lastHeardMs, this.now());
+    const fenceAfterMs = this.meta.fence === 'data' ? this.meta.fenceAfterMs ?? 30_000 : Infinity;
     this.linkWatch = setInterval(() => {
-      if (this.stopped || this.now() - this.lastHeardMs < suspendAfterMs) return;
-      if (!this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) return;
-      void this.suspend('link-down').catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'suspend on link down failed'));
-    }, Math.min(1000, Math.max(50, suspendAfterMs / 4)));
+      const silentMs = this.now() - this.lastHeardMs;
+      if (this.stopped || silentMs < Math.min(suspendAfterMs, fenceAfterMs)) return;
+      const replicating = this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY');
+      if (silentMs >= fenceAfterMs && !this.meta.writesRefused && (replicating || this.meta.pairs.some((p) => p.status === 'PSUE'))) {
+        void this.refuseWrites(`link down ${silentMs} ms (fence data)`).catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'fence on link down failed'));
+      } else if (replicating && silentMs >= suspendAfterMs) {
+        void this.suspend('link-down').catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'suspend on link down failed'));
+      }
+    }, Math.min(1000, Math.max(50, Math.min(suspendAfterMs, fenceAfterMs) / 4)));
     this.linkWatch.unref();
+  }
+
+  /**
+   * Fence `data` (DESIGN.md §6): the link has been down fenceAfterMs, so the P-VOLs refuse host
+   * writes from now on (none is accepted that the other site cannot get) until a resync; the
+   * group suspends (PSUE) so the unapplied records are folded into the bitmaps.
+   */
+  private async refuseWrites(reason: string): Promise<void> {
+    this.meta.writesRefused = reason;
+    this.log.warn({ reason }, 'fence data: host writes refused');
+    if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`link-down; ${reason}: host writes refused`);
+    else {
+      for (const pair of this.meta.pairs) if (pair.status === 'PSUE') pair.statusReason = `${pair.statusReason ?? 'link-down'}; ${reason}: host writes refused`;
+      await this.persistMeta(this.meta);
+      this.emit('changed');
+    }
   }
 
   /** Waits until every record up to `seq` is durable in the journal. */
@@ -679,10 +894,17 @@ export class MasterGroup extends EventEmitter {
   async readJournal(request: {
     fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number;
     damaged?: { seq: number; lun: number; offset: number; length: number };
+    driveError?: ReceiverDriveError;
   }): Promise<JournalRecord[]> {
     this.lastHeardMs = this.now();
     this.noteReceiver(request.storedSeq, request.appliedSeq);
     if (request.damaged !== undefined) await this.receiverDamaged(request.damaged);
+    if (request.driveError !== undefined) await this.receiverDriveError(request.driveError);
+    if (this.journal.failed) {
+      // Nothing can be read until a resync opens the journal again; the answer still carries the statuses.
+      await new Promise((r) => setTimeout(r, longPollMs));
+      return [];
+    }
     if (request.fromSeq < this.journal.tailSeq) {
       throw new TwinstoreError('JOURNAL_RECORD_GONE', `group ${this.meta.name}: records before ${this.journal.tailSeq} are gone; receiver asked from ${request.fromSeq}`);
     }
@@ -695,6 +917,7 @@ export class MasterGroup extends EventEmitter {
       return await this.journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax));
     } catch (error) {
       if (error instanceof JournalRecordCorruptError) await this.suspendForDamage(error);
+      if (isIoError(error)) await this.driveError(error, 'journal read');
       throw error;
     }
   }
@@ -711,6 +934,38 @@ export class MasterGroup extends EventEmitter {
       this.log.error({ seq: damaged.seq, peer: this.meta.peer }, 'the receiver holds a damaged record; suspending');
       await this.suspend(`bad-record: seq ${damaged.seq} on ${this.meta.peer}`);
     }
+  }
+
+  /**
+   * The receiver's drive failed storing or applying records: its restore stopped before the
+   * record at its applied cursor and retries. The group suspends (every unapplied record goes
+   * into the bitmaps) and a resync re-copies. A report sent before the receiver heard of the
+   * latest resync is stale.
+   */
+  private async receiverDriveError(report: ReceiverDriveError): Promise<void> {
+    if (report.resyncFromSeq < this.resyncFromSeq) return;
+    if (!this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) return;
+    this.log.error({ seq: report.seq, peer: this.meta.peer, err: report.message }, 'the receiver hit a drive error; suspending');
+    await this.suspend(`drive-error on ${this.meta.peer}: ${report.message}`);
+  }
+
+  /**
+   * After a drive error stopped the journal (fail-stop), a resync opens it again from the device:
+   * recovery keeps the intact records, which the receiver may still need; every record it has not
+   * applied went into the bitmaps at the suspension. Fails while the drive still fails.
+   */
+  private async reopenJournal(): Promise<void> {
+    const volume = this.engine.volumeById(this.meta.journalVolumeId);
+    if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${this.meta.name} is missing`);
+    const { journal, recovery } = await Journal.open(new VolumeJournalDevice(volume, this.engine));
+    if (journal.nextSeq < this.receiverStored) {
+      throw new TwinstoreError('JOURNAL_CORRUPT', `group ${this.meta.name}: the journal opened again ends at seq ${journal.nextSeq}, but the receiver stored up to ${this.receiverStored}`);
+    }
+    this.journal = journal;
+    journal.release(Math.min(this.receiverApplied, journal.durableSeq));
+    await this.loadUnapplied();
+    this.unapplied.dropBelow(this.receiverApplied);
+    this.log.warn({ case: recovery.case, nextSeq: journal.nextSeq }, 'journal opened again after a drive error');
   }
 
   /** A record that fails its checksum is never sent: the group suspends and its region goes into the bitmap. */
@@ -742,7 +997,8 @@ export class MasterGroup extends EventEmitter {
     this.receiverStored = Math.max(this.receiverStored, storedSeq);
     if (appliedSeq > this.receiverApplied) {
       this.receiverApplied = appliedSeq;
-      this.journal.release(isPlanted('free-at-stored') ? Math.max(appliedSeq, storedSeq) : appliedSeq);
+      // A journal stopped by a drive error is released when a resync opens it again.
+      if (!this.journal.failed) this.journal.release(isPlanted('free-at-stored') ? Math.max(appliedSeq, storedSeq) : appliedSeq);
       this.consistencyTimeMs = this.unapplied.dropBelow(appliedSeq) ?? this.consistencyTimeMs;
       this.checkCopyDone();
     }
@@ -756,14 +1012,15 @@ export class MasterGroup extends EventEmitter {
     const oldest = this.unapplied.oldest;
     const lagSeconds = oldest ? Math.max(0, (this.now() - oldest.timestampMs) / 1000) : 0;
     const consistencySeq = this.receiverApplied - 1;
+    const draining = this.drainUntilMs > this.now();
     return this.meta.pairs.map((pair) => ({
       group: this.meta.name,
       direction: `${this.engine.arrayId}->${this.meta.peer}`,
       epoch: formatEpoch(this.meta.epoch),
       pvol: `${this.engine.arrayId}:${pair.pvolName}`,
       svol: `${this.meta.peer}:${pair.svolName}`,
-      status: pair.status,
-      statusReason: pair.statusReason ?? (peerConnected ? null : 'link-down'),
+      status: draining && pair.status === 'PAIR' ? 'SWAP' : pair.status,
+      statusReason: draining && pair.status === 'PAIR' ? 'swap: draining' : pair.statusReason ?? (peerConnected ? null : 'link-down'),
       copyPercent: pair.status !== 'COPY' ? 100
         : pair.copyKind === 'resync' ? Math.min(99, Math.floor((100 * (pair.copyDoneBytes ?? 0)) / Math.max(1, pair.copyTotalBytes ?? 0)))
           : Math.floor((100 * pair.copyOffset) / Math.max(1, pair.sizeBytes)),
@@ -796,6 +1053,8 @@ export class MasterGroup extends EventEmitter {
     clearInterval(this.linkWatch);
     for (const wake of [...this.durableWaiters]) wake();
     await this.engine.flush();
+    // A journal stopped by a drive error keeps its activity logs: the next start redoes and re-sends.
+    if (this.journal.failed) return;
     await this.journal.sync();
     await this.journal.persistHeader();
     // An unfinished re-send keeps the activity log, so the next start re-sends (and ends the unit) again.
@@ -819,6 +1078,9 @@ export class MasterGroup extends EventEmitter {
    * After an unclean stop (DESIGN.md §3.5): re-applies to the P-VOLs every record still
    * in the journal, since a record may be durable while its P-VOL write was lost. In order,
    * before any host write; records are idempotent, so repeating one already on disk is harmless.
+   * Except over regions marked in the bitmap: a host write taken the bitmap way (the group
+   * suspended or split) may be newer than every record there, and a flushed one must not be
+   * rolled back; those regions are copied to the S-VOL by the next resync whatever they hold.
    */
   async redo(): Promise<number> {
     let seq = this.journal.tailSeq;
@@ -829,8 +1091,11 @@ export class MasterGroup extends EventEmitter {
       for (const record of records) {
         const pvol = this.pvols.get(record.lun);
         if (!pvol || record.kind === 'marker') continue;
-        if (record.kind === 'write' || record.kind === 'base') await pvol.volume.write(record.offset, record.data!);
-        else await pvol.volume.writeZeroes(record.offset, record.length, false);
+        for (const [offset, length] of unmarkedRanges(pvol.bitmap, record.offset, record.length)) {
+          const at = offset - record.offset;
+          if (record.kind === 'write' || record.kind === 'base') await pvol.volume.write(offset, record.data!.subarray(at, at + length));
+          else await pvol.volume.writeZeroes(offset, length, false);
+        }
         count += 1;
       }
       seq = records[records.length - 1]!.seq + 1;
@@ -901,4 +1166,20 @@ export class MasterGroup extends EventEmitter {
       await this.waitForSpace(20);
     }
   }
+}
+
+/** The parts of [offset, offset + length) whose bitmap regions are not marked, as [offset, length] ranges. */
+function unmarkedRanges(bitmap: DurableRegionSet, offset: number, length: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  const end = offset + length;
+  for (const region of bitmap.regionsOf(offset, length)) {
+    if (bitmap.has(region)) continue;
+    const from = Math.max(offset, region * bitmap.regionBytes);
+    const to = Math.min(end, (region + 1) * bitmap.regionBytes);
+    if (to <= from) continue;
+    const last = out[out.length - 1];
+    if (last && last[0] + last[1] === from) last[1] += to - from;
+    else out.push([from, to - from]);
+  }
+  return out;
 }

@@ -10,6 +10,8 @@ export type PairStatus = (typeof PAIR_STATUSES)[number];
 
 export type GroupRole = 'master' | 'restore';
 export type OverflowPolicy = 'suspend' | 'throttle';
+/** DESIGN.md §6: with the link down, the P-VOL keeps taking writes (`never`) or refuses them after fenceAfterMs (`data`). */
+export type FencePolicy = 'never' | 'data';
 
 export interface PairMeta {
   /** LUN of the P-VOL on the master array; records carry it. */
@@ -43,6 +45,14 @@ export interface GroupMeta {
   overflow: OverflowPolicy;
   throttleMsMax: number;
   copyPaceBytesPerSecond: number;
+  /** Link-down policy of the P-VOLs (default `never`) and how long the link must be down first. */
+  fence?: FencePolicy;
+  fenceAfterMs?: number;
+  /**
+   * Master side, fence `data`: why the P-VOLs refuse host writes (the link was down fenceAfterMs),
+   * until a resync; null or absent while they take writes.
+   */
+  writesRefused?: string | null;
   /** Region size of the group's bitmaps, fixed when the group is made (marks are region numbers). */
   regionBytes?: number;
   epoch: Epoch;
@@ -57,6 +67,15 @@ export interface GroupMeta {
    * that began at this seq re-copies its region); at or above it, restore stops and reports it.
    */
   skipDamagedBefore?: number;
+  /** Master side: host writes were taken the bitmap way (suspended, split, SSWS) since the last resync. */
+  trackedWrites?: boolean;
+  /**
+   * Master side, fenced: where its epoch chain parted from the newer one's, and how many host
+   * writes this side holds past it that the other never saw (0: nothing to discard).
+   */
+  divergence?: { seq: number; writes: number } | null;
+  /** Master side: a reclaim (pair resync --discard PEER) gave this array a new epoch; the peer has yet to turn receiver. */
+  reclaiming?: boolean;
   /** Master side, after a planned swap promoted this array: the old primary still has to be demoted. */
   demotePending?: boolean;
 }

@@ -7,8 +7,10 @@
 
 import { EventEmitter } from 'node:events';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { JournalRecordCorruptError, type Journal, type JournalRecord, type RecordMeta } from '../journal/index.js';
-import type { StorageEngine, Volume } from '../storage/index.js';
+import { Journal, JournalRecordCorruptError, type JournalRecord, type RecordMeta } from '../journal/index.js';
+import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
+import { VolumeJournalDevice } from './journal-device.js';
+import type { ReceiverDriveError } from './master-group.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
@@ -50,7 +52,8 @@ export interface RestoreGroupOptions {
 
 export class RestoreGroup extends EventEmitter {
   readonly meta: GroupMeta;
-  readonly journal: Journal;
+  /** Replaced only when it is opened again after a drive error stopped it (reopenJournal). */
+  journal: Journal;
   private readonly engine: StorageEngine;
   private readonly peer: PeerChannel;
   private readonly log: Logger;
@@ -164,6 +167,9 @@ export class RestoreGroup extends EventEmitter {
     for (const pair of this.meta.pairs) await this.bitmapOf(pair.pvolLun).clear();
     this.meta.skipDamagedBefore = resyncFromSeq;
     await this.persistMeta(this.meta);
+    // A drive error reported before this resync is covered by it; a new one is reported anew.
+    this.driveErrors = {};
+    this.applyWake?.();
     if (this.damaged !== undefined && this.damaged.seq < resyncFromSeq) {
       this.damaged = undefined;
       this.applyWake?.();
@@ -184,6 +190,46 @@ export class RestoreGroup extends EventEmitter {
     }
     if (this.damaged?.seq !== error.seq) this.log.error({ seq: error.seq, region: error.region }, 'a stored record fails its checksum; restore stops before it and the master is told');
     this.damaged = { seq: error.seq, lun: error.region?.lun ?? -1, offset: error.region?.offset ?? 0, length: error.region?.length ?? 0 };
+  }
+
+  /** Drive I/O errors storing (pull) and applying records; cleared when that side works again. */
+  private driveErrors: { store?: string; apply?: string } = {};
+  /** Where the pull failed: an IO_ERROR from the request is the master's drive, not ours. */
+  private pullStage: 'request' | 'store' = 'request';
+  /** What the apply loop is doing, to name it in a drive-error report. */
+  private applyStep = 'restore journal read';
+
+  /**
+   * A drive I/O error (DESIGN.md §6): restore stops before the record at the applied cursor (the
+   * cursor moves only after a whole batch is applied and synced) and retries; the master hears of
+   * it with the next journal.read and suspends the group.
+   */
+  private noteDriveError(side: 'store' | 'apply', what: string, error: Error): void {
+    const message = `${what}: ${error.message}`;
+    if (this.driveErrors[side] !== message) this.log.error({ seq: this.journal.appliedSeq, err: message }, 'drive I/O error: restore stops here, retries, and the master is told');
+    this.driveErrors[side] = message;
+  }
+
+  private driveErrorReport(): ReceiverDriveError | undefined {
+    const message = this.driveErrors.apply ?? this.driveErrors.store;
+    return message === undefined ? undefined : { seq: this.journal.appliedSeq, message, resyncFromSeq: this.meta.skipDamagedBefore ?? 0 };
+  }
+
+  /**
+   * A drive error stopped the restore journal (fail-stop): open it again from the device once the
+   * drive works. Recovery keeps the stored records that are intact; records lost are pulled again
+   * (the master keeps them until they are applied here), and re-applying is harmless (redo).
+   */
+  private async reopenJournal(): Promise<void> {
+    await this.batch?.catch(() => undefined);
+    const volume = this.engine.volumeById(this.meta.journalVolumeId);
+    if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${this.meta.name} is missing`);
+    const { journal, recovery } = await Journal.open(new VolumeJournalDevice(volume, this.engine));
+    this.journal = journal;
+    this.unitScan = undefined;
+    this.heldAt = undefined;
+    delete this.driveErrors.store;
+    this.log.warn({ case: recovery.case, nextSeq: journal.nextSeq, appliedSeq: journal.appliedSeq }, 'restore journal opened again after a drive error');
   }
 
   /** Follows the master's view of each pair's status. */
@@ -271,13 +317,22 @@ export class RestoreGroup extends EventEmitter {
         continue;
       }
       try {
+        if (this.journal.failed) {
+          await storing.catch(() => undefined);
+          // While the drive still fails, pull anyway: the request carries the report to the master.
+          await this.reopenJournal().catch((error: unknown) => {
+            if (!isIoError(error)) throw error;
+            this.noteDriveError('store', 'restore journal', error);
+          });
+        }
         const batch = await this.pullOnce();
         await storing;
         storing = batch.durable;
       } catch (error) {
         await storing.catch(() => undefined);
         storing = Promise.resolve();
-        if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
+        if (isIoError(error) && this.pullStage === 'store') this.noteDriveError('store', 'restore journal', error);
+        else if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
         await sleep(retryMs);
       }
     }
@@ -286,6 +341,7 @@ export class RestoreGroup extends EventEmitter {
 
   /** Asks for the next batch and reserves it; resolves with the promise of its being durable. */
   private async pullOnce(): Promise<{ durable: Promise<void> }> {
+    this.pullStage = 'request';
     const response = await this.peer.request('journal.read', {
       group: this.meta.name,
       fromSeq: this.journal.nextSeq,
@@ -293,7 +349,9 @@ export class RestoreGroup extends EventEmitter {
       storedSeq: this.journal.durableSeq,
       appliedSeq: this.journal.appliedSeq,
       ...(this.damaged === undefined ? {} : { damaged: this.damaged }),
+      ...(this.driveErrorReport() === undefined ? {} : { driveError: this.driveErrorReport() }),
     });
+    this.pullStage = 'store';
     const reply = response.body as JournalReadReply;
     this.masterNextSeq = Math.max(this.masterNextSeq, reply.masterNextSeq);
     await this.adoptStatuses(reply.pairs);
@@ -321,7 +379,10 @@ export class RestoreGroup extends EventEmitter {
     if (writes.length === 0) return { durable: Promise.resolve() };
     const durable = Promise.all(writes)
       .then(() => this.journal.sync())
-      .then(() => this.applyWake?.());
+      .then(() => {
+        delete this.driveErrors.store;
+        this.applyWake?.();
+      });
     durable.catch(() => undefined);
     return { durable };
   }
@@ -345,13 +406,15 @@ export class RestoreGroup extends EventEmitter {
           if (this.damaged !== undefined) await sleep(retryMs);
           continue;
         }
-        this.log.error({ err: (error as Error).message }, 'restore failed; retrying');
+        if (isIoError(error)) this.noteDriveError('apply', this.applyStep, error);
+        else this.log.error({ err: (error as Error).message }, 'restore failed; retrying');
         await sleep(retryMs);
       }
     }
   }
 
   private async applyBatch(): Promise<void> {
+    this.applyStep = 'restore journal read';
     const read = await this.journal.readFrom(this.journal.appliedSeq, applyBatchBytesMax);
     if (read.length === 0) return;
     const unitAt = read.findIndex(isUnitBegin);
@@ -364,10 +427,13 @@ export class RestoreGroup extends EventEmitter {
 
   /** S-VOLs durable, then the applied cursor moved past `last` and persisted. */
   private async commitApplied(last: JournalRecord): Promise<void> {
+    this.applyStep = 'S-VOL sync';
     await this.engine.flush();
     this.journal.markApplied(last.seq + 1);
     this.journal.release(last.seq + 1);
+    this.applyStep = 'restore journal header';
     await this.journal.persistHeader();
+    delete this.driveErrors.apply;
     this.lastApplied = { seq: last.seq, timestampMs: last.timestampMs };
     this.emit('applied', last.seq);
   }
@@ -409,6 +475,7 @@ export class RestoreGroup extends EventEmitter {
   private async apply(record: JournalRecord): Promise<void> {
     if (record.kind === 'marker') return;
     const volume = this.svolOf(record.lun);
+    this.applyStep = `S-VOL ${volume.name} write`;
     switch (record.kind) {
       case 'write':
       case 'base':

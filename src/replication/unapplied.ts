@@ -2,11 +2,15 @@
 // it gives lag (records, bytes, age of the oldest) in O(1). A head index stands
 // in for Array.shift(), which copies the whole array once it is large, so
 // dropping applied records stays cheap with a hundred thousand in the queue.
+// Each entry also names the region its record covers, so a suspension can
+// fold the records into the bitmaps even when the journal itself has failed.
 
 export interface UnappliedRecord {
   seq: number;
   timestampMs: number;
   bytes: number;
+  /** The bytes the record changes (none for a marker). */
+  region?: { lun: number; offset: number; length: number } | undefined;
 }
 
 const compactAfter = 4096;
@@ -41,6 +45,11 @@ export class UnappliedQueue {
     this.items = [];
     this.head = 0;
     this.bytesTotal = 0;
+  }
+
+  /** The records from `seq` on, oldest first. */
+  from(seq: number): UnappliedRecord[] {
+    return this.items.slice(this.head).filter((record) => record.seq >= seq);
   }
 
   get oldest(): UnappliedRecord | undefined {

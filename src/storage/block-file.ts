@@ -122,6 +122,11 @@ export function ioError(op: string, path: string, cause: unknown): TwinstoreErro
   return new TwinstoreError('IO_ERROR', `${op} failed on ${path}: ${message}`, { cause });
 }
 
+/** A drive read, write or sync failed (an operating error: a pair suspends with a drive error, DESIGN.md §6). */
+export function isIoError(error: unknown): error is TwinstoreError {
+  return error instanceof TwinstoreError && error.code === 'IO_ERROR';
+}
+
 /** Size of a regular file, or of a block device (from sysfs, since Node has no BLKGETSIZE64). */
 export function deviceSizeBytes(path: string, stat: fs.Stats): number {
   if (!stat.isBlockDevice()) return stat.size;

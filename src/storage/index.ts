@@ -3,3 +3,4 @@ export { StorageEngine, VOLUME_NAME_PATTERN, LUN_MAX, VOLUME_ALIGN_BYTES, type E
 export { Volume, type Extent } from './volume.js';
 export { VOLUME_ROLES, type VolumeRole, type VolumeMeta, type MetaRecord } from './meta-model.js';
 export { volatileCacheMode } from './open-file.js';
+export { isIoError } from './block-file.js';

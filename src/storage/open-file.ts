@@ -1,9 +1,12 @@
 // Chooses how drive and metadata files are opened: plain descriptors, or the
 // volatile cache of DESIGN.md §10 when the test-only switch
-// TWINSTORE_TEST_VOLATILE_CACHE=1 is set (TWINSTORE_TEST_SEED seeds its write-back).
+// TWINSTORE_TEST_VOLATILE_CACHE=1 is set (TWINSTORE_TEST_SEED seeds its write-back);
+// drives also go behind the test-only fault switch (fault-file.ts) when
+// TWINSTORE_TEST_IO_ERROR_FILE is set, outermost, so a failed write never reaches the cache.
 
 import { openDescriptorFile, skipFdatasyncPlanted, type BlockFile, type OpenOptions } from './block-file.js';
 import { VolatileFile } from './volatile-file.js';
+import { FaultyFile, ioFaultMode } from './fault-file.js';
 import { Prng } from '../util/prng.js';
 
 export const volatileCacheMode = process.env.TWINSTORE_TEST_VOLATILE_CACHE === '1';
@@ -11,6 +14,11 @@ const seedBase = Number(process.env.TWINSTORE_TEST_SEED ?? Date.now() % 2 ** 31)
 let opened = 0;
 
 export function openBlockFile(path: string, options: OpenOptions): BlockFile {
+  const file = openCachedFile(path, options);
+  return ioFaultMode && options.kind === 'drive' ? new FaultyFile(file) : file;
+}
+
+function openCachedFile(path: string, options: OpenOptions): BlockFile {
   const file = openDescriptorFile(path, options);
   if (!volatileCacheMode) return file;
   opened += 1;

@@ -12,9 +12,21 @@ export type CrashStep =
   /** The array taking over: the new epoch, journal and volume roles. */
   | 'swap.promote'
   /** The old primary, turning receiver in the new epoch. */
-  | 'swap.demote';
+  | 'swap.demote'
+  /** Takeover without the primary: applying every stored record (before: nothing applied yet). */
+  | 'takeover.apply'
+  /** Takeover without the primary: the new epoch, journal and volume roles (SSWS). */
+  | 'takeover.promote'
+  /** pair resync --swap (or --discard of the array that took over), on the array turning receiver. */
+  | 'resync-swap.reverse'
+  /** pair resync --swap, on the new primary: between the peer turning receiver and the resync starting. */
+  | 'resync-swap.resync'
+  /** pair resync --discard of the array that took over, on the old primary: its new epoch. */
+  | 'reclaim.epoch';
 
-export const CRASH_STEPS: readonly CrashStep[] = ['swap.freeze', 'swap.promote', 'swap.demote'];
+export const CRASH_STEPS: readonly CrashStep[] = [
+  'swap.freeze', 'swap.promote', 'swap.demote', 'takeover.apply', 'takeover.promote', 'resync-swap.reverse', 'resync-swap.resync', 'reclaim.epoch',
+];
 
 export function crashPoint(step: CrashStep, when: 'before' | 'after'): void {
   if (crashAt === `${step}.${when}`) process.kill(process.pid, 'SIGKILL');

@@ -125,6 +125,8 @@ export function writeConfig(dir: string, options: ArrayOptions): string {
     '  nbd: 127.0.0.1:0',
     '  api: 127.0.0.1:0',
     ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 200', ...(options.suspendAfterMs === undefined ? [] : [`  suspendAfterMs: ${options.suspendAfterMs}`])] : []),
+    // A takeover with the primary dead waits this long for it; the default 5 s only slows the tests.
+    ...(options.pskFile && !(options.extraConfig ?? '').includes('takeover:') ? ['takeover:', '  peerTimeoutMs: 2000'] : []),
     options.extraConfig ?? '',
   ].join('\n');
   const file = path.join(dir, `${id}.yaml`);

@@ -30,6 +30,10 @@ export interface HostsOptions {
   firstId?: number;
   /** Instead of random writes: these requests in order, each acknowledged before the next, then exit. */
   script?: ScriptStep[];
+  /** Per volume, more URIs of the same volume (on the other array), tried in turn after a failure. */
+  alternates?: string[][];
+  /** A failed connection reconnects by itself (every 10 ms, next URI, skipping read-only exports) instead of waiting for go(). */
+  autoReconnect?: boolean;
 }
 
 /** [volume, firstBlock, blocks] writes a stamped range; ['flush', volume] flushes. */
@@ -77,6 +81,8 @@ export class Hosts {
       firstId: options.firstId ?? 1,
       ...(options.seconds === undefined ? {} : { seconds: options.seconds }),
       ...(options.script === undefined ? {} : { script: options.script }),
+      ...(options.alternates === undefined ? {} : { alternates: options.alternates }),
+      ...(options.autoReconnect === undefined ? {} : { autoReconnect: options.autoReconnect }),
     }));
     this.child = spawn('/usr/bin/python3', [script, configFile], {
       env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` },

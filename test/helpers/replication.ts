@@ -107,6 +107,8 @@ export interface SiteOptions {
   suspendAfterMs?: number;
   /** More config for A (YAML text appended to its config). */
   extraConfigA?: string;
+  /** More `pair create` options (e.g. --fence data). */
+  pairArgs?: string[];
 }
 
 /** Starts A and B, links B to A through a proxy, and pairs `volumes` P-VOLs in one journal group. */
@@ -141,10 +143,33 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
   for (let i = 0; i < count; i++) {
     const args = ['pair', 'create', '--group', group, '--pvol', pvols[i]!, '--svol', `site-b:${svols[i]!}`, '--journal', 'jnl', '--remote-journal', 'site-b:jnl', '--json'];
     if (options.copyPace !== undefined) args.push('--copy-pace', options.copyPace);
+    args.push(...(options.pairArgs ?? []));
     cliOk(a, args);
   }
   if (options.waitForPair ?? true) await waitForPairAndLag0(site);
   return site;
+}
+
+/**
+ * Whether each array's own connection to the other is up. Each array dials its peer, so one
+ * side may already hear the other (a fence arrives) while its own requests still fail.
+ */
+export async function linkUp(site: Site): Promise<boolean> {
+  for (const array of [site.a, site.b]) {
+    const { json } = await api(array, 'GET', '/v1/peers');
+    if (!(json as { peers: Array<{ connected: boolean }> }).peers.every((p) => p.connected)) return false;
+  }
+  return true;
+}
+
+/** The proxy passes again; once the link is up both ways, `pair resync` on A, PAIR, lag 0 and every pair identical. */
+export async function healAndResync(site: Site): Promise<void> {
+  site.proxy.setMode('pass');
+  await waitFor('the link both ways', () => linkUp(site), 30_000, 100);
+  const { status, json } = await api(site.a, 'POST', '/v1/pairs/resync', { group });
+  assert.equal(status, 200, JSON.stringify(json));
+  await waitFor('PAIR, lag 0', async () => (await display(site.a)).every((p) => p.status === 'PAIR' && p.lagRecords === 0), 60_000, 100);
+  compareAll(site);
 }
 
 /** Runs the CLI against an array; throws with its output when it fails. */

@@ -29,6 +29,13 @@
 # With a "script" in the config, the requests it lists are sent instead, one
 # at a time, each acknowledged before the next, and the process exits.
 #
+# Failover (for swaps and takeovers): "alternates" gives each volume more URIs
+# (the same volume as another array exports it). With "autoReconnect", a
+# connection that failed reconnects by itself, without waiting for a "go",
+# every 10 ms, to the next URI in turn; a read-only export counts as a failed
+# connect (a P-VOL that became an S-VOL). Write lines then carry "s", the
+# index of the URI the write went to (0: the one in "volumes").
+#
 # Usage: write-order-hosts.py CONFIG.json (fields in Hosts.__init__).
 
 import json
@@ -75,10 +82,11 @@ class Log:
 
 
 class Connection:
-    def __init__(self, index, vol, uri, hosts):
+    def __init__(self, index, vol, uris, hosts):
         self.index = index
         self.vol = vol
-        self.uri = uri
+        self.uris = uris
+        self.site = 0  # index into uris
         self.hosts = hosts
         self.handle = None
         self.inflight = {}  # cookie -> (id, buffer)
@@ -88,11 +96,25 @@ class Connection:
         self.last_refill = time.monotonic()
 
     def connect(self):
+        """Connects to the current URI; False (and the next URI is current) if it is read-only in failover mode."""
         h = nbd.NBD()
-        h.connect_uri(self.uri)
+        try:
+            h.connect_uri(self.uris[self.site])
+            if self.hosts.auto_reconnect and h.is_read_only():
+                h.shutdown()
+                self.next_site()
+                return False
+        except nbd.Error:
+            self.next_site()
+            raise
         self.handle = h
         self.tokens = float(self.hosts.queue_depth)
-        emit({'event': 'up', 'conn': self.index})
+        emit({'event': 'up', 'conn': self.index, 'site': self.site})
+        return True
+
+    def next_site(self):
+        if self.hosts.auto_reconnect:
+            self.site = (self.site + 1) % len(self.uris)
 
     def fail(self, reason):
         end = now_us()
@@ -106,6 +128,7 @@ class Connection:
             pass
         self.handle = None
         self.down_at_go = self.hosts.go_count
+        self.next_site()
         emit({'event': 'down', 'conn': self.index, 'reason': reason})
 
     def refill(self):
@@ -130,6 +153,8 @@ class Connection:
             first = hosts.rng.randrange(0, hosts.hot_blocks - blocks + 1)
             data = b''.join(stamp(self.vol, wid, first + k) for k in range(blocks))
             record = {'t': 'w', 'id': wid, 'v': self.vol, 'b': first, 'n': blocks, 'c': self.index, 'i': 0}
+            if len(self.uris) > 1:
+                record['s'] = self.site
             sent.append((wid, record, nbd.Buffer.from_bytearray(data), first * BLOCK))
         self.send(sent)
 
@@ -182,12 +207,14 @@ class Hosts:
         self.held_said = False
         per_volume = int(config.get('connectionsPerVolume', 2))
         self.connections = []
+        alternates = config.get('alternates') or [[] for _ in config['volumes']]
         for vol, uri in enumerate(config['volumes']):
             for _ in range(per_volume):
-                self.connections.append(Connection(len(self.connections), vol, uri, self))
+                self.connections.append(Connection(len(self.connections), vol, [uri] + alternates[vol], self))
         self.deadline = time.monotonic() + float(config['seconds']) if config.get('seconds') else None
         # [[volume, firstBlock, blocks] | ["flush", volume], ...]: run in order at queue depth 1, then exit.
         self.script = config.get('script')
+        self.auto_reconnect = bool(config.get('autoReconnect', False))
 
     def next_id(self):
         wid = self.id_counter
@@ -248,12 +275,13 @@ class Hosts:
                 self.held_said = True
                 emit({'event': 'held'})
             for conn in self.connections:
-                ready = conn.handle is None and not self.held and not self.stopping and self.go_count > conn.down_at_go
+                ready = conn.handle is None and not self.held and not self.stopping and (self.auto_reconnect or self.go_count > conn.down_at_go)
                 if ready and time.monotonic() >= conn.retry_at:
                     try:
-                        conn.connect()
+                        if not conn.connect():
+                            conn.retry_at = time.monotonic() + 0.01
                     except nbd.Error as error:
-                        conn.retry_at = time.monotonic() + 0.1
+                        conn.retry_at = time.monotonic() + (0.01 if self.auto_reconnect else 0.1)
                         emit({'event': 'connect-failed', 'conn': conn.index, 'reason': str(error)})
                 if conn.handle is not None and not self.held and not self.stopping:
                     conn.issue()

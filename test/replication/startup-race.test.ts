@@ -35,7 +35,7 @@ function manager(engine: StorageEngine): ReplicationManager {
     engine,
     log: pino({ level: 'silent' }),
     peerChannel: () => peer,
-    defaults: { overflow: 'suspend', throttleMsMax: 5000, regionBytes: 65536 },
+    defaults: { overflow: 'suspend', throttleMsMax: 5000, regionBytes: 65536, fence: 'never', fenceAfterMs: 30_000 },
   });
 }
 

@@ -12,7 +12,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { run, runOk, type RunningArray } from '../helpers/array.js';
-import { cliOk, display, readVolume, startSite, startWithin, waitFor, type Site } from '../helpers/replication.js';
+import { cliOk, display, linkUp, readVolume, startSite, startWithin, waitFor, type Site } from '../helpers/replication.js';
 
 const mib = 2 ** 20;
 
@@ -114,6 +114,7 @@ test('takeover with A dead (SSWS), A back FENCED, resync --swap, compare, swap b
   t.diagnostic(`A after its restart: ${fenced.status} (${fenced.statusReason})`);
   const refused = run('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x66 0 4k']);
   assert.notEqual(refused.code, 0, 'a fenced primary refuses host writes');
+  await waitFor('the link both ways', () => linkUp(site), 30_000, 100);
 
   const resync = await site.b.api('POST', '/v1/pairs/resync', { group: 'g1', swap: true });
   assert.equal(resync.status, 200, JSON.stringify(resync.json));
@@ -129,7 +130,12 @@ test('takeover with A dead (SSWS), A back FENCED, resync --swap, compare, swap b
   await swapBackToA(site, 0x53, 30);
 });
 
-test('a link cut with writes on both sides: A is fenced showing the divergence; resync --swap refuses until --discard names A', { timeout: 180_000 }, async (t) => {
+/**
+ * Both sides write after a link cut: B takes over (A unreachable) and writes 0x62 at 8 MiB; A,
+ * not knowing, writes 0x63 at 16 MiB. The link comes back: A is fenced, and both arrays show
+ * the divergence.
+ */
+async function divergedSite(t: TestContext): Promise<Site> {
   const site = await pairedSite(t, 0x61, 2);
   // Cut both ways: B pulls through the proxy; A reaches B directly, so point A at a closed port.
   site.proxy.setMode('cut');
@@ -148,6 +154,14 @@ test('a link cut with writes on both sides: A is fenced showing the divergence; 
   const fenced = (await display(site.a))[0]!;
   t.diagnostic(`A: ${fenced.status} (${fenced.statusReason})`);
   assert.match(fenced.statusReason ?? '', /diverged/);
+  await waitFor('B to show the divergence', async () => /diverged: site-a took \d+ host writes/.test((await display(site.b))[0]!.statusReason ?? ''), 30_000, 100);
+  t.diagnostic(`B: ${(await display(site.b))[0]!.status} (${(await display(site.b))[0]!.statusReason})`);
+  await waitFor('the link both ways', () => linkUp(site), 30_000, 100);
+  return site;
+}
+
+test('a link cut with writes on both sides: both show the divergence; resync --swap refuses until --discard names A, then A holds B\'s data', { timeout: 180_000 }, async (t) => {
+  const site = await divergedSite(t);
 
   const refused = await site.b.api('POST', '/v1/pairs/resync', { group: 'g1', swap: true });
   t.diagnostic(`resync --swap without --discard: ${refused.status} ${JSON.stringify(refused.json)}`);
@@ -155,10 +169,42 @@ test('a link cut with writes on both sides: A is fenced showing the divergence; 
   assert.match(refused.json.error.message, /--discard site-a/);
   assert.ok(holds(readVolume(site.a, 'pvol0', site.dir), 0x63, 16, 1), 'nothing was overwritten on A');
 
+  // readVolume blocks this process, and with it the link proxy B pulls through: wait for the link again.
+  await waitFor('the link both ways', () => linkUp(site), 30_000, 100);
   const resync = await site.b.api('POST', '/v1/pairs/resync', { group: 'g1', swap: true, discard: 'site-a' });
   assert.equal(resync.status, 200, JSON.stringify(resync.json));
   await lag0(site.b);
   compare(site);
   const a = readVolume(site.a, 'pvol0', site.dir);
   assert.ok(holds(a, 0x62, 8, 1) && holds(a, 0, 16, 1), 'A now holds B\'s data, its own divergent write discarded');
+});
+
+test('a link cut with writes on both sides: resync --discard site-b (sent to B) keeps A\'s data; A is the primary again', { timeout: 180_000 }, async (t) => {
+  const site = await divergedSite(t);
+
+  const wrongSide = await site.b.api('POST', '/v1/pairs/resync', { group: 'g1', discard: 'site-a' });
+  assert.equal(wrongSide.status, 400, 'without --swap A stays: only B\'s writes can be the ones discarded');
+  const refused = await site.b.api('POST', '/v1/pairs/resync', { group: 'g1' });
+  t.diagnostic(`resync without --discard: ${refused.status} ${JSON.stringify(refused.json)}`);
+  assert.equal(refused.status, 409, 'B wrote after the takeover: only --discard site-b may drop that');
+  assert.match(refused.json.error.message, /--discard site-b/);
+  assert.equal((await display(site.a))[0]!.status, 'FENCED', 'a refused resync changes nothing');
+  assert.ok(holds(readVolume(site.b, 'svol0', site.dir), 0x62, 8, 1), 'nothing was overwritten on B');
+  await waitFor('the link both ways', () => linkUp(site), 30_000, 100);
+
+  const resync = await site.b.api('POST', '/v1/pairs/resync', { group: 'g1', discard: 'site-b' });
+  assert.equal(resync.status, 200, JSON.stringify(resync.json));
+  t.diagnostic(`resync --discard site-b: ${JSON.stringify(resync.json)}`);
+  await lag0(site.a);
+  const rows = await display(site.a);
+  assert.equal(rows[0]!.direction, 'site-a->site-b');
+  assert.match(rows[0]!.epoch, /^3@site-a#/);
+  assert.equal(role(site.a, 'pvol0'), 'pvol');
+  assert.equal(role(site.b, 'svol0'), 'svol');
+  compare(site);
+  const b = readVolume(site.b, 'svol0', site.dir);
+  assert.ok(holds(b, 0x63, 16, 1) && holds(b, 0, 8, 1), 'B now holds A\'s data, its own writes since the takeover discarded');
+  write(site.a, 'pvol0', 0x64, 24, 1);
+  await lag0(site.a);
+  compare(site);
 });
