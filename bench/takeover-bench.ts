@@ -2,9 +2,10 @@
 // this machine with two real arrays: (1) a planned swap with an empty journal
 // and the swap back (whole command and the freeze part, from the command's
 // JSON), (2) a planned swap with 1 GiB of backlog (restore paused while fio
-// writes 1 GiB, resumed right before the takeover: the freeze covers applying
-// it), (3) a takeover with A killed, (4) the resync --swap that follows once A
-// is back, after B wrote 512 MiB as SSWS: bytes copied and MB/s.
+// writes 1 GiB, resumed right before the takeover: the drain applies it while
+// A could still take writes, down to swap.lagBytesMax, and the freeze covers
+// the rest), (3) a takeover with A killed, (4) the resync --swap that follows
+// once A is back, after B wrote 512 MiB as SSWS: bytes copied and MB/s.
 // Run: npm run bench:takeover
 
 import fs from 'node:fs';
@@ -41,6 +42,18 @@ async function fioWrite(site: Site, volume: string, bytes: number, offset = 0): 
     `--offset=${offset}`, `--size=${bytes}`, '--output=/dev/null'], { label: 'fio', timeoutMs: 600_000 });
 }
 
+/** pair resync --swap, sent again while B's own link to the returning A is not up yet (LINK_DOWN). */
+async function resyncSwap(site: Site): Promise<string> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await sites.cli(site, ['pair', 'resync', '--group', 'bench', '--swap', '--json']);
+    } catch (error) {
+      if (attempt >= 20) throw error;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
 async function main(): Promise<void> {
   log(`work folder ${dir}; ${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}`);
   const [a, b] = await sites.write('takeover:\n  peerTimeoutMs: 2000\nswap:\n  freezeMsMax: 300000');
@@ -69,7 +82,7 @@ async function main(): Promise<void> {
   const backlog = await sites.pairState(a!);
   await sites.cli(b!, ['pair', 'restore', '--group', 'bench', '--resume']);
   const loaded = await takeover(b!);
-  rows.push(['swap A->B, 1 GiB backlog', `${loaded.ms} ms`, `${loaded.freezeMs} ms`, `${backlog.lagRecords} records, journal ${backlog.journalUsedPercent}% before`]);
+  rows.push(['swap A->B, 1 GiB backlog', `${loaded.ms} ms (drain, then freeze)`, `${loaded.freezeMs} ms`, `${backlog.lagRecords} records, journal ${backlog.journalUsedPercent}% before`]);
   await sites.waitUntil(b!, (r) => r.status === 'PAIR' && r.lagRecords === 0, 600_000);
   const back2 = await takeover(a!);
   await sites.waitUntil(a!, (r) => r.status === 'PAIR' && r.lagRecords === 0, 600_000);
@@ -86,7 +99,7 @@ async function main(): Promise<void> {
   await sites.start(a!);
   await sites.waitUntil(a!, (r) => r.status === 'FENCED', 60_000);
   const started = Date.now();
-  const resync = JSON.parse(await sites.cli(b!, ['pair', 'resync', '--group', 'bench', '--swap', '--json'])) as { dirtyBytes: number };
+  const resync = JSON.parse(await resyncSwap(b!)) as { dirtyBytes: number };
   await sites.waitUntil(b!, (r) => r.status === 'PAIR' && r.lagRecords === 0, 600_000);
   const seconds = (Date.now() - started) / 1000;
   const sent = (await sites.pairState(b!)).copyBytes;

@@ -23,6 +23,8 @@ import { isUnitBegin, isUnitEnd, unitMarker } from './units.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 
 const copyChunkBytes = 2 ** 20;
+/** Copy chunks (initial copy, resync) read and journaled side by side. */
+const copyChunksInFlightMax = 8;
 const readBatchBytesMax = 16 * 2 ** 20;
 const longPollMs = 250;
 const senderSyncIntervalMs = 10;
@@ -515,9 +517,12 @@ export class MasterGroup extends EventEmitter {
     let paced = this.now();
     while (pvol.pair.copyOffset < size && !this.stopped && pvol.pair.status === 'COPY') {
       const offset = pvol.pair.copyOffset;
-      const length = Math.min(copyChunkBytes, size - offset);
-      lastSeq = await this.copyChunk(pvol, offset, length, () => pvol.pair.status === 'COPY');
-      if (lastSeq < 0) return;
+      const chunks: Array<[number, number]> = [];
+      for (let at = offset; at < size && chunks.length < copyChunksInFlightMax; at += copyChunkBytes) chunks.push([at, Math.min(copyChunkBytes, size - at)]);
+      const seq = await this.copyChunks(pvol, chunks);
+      if (seq < 0) return;
+      lastSeq = seq;
+      const length = chunks.reduce((n, [, l]) => n + l, 0);
       pvol.pair.copyOffset = offset + length;
       pvol.pair.copyDoneBytes = (pvol.pair.copyDoneBytes ?? 0) + length;
       if (pvol.pair.copyOffset % (64 * copyChunkBytes) === 0) {
@@ -561,17 +566,21 @@ export class MasterGroup extends EventEmitter {
       await this.persistMeta(this.meta);
     };
     for (let i = 0; i < regions.length && !this.stopped && pvol.pair.status === 'COPY';) {
-      let j = i;
-      while (j + 1 < regions.length && regions[j + 1] === regions[j]! + 1 && (j + 2 - i) * regionBytes <= copyChunkBytes) j++;
-      const offset = regions[i]! * regionBytes;
-      const length = Math.min((j - i + 1) * regionBytes, size - offset);
-      const seq = await this.copyChunk(pvol, offset, length, () => pvol.pair.status === 'COPY');
+      const chunks: Array<[number, number]> = [];
+      const first = i;
+      while (i < regions.length && chunks.length < copyChunksInFlightMax) {
+        let j = i;
+        while (j + 1 < regions.length && regions[j + 1] === regions[j]! + 1 && (j + 2 - i) * regionBytes <= copyChunkBytes) j++;
+        const offset = regions[i]! * regionBytes;
+        chunks.push([offset, Math.min((j - i + 1) * regionBytes, size - offset)]);
+        i = j + 1;
+      }
+      const seq = await this.copyChunks(pvol, chunks);
       if (seq < 0) return;
       lastSeq = seq;
-      done.push(...regions.slice(i, j + 1));
-      pvol.pair.copyDoneBytes = (pvol.pair.copyDoneBytes ?? 0) + length;
+      done.push(...regions.slice(first, i));
+      pvol.pair.copyDoneBytes = (pvol.pair.copyDoneBytes ?? 0) + chunks.reduce((n, [, l]) => n + l, 0);
       if (done.length >= 1024) await commit();
-      i = j + 1;
     }
     if (this.stopped || pvol.pair.status !== 'COPY') return;
     await commit();
@@ -851,6 +860,16 @@ export class MasterGroup extends EventEmitter {
       await this.syncJournal();
       if (this.journal.durableSeq <= seq) await new Promise((r) => setTimeout(r, 1));
     }
+  }
+
+  /**
+   * Copies chunks side by side (a read of one overlaps the journal write of another; each takes
+   * its own range lock and sequence number). The highest seq, or -1 when one gave up.
+   */
+  private async copyChunks(pvol: Pvol, chunks: Array<[number, number]>): Promise<number> {
+    const keepGoing = (): boolean => pvol.pair.status === 'COPY';
+    const seqs = await Promise.all(chunks.map(([offset, length]) => this.copyChunk(pvol, offset, length, keepGoing)));
+    return seqs.some((seq) => seq < 0) ? -1 : Math.max(-1, ...seqs);
   }
 
   /**
