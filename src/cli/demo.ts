@@ -1,6 +1,6 @@
 // `twinstore demo`: the README's main job. With nothing to configure it sets up
 // two arrays on this machine under one folder (--dir, default ./twinstore-data):
-// a link key, a config per array (ports picked once, then kept, so a second run
+// a link key, a config per array (ports bound on the first run, then kept, so a second run
 // finds the same arrays and data), starts each as its own `twinstore serve`
 // process, and pairs a P-VOL on site-a with an S-VOL on site-b in journal group
 // "demo". It prints how to reach everything, then one JSON line for scripts.
@@ -9,7 +9,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { TwinstoreError } from '../errors.js';
@@ -26,66 +25,74 @@ interface Site {
   config: string;
 }
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+/** The demo's config of one array; `ports` null: every listener on port 0 (the first run). */
+function configText(id: string, ports: { nbd: string; api: string; link: string } | null): string {
+  return [
+    '# Written by `twinstore demo`; edit freely. Reference: docs/config.md',
+    'array:',
+    `  id: ${id}`,
+    `  dataDir: ${id}`,
+    'drives:',
+    `  - path: ${id}/drive0.img`,
+    '    size: 8GiB',
+    `  - path: ${id}/journal0.img`,
+    '    size: 1GiB',
+    '    use: journal',
+    'listen:',
+    `  nbd: ${ports?.nbd ?? '127.0.0.1:0'}`,
+    `  api: ${ports?.api ?? '127.0.0.1:0'}`,
+    `  link: ${ports?.link ?? '127.0.0.1:0'}`,
+    'link:',
+    '  pskFile: link.psk',
+    '',
+  ].join('\n');
 }
 
-async function writeConfigs(dir: string): Promise<Site[]> {
+/**
+ * A link key and a config per array. On the first run every listener takes port 0 (nothing to
+ * collide with); once the arrays are up, their configs are rewritten with the bound addresses,
+ * so a second run brings them back at the same ones. Each array learns the other with peer add.
+ */
+function writeConfigs(dir: string): { sites: Site[]; firstRun: boolean } {
   const psk = path.join(dir, 'link.psk');
   if (!fs.existsSync(psk)) fs.writeFileSync(psk, crypto.randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
-  const ids = ['site-a', 'site-b'];
-  const sites = ids.map((id) => ({ id, config: path.resolve(dir, `${id}.yaml`) }));
-  if (sites.every((s) => fs.existsSync(s.config))) return sites;
-  const links = await Promise.all(ids.map(() => freePort()));
-  for (const [i, site] of sites.entries()) {
-    const other = 1 - i;
-    const ports = [await freePort(), await freePort()];
-    fs.writeFileSync(site.config, [
-      '# Written by `twinstore demo`; edit freely. Reference: docs/config.md',
-      'array:',
-      `  id: ${site.id}`,
-      `  dataDir: ${site.id}`,
-      'drives:',
-      `  - path: ${site.id}/drive0.img`,
-      '    size: 8GiB',
-      `  - path: ${site.id}/journal0.img`,
-      '    size: 1GiB',
-      '    use: journal',
-      'listen:',
-      `  nbd: 127.0.0.1:${ports[0]}`,
-      `  api: 127.0.0.1:${ports[1]}`,
-      `  link: 127.0.0.1:${links[i]}`,
-      'link:',
-      '  pskFile: link.psk',
-      'peers:',
-      `  - id: ${ids[other]}`,
-      `    link: 127.0.0.1:${links[other]}`,
-      '',
-    ].join('\n'));
-  }
-  return sites;
+  const sites = ['site-a', 'site-b'].map((id) => ({ id, config: path.resolve(dir, `${id}.yaml`) }));
+  if (sites.every((s) => fs.existsSync(s.config))) return { sites, firstRun: false };
+  for (const site of sites) fs.writeFileSync(site.config, configText(site.id, null));
+  return { sites, firstRun: true };
 }
 
 export async function demo(dir: string): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
-  const sites = await writeConfigs(dir);
+  const { sites, firstRun } = writeConfigs(dir);
   const started: Array<{ child: ChildProcess; ready: ReadyInfo }> = [];
   const stop = (): void => {
     for (const s of started) s.child.kill('SIGTERM');
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
-  for (const site of sites) started.push(await startServe(site.config));
-  const [a, b] = sites.map((s) => connect({ config: s.config }));
-  const pvol = await ensureVolume(a!, volumeName);
-  const svol = await ensureVolume(b!, volumeName);
-  await ensureJournal(a!);
-  await ensureJournal(b!);
-  await ensurePair(a!);
+  let pvol: VolumeJson;
+  let svol: VolumeJson;
+  try {
+    for (const site of sites) started.push(await startServe(site.config));
+    if (firstRun) {
+      for (const [i, site] of sites.entries()) {
+        const ready = started[i]!.ready;
+        fs.writeFileSync(site.config, configText(site.id, { nbd: ready.nbd, api: ready.api, link: ready.link! }));
+      }
+    }
+    const [a, b] = sites.map((s) => connect({ config: s.config }));
+    await a!.request('POST', '/v1/peers', { id: 'site-b', link: started[1]!.ready.link });
+    await b!.request('POST', '/v1/peers', { id: 'site-a', link: started[0]!.ready.link });
+    pvol = await ensureVolume(a!, volumeName);
+    svol = await ensureVolume(b!, volumeName);
+    await ensureJournal(a!);
+    await ensureJournal(b!);
+    await ensurePair(a!);
+  } catch (error) {
+    stop(); // never leave an array running behind a demo that failed
+    throw error;
+  }
   const [ra, rb] = started.map((s) => s.ready);
   process.stdout.write([
     `Twinstore demo: arrays site-a (pid ${started[0]!.child.pid}) and site-b (pid ${started[1]!.child.pid}) replicate group "${group}".`,

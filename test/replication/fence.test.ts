@@ -13,7 +13,7 @@ import { run, runOk } from '../helpers/array.js';
 import { display, healAndResync, linkUp, startSite, waitFor } from '../helpers/replication.js';
 
 test('fence data: a P-VOL cut off for fenceAfterMs refuses writes until resync; then it replicates again', { timeout: 180_000 }, async (t) => {
-  const site = await startSite(t, { volumes: 1, volumeSize: '32MiB', pairArgs: ['--fence', 'data', '--fence-after', '2000'] });
+  const site = await startSite(t, { volumes: 1, volumeSize: '32MiB', pairArgs: ['--fence', 'data', '--fence-after', '3000'] });
   runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x31 0 1M', '-c', 'flush']);
   await waitFor('lag 0', async () => (await display(site.a)).every((p) => p.status === 'PAIR' && p.lagRecords === 0), 60_000, 100);
 
@@ -39,7 +39,7 @@ test('fence data: a P-VOL cut off for fenceAfterMs refuses writes until resync; 
 });
 
 test('fence never (the default): a P-VOL cut off goes on taking writes, tracked, and resync brings them over', { timeout: 180_000 }, async (t) => {
-  const site = await startSite(t, { volumes: 1, volumeSize: '32MiB', suspendAfterMs: 2000 });
+  const site = await startSite(t, { volumes: 1, volumeSize: '32MiB', suspendAfterMs: 3000 });
   site.proxy.setMode('cut');
   await waitFor('PSUE link-down', async () => (await display(site.a))[0]!.status === 'PSUE', 30_000, 100);
   t.diagnostic(`A: ${(await display(site.a))[0]!.statusReason}`);
