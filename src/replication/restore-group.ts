@@ -342,6 +342,7 @@ export class RestoreGroup extends EventEmitter {
   /** Asks for the next batch and reserves it; resolves with the promise of its being durable. */
   private async pullOnce(): Promise<{ durable: Promise<void> }> {
     this.pullStage = 'request';
+    const driveError = this.driveErrorReport();
     const response = await this.peer.request('journal.read', {
       group: this.meta.name,
       fromSeq: this.journal.nextSeq,
@@ -349,7 +350,7 @@ export class RestoreGroup extends EventEmitter {
       storedSeq: this.journal.durableSeq,
       appliedSeq: this.journal.appliedSeq,
       ...(this.damaged === undefined ? {} : { damaged: this.damaged }),
-      ...(this.driveErrorReport() === undefined ? {} : { driveError: this.driveErrorReport() }),
+      ...(driveError === undefined ? {} : { driveError }),
     });
     this.pullStage = 'store';
     const reply = response.body as JournalReadReply;
