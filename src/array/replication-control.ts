@@ -5,13 +5,19 @@
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { parseHostPort } from '../config/index.js';
-import { LinkServer, PeerLink, readPskFile, type LinkIdentity, type LinkRequest, type LinkResponse } from '../link/index.js';
-import { ReplicationManager, PEER_DOCUMENT, type GroupStats, type PeerMeta } from '../replication/index.js';
+import { LinkServer, PeerLink, readPskFile, type LinkIdentity, type LinkRequest, type LinkResponse, type LinkTransport } from '../link/index.js';
+import { ReplicationManager, PEER_DOCUMENT, type GroupStats, type JournalDeviceFactory, type PeerMeta } from '../replication/index.js';
 import type { ReplicationControl } from '../api/index.js';
 import type { StorageEngine } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 
 export type ApiInjector = (method: string, url: string, body: unknown) => Promise<{ status: number; json: unknown }>;
+
+/** Parts the seeded simulator (test/sim) swaps in: its network, its journal device faults. */
+export interface ReplicationParts {
+  transport?: LinkTransport;
+  journalDevice?: JournalDeviceFactory;
+}
 
 export class ArrayReplication implements ReplicationControl {
   readonly manager: ReplicationManager;
@@ -21,10 +27,11 @@ export class ArrayReplication implements ReplicationControl {
   linkAddress = '';
   injector: ApiInjector = () => Promise.reject(new TwinstoreError('INTERNAL', 'API not ready'));
 
-  constructor(private readonly config: ArrayConfig, private readonly engine: StorageEngine, private readonly log: Logger) {
+  constructor(private readonly config: ArrayConfig, private readonly engine: StorageEngine, private readonly log: Logger, private readonly parts: ReplicationParts = {}) {
     this.manager = new ReplicationManager({
       engine,
       log,
+      ...(parts.journalDevice === undefined ? {} : { journalDevice: parts.journalDevice }),
       peerChannel: (id) => this.peers.get(id),
       defaults: { ...config.groupDefaults, regionBytes: config.bitmapRegionBytes },
       suspendAfterMs: config.link.suspendAfterMs,
@@ -39,7 +46,7 @@ export class ArrayReplication implements ReplicationControl {
       this.identity = { arrayId: this.config.arrayId, psk: readPskFile(pskFile) };
     }
     if (this.config.listen.link && this.identity) {
-      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), log: this.log, heartbeatMs: this.config.link.heartbeatMs });
+      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
       const address = await this.server.listen(this.config.listen.link.host, this.config.listen.link.port);
       this.linkAddress = address.address.includes(':') ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
     }
@@ -55,11 +62,15 @@ export class ArrayReplication implements ReplicationControl {
     if (!address) throw new TwinstoreError('BAD_REQUEST', `peer link "${link}" is not HOST:PORT`, { field: 'link' });
     const existing = this.peers.get(id);
     if (existing) return existing.setAddress(address);
-    const peer = new PeerLink({ identity: this.identity, peerId: id, address, log: this.log, heartbeatMs: this.config.link.heartbeatMs });
+    const peer = new PeerLink({ identity: this.identity, peerId: id, address, log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
     peer.on('up', () => this.log.info({ peer: id }, 'link up'));
     peer.on('down', (reason: unknown) => this.log.warn({ peer: id, reason: String(reason) }, 'link down'));
     this.peers.set(id, peer);
     peer.start();
+  }
+
+  private transportOption(): { transport?: LinkTransport } {
+    return this.parts.transport === undefined ? {} : { transport: this.parts.transport };
   }
 
   /** Requests the peer sends us over the link. */

@@ -26,6 +26,7 @@ import { encodeFrame, type Frame } from './frame.js';
 import { CONNECTION_ID, FRAME_TYPE, PROTOCOL_VERSION, REQUEST_ID_MAX, type HelloBody } from './protocol.js';
 import { HEARTBEAT_MS_DEFAULT, errorFromFrame, type LinkResponse } from './server.js';
 import { checkIdentity, clientTlsOptions, describeHandshakeError, type LinkIdentity } from './tls.js';
+import type { LinkSocket, LinkTransport } from './transport.js';
 
 export interface LinkAddress {
   host: string;
@@ -48,6 +49,8 @@ export interface PeerLinkOptions {
   seed?: number;
   /** Requests on the wire at once (default 1024); later ones wait in order. */
   requestsInFlightMax?: number;
+  /** How bytes travel (default: TLS-PSK over TCP); the simulator's in-process network in test/sim. */
+  transport?: LinkTransport;
 }
 
 export interface RequestOptions {
@@ -70,7 +73,7 @@ type State = 'idle' | 'connecting' | 'up' | 'closed';
 interface Attempt {
   generation: number;
   address: LinkAddress;
-  socket: tls.TLSSocket;
+  socket: LinkSocket;
   connection: FrameConnection | undefined;
   /** The listening array's PSK identity hint. */
   hint: string | null | undefined;
@@ -107,6 +110,7 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
   private downReason = 'not connected yet';
   private lastLoggedFailure: string | undefined;
   private closing: Promise<void> | undefined;
+  private readonly transport: LinkTransport | undefined;
 
   constructor(options: PeerLinkOptions) {
     super();
@@ -115,6 +119,7 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
     this.peerId = options.peerId;
     this.address = { host: options.address.host, port: options.address.port };
     this.log = options.log;
+    this.transport = options.transport;
     this.heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS_DEFAULT;
     this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT;
     this.requestsInFlightMax = options.requestsInFlightMax ?? CLIENT_REQUESTS_IN_FLIGHT_MAX;
@@ -222,14 +227,12 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
     const generation = this.generation;
     const address = { ...this.address };
     const handshakeMs = Math.max(3 * this.heartbeatMs, 1000);
-    const socket = tls.connect(clientTlsOptions({
-      identity: this.identity,
-      host: address.host,
-      port: address.port,
-      onHint: (hint) => {
-        if (this.attempt?.generation === generation) this.attempt.hint = hint;
-      },
-    }));
+    const onHint = (hint: string | null): void => {
+      if (this.attempt?.generation === generation) this.attempt.hint = hint;
+    };
+    const socket: LinkSocket = this.transport !== undefined
+      ? this.transport.connect(address, this.identity, onHint)
+      : tls.connect(clientTlsOptions({ identity: this.identity, host: address.host, port: address.port, onHint }));
     const deadline = setTimeout(() => this.lost(generation, `no link handshake within ${handshakeMs} ms`, 'LINK_TIMEOUT'), handshakeMs);
     const attempt: Attempt = { generation, address, socket, connection: undefined, hint: undefined, deadline };
     const onError = (error: Error & { code?: string }): void => {

@@ -16,6 +16,7 @@ import { FrameConnection } from './connection.js';
 import type { Frame } from './frame.js';
 import { CONNECTION_ID, FRAME_TYPE, PROTOCOL_VERSION } from './protocol.js';
 import { checkIdentity, describeHandshakeError, serverTlsOptions, type LinkIdentity } from './tls.js';
+import type { LinkListener, LinkSocket, LinkTransport } from './transport.js';
 
 export interface LinkRequest {
   method: string;
@@ -47,6 +48,8 @@ export interface LinkServerOptions {
   heartbeatMs?: number;
   /** Per connection; defaults to REQUESTS_IN_FLIGHT_MAX. */
   requestsInFlightMax?: number;
+  /** How bytes travel (default: TLS-PSK over TCP); the simulator's in-process network in test/sim. */
+  transport?: LinkTransport;
 }
 
 export function remoteLabel(socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string {
@@ -54,7 +57,8 @@ export function remoteLabel(socket: { remoteAddress?: string | undefined; remote
 }
 
 export class LinkServer {
-  private readonly server: tls.Server;
+  private readonly server: tls.Server | undefined;
+  private listener: LinkListener | undefined;
   private readonly sessions = new Set<InboundSession>();
   /** Every accepted TCP socket, handshaking or not, so close() can end them all. */
   private readonly sockets = new Set<Socket>();
@@ -65,30 +69,38 @@ export class LinkServer {
   constructor(private readonly options: LinkServerOptions) {
     checkIdentity(options.identity);
     this.heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS_DEFAULT;
+    if (options.transport !== undefined) return;
     const tlsOptions = serverTlsOptions({
       identity: options.identity,
       handshakeTimeoutMs: Math.max(3 * this.heartbeatMs, 1000),
       onIdentity: (socket, peerId) => this.identities.set(socket, peerId),
     });
-    this.server = tls.createServer(tlsOptions, (socket) => this.accept(socket));
-    this.server.maxConnections = CONNECTIONS_MAX;
-    this.server.on('connection', (socket: Socket) => {
+    const server = tls.createServer(tlsOptions, (socket) => this.accept(socket, this.identities.get(socket) ?? ''));
+    this.server = server;
+    server.maxConnections = CONNECTIONS_MAX;
+    server.on('connection', (socket: Socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
     });
-    this.server.on('tlsClientError', (error, socket) => {
+    server.on('tlsClientError', (error, socket) => {
       const remote = remoteLabel(socket);
       if (this.closing === undefined) options.log.warn({ remote, code: (error as { code?: string }).code }, `link: refused ${remote}: TLS-PSK handshake failed: ${describeHandshakeError(error)}`);
       socket.destroy();
     });
   }
 
-  listen(host: string, port: number): Promise<AddressInfo> {
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    const transport = this.options.transport;
+    if (transport !== undefined) {
+      this.listener = await transport.listen(host, port, this.options.identity, (socket, peerId) => this.accept(socket, peerId));
+      return this.listener.address;
+    }
+    const server = this.server!;
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port }, () => {
-        this.server.off('error', reject);
-        resolve(this.server.address() as AddressInfo);
+      server.once('error', reject);
+      server.listen({ host, port }, () => {
+        server.off('error', reject);
+        resolve(server.address() as AddressInfo);
       });
     });
   }
@@ -101,22 +113,22 @@ export class LinkServer {
   /** Stops listening and closes every connection; requests in flight on the peers fail with LINK_DOWN. */
   close(): Promise<void> {
     this.closing ??= new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
+      if (this.server !== undefined) this.server.close(() => resolve());
+      else void (this.listener?.close() ?? Promise.resolve()).then(resolve);
       for (const session of this.sessions) session.connection.close('the array is closing its link listener', 'LINK_DOWN');
       for (const socket of this.sockets) socket.destroy();
     });
     return this.closing;
   }
 
-  private accept(socket: tls.TLSSocket): void {
+  private accept(socket: LinkSocket, authenticatedAs: string): void {
     if (this.closing !== undefined) {
       socket.destroy();
       return;
     }
-    const authenticatedAs = this.identities.get(socket);
     const session = new InboundSession({
       socket,
-      authenticatedAs: authenticatedAs ?? '',
+      authenticatedAs,
       arrayId: this.options.identity.arrayId,
       heartbeatMs: this.heartbeatMs,
       handler: this.options.handler,
@@ -129,7 +141,7 @@ export class LinkServer {
 }
 
 interface InboundOptions {
-  socket: tls.TLSSocket;
+  socket: LinkSocket;
   /** The PSK identity of the TLS handshake. */
   authenticatedAs: string;
   arrayId: string;

@@ -1,4 +1,4 @@
 // The replication part's public surface.
-export { ReplicationManager, splitRef, type GroupStats, type PairCreateRequest, type TakeoverResult } from './manager.js';
+export { ReplicationManager, splitRef, type GroupStats, type JournalDeviceFactory, type PairCreateRequest, type TakeoverResult } from './manager.js';
 export type { PeerChannel } from './restore-group.js';
 export { GROUP_DOCUMENT, PAIR_STATUSES, PEER_DOCUMENT, type PairDisplay, type PairStatus, type PeerMeta } from './model.js';

@@ -4,10 +4,11 @@
 
 import crypto from 'node:crypto';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { Journal, compareEpochs, type Epoch, type JournalRecord } from '../journal/index.js';
+import { Journal, compareEpochs, type Epoch, type JournalDevice, type JournalRecord } from '../journal/index.js';
 import type { MetaRecord, StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { crashPoint } from '../util/crash-at.js';
+import { isPlanted } from '../util/planted.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
 import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
@@ -95,7 +96,12 @@ export interface TakeoverOptions {
   swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
 }
 
+/** Makes the journal device of a journal volume; the simulator wraps the real one to inject faults. */
+export type JournalDeviceFactory = (volume: Volume, engine: StorageEngine) => JournalDevice;
+
 export interface ReplicationOptions {
+  /** Default: the volume itself (VolumeJournalDevice). */
+  journalDevice?: JournalDeviceFactory;
   engine: StorageEngine;
   log: Logger;
   peerChannel: (peerId: string) => PeerChannel | undefined;
@@ -142,12 +148,16 @@ export class ReplicationManager {
     this.log = options.log;
   }
 
+  private journalDevice(volume: Volume): JournalDevice {
+    return this.options.journalDevice?.(volume, this.engine) ?? new VolumeJournalDevice(volume, this.engine);
+  }
+
   /** Opens every persisted group; resumes copies; after an unclean stop re-sends active regions. */
   async start(): Promise<void> {
     for (const meta of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).values()) {
       const journalVolume = this.engine.volumeById(meta.journalVolumeId);
       if (!journalVolume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${meta.name} is missing`);
-      const { journal, recovery } = await Journal.open(new VolumeJournalDevice(journalVolume, this.engine));
+      const { journal, recovery } = await Journal.open(this.journalDevice(journalVolume));
       this.log.info({ group: meta.name, role: meta.role, recovery }, 'journal group opened');
       await this.finishRoleChange(meta, journal);
       if (meta.role === 'master') {
@@ -436,6 +446,14 @@ export class ReplicationManager {
       regionBytes: old.regionBytes ?? this.options.defaults.regionBytes,
     };
     delete meta.skipDamagedBefore;
+    if (isPlanted('epoch-after-promote')) {
+      // The planted bug: volumes writable and the group sending before its epoch is durable.
+      const journal = await this.reopenJournal(meta);
+      await this.finishRoleChange(meta, journal);
+      const group = this.newMaster(meta, journal);
+      await this.persist(meta);
+      return group;
+    }
     await this.persist(meta);
     const journal = await this.reopenJournal(meta);
     await this.finishRoleChange(meta, journal);
@@ -445,7 +463,7 @@ export class ReplicationManager {
   private async reopenJournal(meta: GroupMeta): Promise<Journal> {
     const volume = this.engine.volumeById(meta.journalVolumeId);
     if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${meta.name} is missing`);
-    return (await Journal.open(new VolumeJournalDevice(volume, this.engine))).journal;
+    return (await Journal.open(this.journalDevice(volume))).journal;
   }
 
   /** The last step of a planned swap: the old primary becomes the receiver of our new epoch. */
@@ -805,7 +823,7 @@ export class ReplicationManager {
     };
     let group = existing;
     if (!group) {
-      const journal = await Journal.format(new VolumeJournalDevice(journalVolume, this.engine), { groupId: request.group, role: 'master', epoch, firstSeq: 0 });
+      const journal = await Journal.format(this.journalDevice(journalVolume), { groupId: request.group, role: 'master', epoch, firstSeq: 0 });
       await this.engine.setRole(journalVolume.name, 'journal-master');
       const meta: GroupMeta = {
         name: request.group,
@@ -883,7 +901,7 @@ export class ReplicationManager {
     let group = this.restores.get(body.group);
     if (!group) {
       const journalVolume = this.engine.volume(body.journal)!;
-      const journal = await Journal.format(new VolumeJournalDevice(journalVolume, this.engine), { groupId: body.group, role: 'restore', epoch: body.epoch, firstSeq: 0 });
+      const journal = await Journal.format(this.journalDevice(journalVolume), { groupId: body.group, role: 'restore', epoch: body.epoch, firstSeq: 0 });
       await this.engine.setRole(journalVolume.name, 'journal-restore');
       const meta: GroupMeta = {
         name: body.group,

@@ -149,8 +149,8 @@ export interface OpenOptions {
   syncWriteBytesMax?: number;
 }
 
-/** Opens a drive or metadata file for positional I/O, creating it sparse when asked. */
-export function openDescriptorFile(path: string, options: OpenOptions): DescriptorFile {
+/** Opens (creating sparse when asked) the file behind a drive or metadata file: its descriptor and size. */
+export function openFileDescriptor(path: string, options: OpenOptions): { fd: number; sizeBytes: number } {
   let fd: number;
   try {
     fd = fs.openSync(path, 'r+');
@@ -161,7 +161,12 @@ export function openDescriptorFile(path: string, options: OpenOptions): Descript
     fd = fs.openSync(path, 'wx+', 0o600);
     fs.ftruncateSync(fd, options.createSizeBytes);
   }
-  const stat = fs.fstatSync(fd);
+  return { fd, sizeBytes: deviceSizeBytes(path, fs.fstatSync(fd)) };
+}
+
+/** Opens a drive or metadata file for positional I/O, creating it sparse when asked. */
+export function openDescriptorFile(path: string, options: OpenOptions): DescriptorFile {
+  const { fd, sizeBytes } = openFileDescriptor(path, options);
   const skipSync = options.kind === 'drive' && skipFdatasyncPlanted;
-  return new DescriptorFile(path, fd, deviceSizeBytes(path, stat), skipSync, options.syncReadBytesMax ?? 0, options.syncWriteBytesMax ?? 0);
+  return new DescriptorFile(path, fd, sizeBytes, skipSync, options.syncReadBytesMax ?? 0, options.syncWriteBytesMax ?? 0);
 }

@@ -249,6 +249,8 @@ export interface CheckInput {
   recoveries?: readonly Recovery[];
   /** When the images had been read: T is before it. */
   takenUs?: number;
+  /** T must be after this too (a P-VOL must hold every write acknowledged before it). */
+  afterUs?: number;
   /** The volumes' content before the hosts wrote (default: zeros). */
   initial?: Buffer[];
 }
@@ -289,7 +291,13 @@ export function checkWriteOrder(input: CheckInput): CheckResult {
         if (content.kind === 'write') violations.push(`${where} holds write ${content.id}, which the hosts never wrote there`);
         continue; // initial content of a block nobody wrote: allowed at any instant
       }
-      const intervals = allowedIntervals(history, content.kind === 'write' ? content.id : 0);
+      const all = allowedIntervals(history, content.kind === 'write' ? content.id : 0);
+      const afterUs = input.afterUs;
+      const intervals = afterUs === undefined ? all : all.map((iv) => ({ ...iv, lowUs: Math.max(iv.lowUs, afterUs) })).filter((iv) => iv.lowUs < iv.highUs);
+      if (intervals.length === 0 && all.length > 0) {
+        violations.push(`${where} holds ${content.kind === 'write' ? `write ${content.id}` : 'the initial zeros'}, which an acknowledged write had replaced by ${fmt(afterUs ?? 0)}: an acknowledged write is lost`);
+        continue;
+      }
       if (intervals.length === 0) {
         violations.push(`${where} holds ${content.kind === 'write' ? `write ${content.id}` : 'the initial zeros'}, which the hosts never wrote there`);
         continue;
