@@ -21,6 +21,7 @@ export const OPEN_FINDINGS: Readonly<Record<number, string>> = {
   72: 'a planned swap under load loses a write acknowledged just before the freeze',
   81: 'after healing, the group goes PSUE again and lag never reaches 0',
   87: 'a planned swap under load loses a write acknowledged just before the freeze',
+  94: 'after healing, the group goes PSUE again and lag never reaches 0',
   123: 'resync --discard stays "waiting for it to turn receiver" on both arrays',
   173: 'after healing, the group goes PSUE again and lag never reaches 0',
   205: 'after healing, the group goes PSUE again and lag never reaches 0',
