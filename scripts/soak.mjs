@@ -1,7 +1,9 @@
 // Soak run of the replication fault rounds (test/helpers/fault-rounds.ts):
 // as many seeded randomized rounds as asked, with kill -9 of either array,
-// link cuts and stalls, and restore pauses, each followed by a write-order
-// check of the S-VOLs; every 25 rounds the pairs converge and are compared.
+// link faults through the proxy (delay, bandwidth cap, split writes, drop,
+// reset, stall), restore pauses and journal fills until overflow, each followed
+// by a write-order check of the S-VOLs; every 25 rounds the pairs converge and
+// are compared. Ends with the summary table of `npm run faults`.
 //
 //   npm run soak -- --rounds 200 --seed 42 [--keep DIR]
 //
@@ -11,7 +13,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseArgs } from 'node:util';
-import { runFaultRounds } from '../test/helpers/fault-rounds.ts';
+import { runFaultRounds, summaryTable } from '../test/helpers/fault-rounds.ts';
 
 const { values } = parseArgs({
   options: {
@@ -27,8 +29,7 @@ test(`soak: ${rounds} fault rounds, seed ${seed}`, { timeout: rounds * 60_000 },
   const print = (line) => process.stdout.write(`${line}\n`);
   print(`soak: ${rounds} rounds, seed ${seed} (replay: npm run soak -- --rounds ${rounds} --seed ${seed})`);
   const report = await runFaultRounds(t, { seed, rounds, print, ...(values.keep === undefined ? {} : { keepDir: values.keep }) });
-  print(`soak seed ${seed}: ${report.rounds} rounds in ${report.seconds} s; kills A ${report.counts.killA}, B ${report.counts.killB}; ` +
-    `link cut ${report.counts.cut}, stalled ${report.counts.stall}, slowed ${report.counts.slow}; restore paused ${report.counts.pause}; ` +
-    `${report.counts.checks} checks; ${report.writes} writes; ${report.violations.length} violations`);
+  print(`soak summary (seed ${seed}):`);
+  for (const line of summaryTable(report)) print(line);
   assert.deepEqual(report.violations, [], `seed ${seed}`);
 });
