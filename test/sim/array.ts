@@ -18,6 +18,9 @@ import type { Kernel } from './kernel.js';
 import { SimDisk } from './disk.js';
 import type { SimNetwork } from './network.js';
 
+/** The port of every array's link in the simulated network (network.ts): a map key, never a socket. */
+const SIM_LINK_PORT = 1;
+
 export type ArrayState = 'down' | 'starting' | 'up';
 
 /** Wraps a journal device: every write is shown to `tap`; `fault` may flip a bit or misdirect a write. */
@@ -35,7 +38,6 @@ export class SimArray {
   replication: ArrayReplication | undefined;
   /** Bumped at every crash, so late completions of an earlier life are told apart. */
   life = 0;
-  readonly logLines: string[] = [];
 
   constructor(
     readonly id: string,
@@ -61,10 +63,10 @@ export class SimArray {
       'listen:',
       '  nbd: 127.0.0.1:0',
       '  api: 127.0.0.1:0',
-      `  link: ${id}:7000`,
+      `  link: ${id}:${SIM_LINK_PORT}`,
       'peers:',
       `  - id: ${peer.id}`,
-      `    link: ${peer.host}:7000`,
+      `    link: ${peer.host}:${SIM_LINK_PORT}`,
       'link:',
       `  pskFile: ${pskFile}`,
       '  heartbeatMs: 200',
@@ -94,7 +96,6 @@ export class SimArray {
       write: (line: string) => {
         const parsed = JSON.parse(line) as { level: number; msg: string };
         const text = `${this.id} log ${parsed.level >= 40 ? 'WARN' : 'info'} ${parsed.msg}`;
-        this.logLines.push(text);
         this.print(text);
       },
     });

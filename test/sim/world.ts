@@ -78,7 +78,6 @@ class World {
   /** Where the hosts' application runs. */
   primary = A;
   private adminBusy = false;
-  private faultsOn = true;
   /** The S-VOLs hold a consistency point (false from a resync or copy start until PAIR is seen). */
   private svolConsistent = false;
   /** ... and the receiver must have applied up to here (a master's re-send after its restart). */
@@ -94,7 +93,7 @@ class World {
     this.network = new SimNetwork(this.kernel);
     const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
     this.dir = fs.mkdtempSync(path.join(base, `twinstore-sim-${options.seed}-`));
-    const tap: JournalTap = { written: (array, offset, data) => this.tapWrite(array, offset, data), fault: (array, device, offset, data) => this.journalFault(array, device, offset, data) };
+    const tap: JournalTap = { written: (array, _offset, data) => this.tapWrite(array, data), fault: (array, device, offset, data) => this.journalFault(array, device, offset, data) };
     const print = (line: string): void => this.line(line);
     this.arrays = {
       [A]: new SimArray(A, path.join(this.dir, A), this.kernel, this.network, tap, { id: B, host: B }, print),
@@ -538,7 +537,7 @@ class World {
   }
 
   /** Every journal write is tapped: a record stored by a receiver fixes what its (epoch, seq) means. */
-  private tapWrite(array: string, offset: number, data: Buffer): void {
+  private tapWrite(array: string, data: Buffer): void {
     const receiving = this.role(array) === 'restore';
     for (let at = 0; at + 4096 <= data.length; at += 4096) {
       const header = parseRecordHeader(data.subarray(at, at + 4096));
@@ -549,8 +548,6 @@ class World {
       this.checks['record meaning']! += 1;
       if (known !== undefined && known !== means) this.violation(`seq ${header.seq} of epoch ${formatEpoch(header.epoch)} means two writes: ${known} (stored by the receiver) and ${means} (written by ${array})`);
       if (receiving && known === undefined) this.meaning.set(key, means);
-      at += 0;
-      void offset;
     }
   }
 
@@ -575,7 +572,6 @@ class World {
 
   private async healPhase(): Promise<void> {
     this.line('sim heal: faults stop');
-    this.faultsOn = false;
     this.network.heal();
     this.journalFaultRate = 0;
     for (const array of Object.values(this.arrays)) array.disk.faults.ioErrorRate = 0;
