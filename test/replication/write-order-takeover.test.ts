@@ -25,7 +25,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { Hosts, nowUs } from '../helpers/hosts.js';
-import { display, journalShow, readVolume, sleep, startSite, startWithin, waitFor, type Site } from '../helpers/replication.js';
+import { display, journalShow, linkUp, readVolume, sleep, startSite, startWithin, waitFor, type Site } from '../helpers/replication.js';
 import { checkFlushed, checkWriteOrder, type HostLog, type Recovery } from '../helpers/write-order.js';
 import { checkNothingAckedLost, heldWrites, lostAckControl, staleBlockControl, takeover } from '../helpers/takeover-checks.js';
 
@@ -105,6 +105,8 @@ async function killWhenReplicating(site: Site): Promise<number> {
 async function backToA(t: TestContext, site: Site): Promise<void> {
   await startWithin(site.a, 'A');
   await waitFor('A FENCED', async () => (await display(site.a)).every((p) => p.status === 'FENCED'), 30_000, 100);
+  // A hears B (the fence came) before B's own connection to A is back (B redials on a backoff of up to 5 s).
+  await waitFor('the link both ways', () => linkUp(site), 30_000, 100);
   let resync = await site.b.api('POST', '/v1/pairs/resync', { group: 'g1', swap: true });
   if (resync.status === 409 && /--discard site-a/.test(JSON.stringify(resync.json))) {
     // A's journal held host writes B never received (acknowledged, then lost with A): discard them.
