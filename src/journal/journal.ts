@@ -175,7 +175,7 @@ export class Journal {
     });
     await journal.persistHeader();
     const recovery: RecoveryReport = {
-      case: scan.label, records: scan.nextSeq - header.tailSeq, damaged: scan.damaged, headerSlot: chosen.slot, headerCase: chosen.label, steps: scan.steps,
+      case: scan.label, records: scan.nextSeq - header.tailSeq, damaged: scan.damaged, cut: scan.cut, headerSlot: chosen.slot, headerCase: chosen.label, steps: scan.steps,
       cleanShutdown: header.clean, tailSeq: header.tailSeq, nextSeq: scan.nextSeq,
     };
     return { journal, recovery };
@@ -433,7 +433,7 @@ export class Journal {
     const template = this.templateFor(meta.epoch);
     const fields: RecordFields = {
       kind: meta.kind, wrap: false, seq, timestampMs: meta.timestampMs, offset: meta.offset, length: meta.length, lun: meta.lun,
-      session: this.session, dataCrc: dataCrcOf(data),
+      session: this.session, dataCrc: dataCrcOf(data), unsyncedBefore: Math.max(0, seq - this.cursor.durableSeq),
     };
     const borrowed: Buffer[] = [];
     const writes: Promise<void>[] = [];

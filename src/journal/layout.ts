@@ -29,6 +29,7 @@ const headerMagic = 0x54574a48; // "TWJH"
 const recordFieldsBytes = 320;
 const textFieldBytes = 1 + textFieldBytesMax;
 const flagWrap = 1;
+const unsyncedBeforeMax = 2 ** 32 - 1;
 const flagClean = 1;
 
 const kindCodes: Record<RecordKind, number> = { write: 1, zero: 2, trim: 3, base: 4, marker: 5 };
@@ -93,7 +94,7 @@ function readEpoch(buffer: Buffer, at: number): Epoch | undefined {
 //   0 u32 magic "TWJR"     4 u16 version     6 u8 kind     7 u8 flags (1 = wrap)
 //   8 u32 header CRC32C of bytes 12..320     12 u32 data CRC32C (0 without data)
 //  16 u64 seq   24 u64 timestampMs   32 u64 offset   40 u32 length   44 u32 lun
-//  48 u32 session   52 u32 zero   56 epoch (u64 counter, 8-byte nonce, text arrayId)
+//  48 u32 session   52 u32 unsyncedBefore   56 epoch (u64 counter, 8-byte nonce, text arrayId)
 // 136 text instance id   200 text group id   264..4096 zeros
 const recordEpochAt = 56;
 const recordInstanceAt = recordEpochAt + epochFieldBytes;
@@ -111,6 +112,12 @@ export interface RecordHeader {
   lun: number;
   /** The open count of the journal when the record was written. */
   session: number;
+  /**
+   * How many records just below this one were not yet known durable when it was written
+   * (seq − durableSeq then, capped at 2^32 − 1): every record below seq − unsyncedBefore had
+   * been synced. Recovery uses it to tell a torn unsynced record from a synced one damaged later.
+   */
+  unsyncedBefore: number;
   epoch: Epoch;
   instanceId: string;
   groupId: string;
@@ -145,6 +152,7 @@ export class RecordTemplate {
     target.writeUInt32BE(fields.length, at + 40);
     target.writeUInt32BE(fields.lun, at + 44);
     target.writeUInt32BE(fields.session, at + 48);
+    target.writeUInt32BE(Math.min(fields.unsyncedBefore, unsyncedBeforeMax), at + 52);
     target.writeUInt32BE(crc32c(target.subarray(at + 12, at + recordFieldsBytes)), at + 8);
   }
 }
@@ -166,6 +174,7 @@ export function parseRecordHeader(block: Buffer): RecordHeader | undefined {
     length: block.readUInt32BE(40),
     lun: block.readUInt32BE(44),
     session: block.readUInt32BE(48),
+    unsyncedBefore: block.readUInt32BE(52),
     dataCrc: block.readUInt32BE(12),
   };
   const epoch = readEpoch(block, recordEpochAt);

@@ -92,6 +92,12 @@ export interface ProbeFacts {
   data?: boolean;
   /** data = false: the record after it is acceptable (so this one sits in the middle). */
   next?: boolean;
+  /**
+   * next = true: a later record of the chain was written after this one was synced (its
+   * `unsyncedBefore` says so). Then the damage came after the sync (bit rot, a misdirected
+   * write); otherwise this record was never synced and a crash tore it.
+   */
+  synced?: boolean;
 }
 
 export type ProbeAction = 'accept' | 'damaged' | 'wrap' | 'stop' | 'fail';
@@ -114,7 +120,8 @@ export const probeTable: readonly ProbeRow[] = [
   { label: 'stale_epoch', when: { header: true, instance: true, seq: 'expected', session: true, epoch: false }, action: 'stop' },
   { label: 'wrap', when: { ...chained, wrap: true }, action: 'wrap' },
   { label: 'record', when: { ...chained, wrap: false, data: true }, action: 'accept' },
-  { label: 'damaged', when: { ...chained, wrap: false, data: false, next: true }, action: 'damaged' },
+  { label: 'damaged', when: { ...chained, wrap: false, data: false, next: true, synced: true }, action: 'damaged' },
+  { label: 'torn_unsynced', when: { ...chained, wrap: false, data: false, next: true, synced: false }, action: 'stop' },
   { label: 'torn_data_end', when: { ...chained, wrap: false, data: false, next: false }, action: 'stop' },
 ];
 
@@ -170,6 +177,8 @@ export interface ScanResult {
   keptBytes: number;
   lastEpoch: Epoch | undefined;
   damaged: DamagedRecord[];
+  /** Records cut off at a torn end (torn_unsynced, torn_data_end): their writes may have reached the volumes. */
+  cut: DamagedRecord[];
   steps: Partial<Record<RecoveryCase, number>>;
 }
 
@@ -178,16 +187,20 @@ export async function scanRing(device: JournalDevice, header: HeaderState, index
   const ringEnd = ringStartBytes + header.ringBytes;
   const context: ScanContext = { reader: new RingReader(device, ringEnd), header, ringEnd };
   const cursor: ScanCursor = { position: header.tailPosition, spanStart: header.tailPosition, expected: header.tailSeq, previous: undefined };
-  const result: ScanResult = { label: 'empty', nextSeq: header.tailSeq, head: header.tailPosition, keptBytes: 0, lastEpoch: undefined, damaged: [], steps: {} };
+  const result: ScanResult = { label: 'empty', nextSeq: header.tailSeq, head: header.tailPosition, keptBytes: 0, lastEpoch: undefined, damaged: [], cut: [], steps: {} };
   const probesMax = header.ringBytes / blockBytes + 3;
   for (let probe = 0; probe < probesMax; probe += 1) {
-    const { facts, record } = await probeAt(context, cursor);
+    const { facts, record } = await probeAt(context, cursor, result.cut);
     const row = decideProbe(facts);
     result.steps[row.label] = (result.steps[row.label] ?? 0) + 1;
     if (row.action === 'fail') {
       throw new TwinstoreError('JOURNAL_CORRUPT', `journal record at ${cursor.position} has seq ${record?.seq} where the header's tail expects ${cursor.expected}: the header is behind the ring`);
     }
-    if (row.action === 'stop') return { ...result, label: row.label, nextSeq: cursor.expected, head: cursor.spanStart, lastEpoch: cursor.previous?.epoch };
+    if (row.action === 'stop') {
+      if (row.label === 'torn_data_end' && record !== undefined) result.cut.push(regionOf(record));
+      if (row.label !== 'torn_unsynced' && row.label !== 'torn_data_end') result.cut.length = 0;
+      return { ...result, label: row.label, nextSeq: cursor.expected, head: cursor.spanStart, lastEpoch: cursor.previous?.epoch };
+    }
     if (row.action === 'wrap') {
       cursor.position = ringStartBytes;
       continue;
@@ -213,7 +226,7 @@ function accept(context: ScanContext, cursor: ScanCursor, record: RecordHeader, 
   return wasteBytes + recordBytes;
 }
 
-async function probeAt(context: ScanContext, cursor: ScanCursor): Promise<{ facts: ProbeFacts; record: RecordHeader | undefined }> {
+async function probeAt(context: ScanContext, cursor: ScanCursor, cut: DamagedRecord[]): Promise<{ facts: ProbeFacts; record: RecordHeader | undefined }> {
   const { header } = context;
   const record = parseRecordHeader(await context.reader.view(cursor.position, blockBytes));
   const facts: ProbeFacts = { first: cursor.previous === undefined, header: record !== undefined && fitsAt(context, record, cursor.position) };
@@ -236,6 +249,7 @@ async function probeAt(context: ScanContext, cursor: ScanCursor): Promise<{ fact
   facts.data = await dataIntact(context, cursor.position, record);
   if (facts.data) return { facts, record };
   facts.next = await nextAcceptable(context, cursor, record);
+  if (facts.next) facts.synced = record.seq < header.appliedSeq || (await syncedLater(context, cursor, record, cut));
   return { facts, record };
 }
 
@@ -266,6 +280,44 @@ async function nextAcceptable(context: ScanContext, cursor: ScanCursor, record: 
   if (next === undefined || owner === undefined || !fitsAt(context, next, position)) return false;
   const chain = chainsOn(next, record, owner, context.header);
   return next.instanceId === owner.id && next.groupId === context.header.groupId && next.seq === cursor.expected + 1 && chain.session && chain.epoch;
+}
+
+/**
+ * Whether a record of the chain after `record` (damaged data) was written once `record` had been
+ * synced: its seq − unsyncedBefore lies above `record`'s seq. Follows the chain by headers only,
+ * until it breaks or one lap is done. A record damaged after its sync is kept and reported; one
+ * no later record knew as synced was torn by a crash and ends the records (the writes it and its
+ * followers carried were never promised durable, and their regions are still in the activity log).
+ */
+async function syncedLater(context: ScanContext, cursor: ScanCursor, record: RecordHeader, cut: DamagedRecord[]): Promise<boolean> {
+  const chain: DamagedRecord[] = [regionOf(record)];
+  let previous = record;
+  let position = cursor.position;
+  let seq = cursor.expected;
+  for (let steps = 0; steps < context.header.ringBytes / blockBytes; steps += 1) {
+    position += recordBytesFor(previous.kind, previous.length);
+    if (position === context.ringEnd) position = ringStartBytes;
+    const next = parseRecordHeader(await context.reader.view(position, blockBytes));
+    const owner = ownerOf(context.header.instances, seq + 1);
+    if (next === undefined || owner === undefined || !fitsAt(context, next, position)) break;
+    const chained = chainsOn(next, previous, owner, context.header);
+    if (next.instanceId !== owner.id || next.groupId !== context.header.groupId || next.seq !== seq + 1 || !chained.session || !chained.epoch) break;
+    if (next.wrap) {
+      position = ringStartBytes - recordBytesFor(next.kind, next.length);
+      previous = next;
+      continue;
+    }
+    seq += 1;
+    if (next.seq - next.unsyncedBefore > cursor.expected) return true;
+    if (next.kind !== 'marker') chain.push(regionOf(next));
+    previous = next;
+  }
+  cut.push(...chain);
+  return false;
+}
+
+function regionOf(record: RecordHeader): DamagedRecord {
+  return { seq: record.seq, lun: record.lun, offset: record.offset, length: record.length };
 }
 
 /**

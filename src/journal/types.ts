@@ -66,7 +66,8 @@ export type RecoveryCase =
   | 'wrap'
   | 'record'
   | 'damaged'
-  | 'torn_data_end';
+  | 'torn_data_end'
+  | 'torn_unsynced';
 
 export interface DamagedRecord {
   seq: number;
@@ -82,6 +83,12 @@ export interface RecoveryReport {
   records: number;
   /** Records whose header is valid but whose data fails its checksum: never to be applied. */
   damaged: DamagedRecord[];
+  /**
+   * Records cut off at a torn end (`torn_unsynced`, `torn_data_end`): never synced, so never
+   * sent or promised durable, but their writes may have reached the volumes. A master re-sends
+   * their regions with its active regions.
+   */
+  cut: DamagedRecord[];
   /** The header slot the journal was opened from ... */
   headerSlot: 0 | 1;
   /** ... and the header-table label that chose it (both_valid, slot0_torn_or_damaged, slot1_torn_or_damaged). */

@@ -10,6 +10,9 @@
 //   nothing was received for 3 × the larger of the two sides' heartbeatMs. Any
 //   received bytes count, so a long frame in transit keeps the link alive.
 //   While the owner has paused reading (back-pressure) the peer is not blamed.
+//   A ping or pong carries how many frames its side sent before it; a count that
+//   differs from the frames decoded here means the stream lost or doubled one,
+//   and the connection closes at once (docs/link-protocol.md).
 // - Sending corks the socket until the next tick of the event loop, so the
 //   frames of one turn leave in one writev; payload buffers are written as they
 //   are, never copied into the header.
@@ -21,11 +24,16 @@ import { assert, type ErrorCode } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { FrameDecoder } from './decoder.js';
 import { encodeFrame, type Frame } from './frame.js';
-import { CONNECTION_ID, FRAME_TYPE, type HelloBody } from './protocol.js';
+import { CONNECTION_ID, FRAME_TYPE, REQUEST_ID_MAX, type HelloBody } from './protocol.js';
 
 /** Closing politely: how long the peer gets to read our last frame before the socket is destroyed. */
 const CLOSE_GRACE_MS = 1000;
 export const SILENT_HEARTBEATS_MAX = 3;
+
+/** A ping's request id: 1 + the frames its side sent before it, kept within the request-id range (never CONNECTION_ID). */
+export function frameCountTag(frames: number): number {
+  return 1 + (frames % REQUEST_ID_MAX);
+}
 
 export interface ConnectionOptions {
   socket: Duplex;
@@ -48,6 +56,9 @@ export class FrameConnection {
   private corked = false;
   private closed = false;
   private lastSentMs = Date.now();
+  /** Frames handed to the socket, and frames decoded from it: a ping carries the first, checked against the second. */
+  private framesSent = 0;
+  private framesReceived = 0;
   /** Date.now() when bytes last arrived from the peer. */
   lastHeardMs = Date.now();
   readonly label: string;
@@ -93,6 +104,7 @@ export class FrameConnection {
       });
     }
     for (const buffer of buffers) socket.write(buffer);
+    this.framesSent += 1;
     this.lastSentMs = Date.now();
     return true;
   }
@@ -159,6 +171,8 @@ export class FrameConnection {
   }
 
   private dispatch(frame: Frame): void {
+    const before = this.framesReceived;
+    this.framesReceived += 1;
     if (this.peerHeartbeatMs === undefined) {
       if (frame.type !== FRAME_TYPE.HELLO) {
         this.protocolError(`the first frame was not a hello (type ${frame.type})`);
@@ -173,9 +187,18 @@ export class FrameConnection {
         this.protocolError('a second hello frame');
         return;
       case FRAME_TYPE.PING:
-        this.send({ type: FRAME_TYPE.PONG, requestId: frame.requestId });
-        return;
       case FRAME_TYPE.PONG:
+        // Pings and pongs name how many frames their side sent before them (0: a peer that does
+        // not count). TCP loses nothing, so a difference means the stream itself is broken: a
+        // frame lost or doubled on the way (a faulty middlebox), and an answer may never come.
+        // Close it now rather than let a request wait out its timeout. Pongs count too: a side
+        // that only answers pings (its own timer never fires) is checked all the same.
+        if (frame.requestId !== CONNECTION_ID && frame.requestId !== frameCountTag(before)) {
+          const what = frame.type === FRAME_TYPE.PING ? 'ping' : 'pong';
+          this.protocolError(`frames were lost or doubled on this connection: the peer sent ${frame.requestId - 1} before its ${what} (mod 2^53), ${before} arrived`);
+          return;
+        }
+        if (frame.type === FRAME_TYPE.PING) this.send({ type: FRAME_TYPE.PONG, requestId: frameCountTag(this.framesSent) });
         return;
       default:
         this.options.onFrame(frame);
@@ -195,6 +218,6 @@ export class FrameConnection {
       this.close(`the peer was silent for ${silentMs} ms (${SILENT_HEARTBEATS_MAX} heartbeats)`, 'LINK_TIMEOUT');
       return;
     }
-    if (now - this.lastSentMs >= this.heartbeatMs) this.send({ type: FRAME_TYPE.PING, requestId: CONNECTION_ID });
+    if (now - this.lastSentMs >= this.heartbeatMs) this.send({ type: FRAME_TYPE.PING, requestId: frameCountTag(this.framesSent) });
   }
 }

@@ -165,7 +165,7 @@ export class ReplicationManager {
         // the records from the persisted tail are loaded and redone: a release under those reads fails them.
         const group = this.newMaster(meta, journal, false);
         await group.loadUnapplied();
-        const unclean = group.uncleanRegions();
+        const unclean = group.uncleanRegions(recovery.cut);
         if (unclean.length > 0) {
           const redone = await group.redo();
           this.log.warn({ group: meta.name, records: redone }, 'unclean stop: journal records re-applied to the P-VOLs');

@@ -88,6 +88,8 @@ export class MasterGroup extends EventEmitter {
   private readonly durableWaiters = new Set<() => void>();
   private receiverApplied = 0;
   private receiverStored = 0;
+  /** Seqs below this were in the journal when it was opened or have been served since: all a receiver may hold. */
+  private servedTo: number;
   private lastHeardMs = 0;
   /** Timestamp (our clock) of the newest record the receiver applied: the consistency point's time. */
   private consistencyTimeMs: number | undefined;
@@ -107,6 +109,8 @@ export class MasterGroup extends EventEmitter {
   private linkWatch: NodeJS.Timeout | undefined;
   /** Activity regions (per LUN) whose re-send after an unclean stop has not finished. */
   private readonly resendPending = new Map<number, Set<number>>();
+  /** A re-send unit is being appended (a planned swap waits for its end marker). */
+  private resending = false;
   private stopped = false;
   /** The latest suspension's folding of the unapplied records into the bitmaps. */
   private folding: Promise<void> = Promise.resolve();
@@ -117,6 +121,7 @@ export class MasterGroup extends EventEmitter {
     super();
     this.meta = options.meta;
     this.journal = options.journal;
+    this.servedTo = options.journal.nextSeq;
     this.engine = options.engine;
     this.persistMeta = options.persist;
     this.log = options.log.child({ group: options.meta.name });
@@ -198,7 +203,7 @@ export class MasterGroup extends EventEmitter {
     const regions = pvol.activity.regionsOf(offset, length);
     for (const r of regions) pvol.activeWrites.set(r, (pvol.activeWrites.get(r) ?? 0) + 1);
     try {
-      if (!this.journaling(pvol)) return await this.bitmapWrite(pvol, offset, length, apply);
+      if (!this.journalingHostWrite(pvol)) return await this.bitmapWrite(pvol, offset, length, apply);
       const reservation = await this.reserveForHost(pvol, kind, offset, length);
       if (reservation === undefined) return await this.bitmapWrite(pvol, offset, length, apply);
       const meta = { kind, epoch: this.meta.epoch, timestampMs: reservation.timestampMs, lun, offset, length };
@@ -299,12 +304,22 @@ export class MasterGroup extends EventEmitter {
     return pvol.pair.status === 'COPY' || pvol.pair.status === 'PAIR';
   }
 
+  /**
+   * Whether a host write, already admitted, gets a record. SWAP counts: a write that passed the
+   * gate before a freeze began (it may have waited on a range lock meanwhile) is one the freeze
+   * waits for, so its record falls below the swap's end seq. Sent to the bitmap instead, it was
+   * acknowledged and never reached the new primary (simulator seeds 52, 72, 87).
+   */
+  private journalingHostWrite(pvol: Pvol): boolean {
+    return this.journaling(pvol) || pvol.pair.status === 'SWAP';
+  }
+
   /** Reserves a record for a host write; on a full journal applies the overflow policy (undefined: suspended). */
   private async reserveForHost(pvol: Pvol, kind: RecordKind, offset: number, length: number) {
     const dataBytes = kind === 'write' ? length : 0;
     const deadline = this.now() + (this.meta.overflow === 'throttle' ? this.meta.throttleMsMax : 0);
     for (;;) {
-      if (!this.journaling(pvol)) return undefined;
+      if (!this.journalingHostWrite(pvol)) return undefined;
       const timestampMs = this.now();
       try {
         const reservation = this.journal.reserve({ kind, epoch: this.meta.epoch, timestampMs, lun: pvol.pair.pvolLun, offset, length }, dataBytes);
@@ -432,9 +447,28 @@ export class MasterGroup extends EventEmitter {
       pair.statusReason = reason;
     }
     await this.persistMeta(this.meta);
+    await this.foldResendPending();
     this.folding = this.foldUnapplied();
     await this.folding;
     this.emit('changed');
+  }
+
+  /**
+   * A re-send unit cut short by the suspension: the regions it had not sent yet are in no record,
+   * so they go into the bitmaps for the resync to copy.
+   */
+  private async foldResendPending(): Promise<void> {
+    for (const [lun, pending] of this.resendPending) {
+      const pvol = this.pvols.get(lun);
+      if (!pvol) continue;
+      const regions = [...pending].flatMap((r) => {
+        const offset = r * activityRegionBytes;
+        return offset < pvol.volume.sizeBytes ? pvol.bitmap.regionsOf(offset, Math.min(activityRegionBytes, pvol.volume.sizeBytes - offset)) : [];
+      });
+      await pvol.bitmap.addAll(regions);
+    }
+    // In the bitmaps (durably), the regions no longer need the activity log to be re-sent.
+    this.resendPending.clear();
   }
 
   /**
@@ -489,7 +523,17 @@ export class MasterGroup extends EventEmitter {
     let seq = this.journal.tailSeq;
     this.unapplied.clear();
     while (seq < this.journal.durableSeq) {
-      const records = await this.journal.readFrom(seq, readBatchBytesMax);
+      let records: JournalRecord[];
+      try {
+        records = await this.journal.readFrom(seq, readBatchBytesMax);
+      } catch (error) {
+        // A damaged record (its header intact, its data not) is kept: sending it suspends the group.
+        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
+        const region = error.region ? { lun: error.region.lun, offset: error.region.offset, length: error.region.length } : undefined;
+        this.unapplied.push({ seq, timestampMs: this.now(), bytes: 4096 + Math.ceil((region?.length ?? 0) / 4096) * 4096, region });
+        seq += 1;
+        continue;
+      }
       if (records.length === 0) break;
       for (const r of records) {
         const region = r.kind === 'marker' ? undefined : { lun: r.lun, offset: r.offset, length: r.length };
@@ -656,6 +700,7 @@ export class MasterGroup extends EventEmitter {
     this.meta.reclaiming = false;
     this.trackedWriteCount = 0;
     this.meta.divergence = null;
+    if (this.receiverStored > this.journal.nextSeq) await this.skipPastReceiver();
     const resyncFromSeq = this.journal.nextSeq;
     this.resyncFromSeq = resyncFromSeq;
     // Writes that chose the bitmap way before the switch mark it before they write: wait for them.
@@ -670,6 +715,22 @@ export class MasterGroup extends EventEmitter {
     this.log.info({ dirtyBytes }, 'resync started');
     for (const pvol of this.pvols.values()) this.startCopy(pvol.pair.pvolLun);
     return { dirtyBytes, resyncFromSeq };
+  }
+
+  /**
+   * Before a resync, when the receiver holds records past this journal's end (receiverAhead): the
+   * journal starts a new instance at the receiver's next seq, so no seq it holds is given to
+   * another write. Every record it had not applied went into the bitmaps at the suspension.
+   */
+  private async skipPastReceiver(): Promise<void> {
+    const from = this.journal.nextSeq;
+    const to = this.receiverStored;
+    this.log.warn({ from, to }, 'the receiver holds records past this journal: the journal goes on from its next seq');
+    await this.journal.setRole('master', this.meta.epoch, { keepRecords: false, firstSeq: to });
+    // The receiver still applies what it stored: those records stay in the lag until it has.
+    for (let seq = Math.max(from, this.receiverApplied); seq < to; seq += 1) this.unapplied.push({ seq, timestampMs: this.now(), bytes: 4096, region: undefined });
+    this.writtenSeq = to - 1;
+    this.servedTo = to;
   }
 
   // ---- planned swap and fencing (DESIGN.md §6) ------------------------------------
@@ -691,12 +752,24 @@ export class MasterGroup extends EventEmitter {
       this.thawGate();
       throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${bad.pvolName} is ${bad.status}; a planned swap needs PAIR`, { field: 'group' });
     }
+    if (this.resending) {
+      // The unit's end marker would fall past the end seq: the receiver could never apply up to it.
+      this.thawGate();
+      throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name} is still re-sending its active regions after an unclean stop; retry the swap once it is done`, { field: 'group' });
+    }
     for (const pair of this.meta.pairs) {
       pair.status = 'SWAP';
       pair.statusReason = 'swap: frozen';
     }
     await this.persistMeta(this.meta);
     if (this.hostWritesInFlight > 0) await new Promise<void>((resolve) => this.writesDrained.push(resolve));
+    // A write in flight may have suspended the group (journal full, drive error) and gone to the
+    // bitmap: the end seq would not cover it. The swap is refused; a resync copies those regions.
+    const left = this.meta.pairs.find((p) => p.status !== 'SWAP');
+    if (left) {
+      this.thawGate();
+      throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${left.pvolName} became ${left.status} during the freeze; the swap is refused`, { field: 'group' });
+    }
     await this.flush();
     this.emit('changed');
     return this.journal.nextSeq;
@@ -921,6 +994,7 @@ export class MasterGroup extends EventEmitter {
     driveError?: ReceiverDriveError;
   }): Promise<JournalRecord[]> {
     this.lastHeardMs = this.now();
+    if (request.storedSeq > this.servedTo) return this.receiverAhead(request.storedSeq);
     this.noteReceiver(request.storedSeq, request.appliedSeq);
     if (request.damaged !== undefined) await this.receiverDamaged(request.damaged);
     if (request.driveError !== undefined) await this.receiverDriveError(request.driveError);
@@ -938,12 +1012,31 @@ export class MasterGroup extends EventEmitter {
     }
     if (this.journal.durableSeq <= request.fromSeq) return [];
     try {
-      return await this.journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax));
+      const records = await this.journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax));
+      const last = records[records.length - 1];
+      if (last !== undefined && last.seq >= this.servedTo) this.servedTo = last.seq + 1;
+      return records;
     } catch (error) {
       if (error instanceof JournalRecordCorruptError) await this.suspendForDamage(error);
       if (isIoError(error)) await this.driveError(error, 'journal read');
       throw error;
     }
+  }
+
+  /**
+   * The receiver stored records past any this journal holds or served since it was opened: a
+   * crash cut them here (a synced record damaged with nothing after it to prove it synced, or a
+   * drive that lost synced writes). Serving on would give those seqs to new writes, so a seq would
+   * mean two writes: the group suspends instead, and its resync starts past the receiver's records.
+   */
+  private async receiverAhead(storedSeq: number): Promise<never> {
+    this.receiverStored = Math.max(this.receiverStored, storedSeq);
+    const message = `the receiver stored records up to seq ${storedSeq - 1}, but this journal holds and served only up to ${this.servedTo - 1}`;
+    if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {
+      this.log.error({ storedSeq, servedTo: this.servedTo }, `${message}; suspending`);
+      await this.suspend(`receiver-ahead: seq ${storedSeq - 1} on ${this.meta.peer}`);
+    }
+    throw new TwinstoreError('JOURNAL_CORRUPT', `group ${this.meta.name}: ${message}; pair resync starts past them`);
   }
 
   /**
@@ -982,10 +1075,9 @@ export class MasterGroup extends EventEmitter {
     const volume = this.engine.volumeById(this.meta.journalVolumeId);
     if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${this.meta.name} is missing`);
     const { journal, recovery } = await Journal.open(new VolumeJournalDevice(volume, this.engine));
-    if (journal.nextSeq < this.receiverStored) {
-      throw new TwinstoreError('JOURNAL_CORRUPT', `group ${this.meta.name}: the journal opened again ends at seq ${journal.nextSeq}, but the receiver stored up to ${this.receiverStored}`);
-    }
+    // Ending below what the receiver stored, the resync that called this skips past it (skipPastReceiver).
     this.journal = journal;
+    this.servedTo = Math.max(this.servedTo, journal.nextSeq);
     journal.release(Math.min(this.receiverApplied, journal.durableSeq));
     await this.loadUnapplied();
     this.unapplied.dropBelow(this.receiverApplied);
@@ -1086,11 +1178,19 @@ export class MasterGroup extends EventEmitter {
     await this.journal.close();
   }
 
-  /** After an unclean stop: the regions the activity log names, to re-send as base records. */
-  uncleanRegions(): Array<{ lun: number; offset: number; length: number }> {
+  /**
+   * After an unclean stop: the regions the activity log names, and those of records the journal's
+   * recovery cut off at a torn end (`cut`, normally inside them already), to re-send as base records.
+   */
+  uncleanRegions(cut: ReadonlyArray<{ lun: number; offset: number; length: number }> = []): Array<{ lun: number; offset: number; length: number }> {
     const out: Array<{ lun: number; offset: number; length: number }> = [];
     for (const pvol of this.pvols.values()) {
-      for (const r of pvol.activity.values()) {
+      const regions = new Set(pvol.activity.values());
+      for (const record of cut) {
+        if (record.lun !== pvol.pair.pvolLun || record.offset >= pvol.volume.sizeBytes || record.length === 0) continue;
+        for (const r of pvol.activity.regionsOf(record.offset, Math.min(record.length, pvol.volume.sizeBytes - record.offset))) regions.add(r);
+      }
+      for (const r of [...regions].sort((a, b) => a - b)) {
         const offset = r * activityRegionBytes;
         if (offset < pvol.volume.sizeBytes) out.push({ lun: pvol.pair.pvolLun, offset, length: Math.min(activityRegionBytes, pvol.volume.sizeBytes - offset) });
       }
@@ -1109,8 +1209,19 @@ export class MasterGroup extends EventEmitter {
   async redo(): Promise<number> {
     let seq = this.journal.tailSeq;
     let count = 0;
+    const damaged: Array<{ lun: number; offset: number; length: number }> = [];
     while (seq < this.journal.durableSeq) {
-      const records = await this.journal.readFrom(seq, readBatchBytesMax);
+      let records: JournalRecord[];
+      try {
+        records = await this.journal.readFrom(seq, readBatchBytesMax);
+      } catch (error) {
+        // A damaged record cannot be redone: its region goes into the bitmap (after the redo, so
+        // the intact records over it are still redone) and the resync copies it.
+        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
+        if (error.region) damaged.push(error.region);
+        seq += 1;
+        continue;
+      }
       if (records.length === 0) break;
       for (const record of records) {
         const pvol = this.pvols.get(record.lun);
@@ -1125,6 +1236,10 @@ export class MasterGroup extends EventEmitter {
       seq = records[records.length - 1]!.seq + 1;
     }
     await this.engine.flush();
+    for (const region of damaged) {
+      const pvol = this.pvols.get(region.lun);
+      if (pvol && region.offset < pvol.volume.sizeBytes) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(region.offset, Math.min(region.length, pvol.volume.sizeBytes - region.offset)));
+    }
     return count;
   }
 
@@ -1135,6 +1250,15 @@ export class MasterGroup extends EventEmitter {
    * before it; the regions go into the bitmaps for a resync.
    */
   async resend(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
+    this.resending = true;
+    try {
+      await this.resendUnit(regions);
+    } finally {
+      this.resending = false;
+    }
+  }
+
+  private async resendUnit(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
     const live = regions.filter((r) => this.journaling(this.pvolOf(r.lun)));
     if (live.length === 0) return;
     for (const r of live) {

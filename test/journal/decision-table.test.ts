@@ -22,12 +22,12 @@ function combinations<T extends object>(values: Values<T>): T[] {
 const bool = [true, false] as const;
 
 const probeValues: Values<ProbeFacts> = {
-  first: bool, header: bool, later: bool, instance: bool, seq: ['lower', 'expected', 'higher'], session: bool, epoch: bool, wrap: bool, data: bool, next: bool,
+  first: bool, header: bool, later: bool, instance: bool, seq: ['lower', 'expected', 'higher'], session: bool, epoch: bool, wrap: bool, data: bool, next: bool, synced: bool,
 };
 
-test('probe table: exactly one row matches each of the 1536 combinations of facts', () => {
+test('probe table: exactly one row matches each of the 3072 combinations of facts', () => {
   const all = combinations<ProbeFacts>(probeValues);
-  assert.equal(all.length, 2 ** 9 * 3);
+  assert.equal(all.length, 2 ** 10 * 3);
   for (const facts of all) {
     const rows = matchingRows(probeTable, facts);
     assert.equal(rows.length, 1, `${JSON.stringify(facts)} matches ${rows.map((row) => row.label).join(', ') || 'no row'}`);

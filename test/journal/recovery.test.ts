@@ -24,12 +24,19 @@ interface Opened {
   recovery: RecoveryReport;
 }
 
-/** Formats a journal and appends `count` synced write records of `length` bytes (seed = seq). */
-async function withRecords(count: number, length = 6000): Promise<{ device: MemoryJournalDevice; journal: Journal; reservations: Reservation[] }> {
+/**
+ * Formats a journal and appends `count` write records of `length` bytes (seed = seq), synced
+ * once at the end, or after each record with `syncEach` (then each record's header proves the
+ * ones before it were synced).
+ */
+async function withRecords(count: number, length = 6000, syncEach = false): Promise<{ device: MemoryJournalDevice; journal: Journal; reservations: Reservation[] }> {
   const device = memoryDevice();
   const journal = await formatted(device);
   const reservations: Reservation[] = [];
-  for (let i = 0; i < count; i += 1) reservations.push(await append(journal, recordMeta('write', length), journal.nextSeq));
+  for (let i = 0; i < count; i += 1) {
+    reservations.push(await append(journal, recordMeta('write', length), journal.nextSeq));
+    if (syncEach) await journal.sync();
+  }
   await journal.sync();
   return { device, journal, reservations };
 }
@@ -59,7 +66,7 @@ async function plantRecord(device: MemoryJournalDevice, position: number, plante
   const block = Buffer.alloc(recordBytesFor('write', length));
   const template = new RecordTemplate(planted.instanceId ?? 'instance-1', 'group-1', planted.epoch ?? epochA);
   template.encode(block, 0, {
-    kind: 'write', wrap: false, seq: planted.seq, timestampMs: 1, offset: 0, length, lun: 3, session: planted.session ?? 1, dataCrc: crc32c(data),
+    kind: 'write', wrap: false, seq: planted.seq, timestampMs: 1, offset: 0, length, lun: 3, session: planted.session ?? 1, dataCrc: crc32c(data), unsyncedBefore: 0,
   });
   data.copy(block, 4096);
   await device.plant(position, block);
@@ -211,8 +218,8 @@ test('wrap: the scan follows a wrap marker to the ring start, and records stradd
   for (const record of records) assert.ok(record.data!.equals(pattern(record.seq, length)));
 });
 
-test('damaged: a bad data checksum in the middle is reported, the scan goes on, and reading it fails naming the seq', async () => {
-  const { device, reservations } = await withRecords(5);
+test('damaged: a bad data checksum in the middle of synced records is reported, the scan goes on, and reading it fails naming the seq', async () => {
+  const { device, reservations } = await withRecords(5, 6000, true);
   await device.plant(reservations[2]!.position + 4096 + 10, Buffer.from([0xff ^ pattern(3, 11)[10]!]));
   const { journal, recovery } = await reopen(device);
   assert.equal(recovery.case, 'end');
@@ -228,6 +235,47 @@ test('damaged: a bad data checksum in the middle is reported, the scan goes on, 
     return true;
   });
   assert.deepEqual(seqs(await journal.readFrom(4, mib)), [4, 5]);
+});
+
+test('torn_unsynced: a bad data checksum in the middle of a batch no later record knew as synced is a crash tear: the records end before it', async () => {
+  // One sync after five records: the power cut lost record 3's data block while records 4 and 5 landed.
+  const { device, reservations } = await withRecords(5);
+  await device.plant(reservations[2]!.position + 4096 + 10, Buffer.from([0xff ^ pattern(3, 11)[10]!]));
+  const { journal, recovery } = await reopen(device);
+  assert.equal(recovery.case, 'torn_unsynced');
+  assert.deepEqual(recovery.damaged, []);
+  assert.deepEqual(recovery.cut.map((r) => r.seq), [3, 4, 5], 'the records cut off are named, with their regions');
+  assert.deepEqual(recovery.cut[0], { seq: 3, lun: 3, offset: 4096 * 7, length: 6000 });
+  assert.deepEqual(seqs(await readAll(journal)), [1, 2]);
+  assert.equal(journal.nextSeq, 3);
+  // The next record goes where record 3 was; a second crash and open keep it, not the leftovers.
+  const next = await append(journal, recordMeta('write', 6000), 3);
+  assert.equal(next.position, reservations[2]!.position);
+  await journal.sync();
+  const again = await reopen(device);
+  assert.deepEqual(seqs(await readAll(again.journal)), [1, 2, 3]);
+});
+
+test('torn_unsynced is not taken for a record below the header\'s applied cursor: that one was synced, so it is damaged', async () => {
+  const { device, journal, reservations } = await withRecords(5);
+  journal.markApplied(4);
+  await journal.persistHeader();
+  await device.plant(reservations[2]!.position + 4096 + 10, Buffer.from([0xff ^ pattern(3, 11)[10]!]));
+  const { recovery } = await reopen(device);
+  assert.equal(recovery.case, 'end');
+  assert.deepEqual(recovery.damaged.map((r) => r.seq), [3]);
+  assert.deepEqual(recovery.cut, []);
+});
+
+test('a later record written after the sync proves it: damage found past a sync is damaged, not torn', async () => {
+  const { device, journal, reservations } = await withRecords(3);
+  // Records 4 and 5 were written after records 1-3 were synced: their headers say so.
+  reservations.push(await append(journal, recordMeta('write', 6000), 4), await append(journal, recordMeta('write', 6000), 5));
+  await journal.sync();
+  await device.plant(reservations[2]!.position + 4096 + 10, Buffer.from([0xff ^ pattern(3, 11)[10]!]));
+  const { recovery } = await reopen(device);
+  assert.deepEqual(recovery.damaged.map((r) => r.seq), [3]);
+  assert.equal(recovery.steps.torn_unsynced, undefined);
 });
 
 test('torn_data_end: a bad data checksum in the last record is a torn write: discarded', async () => {

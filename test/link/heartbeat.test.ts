@@ -6,12 +6,17 @@
 // Method: a LinkServer and a PeerLink on 127.0.0.1 through a TCP proxy that can
 // stall (stop forwarding without closing anything); heartbeats of 100 ms; a raw
 // TLS-PSK client that sends its HELLO and then nothing (it reads, never answers).
+// Pings count the frames sent before them: a raw client whose ping claims a
+// frame that never arrived (a frame lost on a live stream, which TCP never does
+// but a broken middlebox can) gets its connection closed at once, not a request
+// hung until its timeout; a correct count or a peer that does not count (0) is
+// answered with a pong that carries the server's own count.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { TwinstoreError } from '../../src/errors.js';
 import { LinkServer, PeerLink } from '../../src/link/index.js';
-import { HOST, WARN, captureLog, delay, echoHandler, identity, once, rawHello, rawTlsClient, startPair, startProxy, waitFor } from './helpers.js';
+import { HOST, TYPE, WARN, captureLog, delay, echoHandler, frameTypes, identity, once, rawFrame, rawHello, rawTlsClient, startPair, startProxy, waitFor } from './helpers.js';
 
 const heartbeatMs = 100;
 
@@ -80,4 +85,25 @@ test('the server closes a connection that sends its HELLO and then nothing', asy
   const closedMs = Date.now() - started;
   assert.ok(closedMs >= 2 * heartbeatMs && closedMs <= 3 * heartbeatMs + 150, `closed after ${closedMs} ms`);
   assert.ok(lines.some((line) => line.level === WARN && /site-z at .* silent for/.test(line.msg)));
+});
+
+test('a ping names the frames sent before it: a count that does not match closes the connection at once', async (t) => {
+  const { port } = await startPair(t, { serverHeartbeatMs: 5000 });
+  // Counted right (the hello was frame 1, so the tag is 2), and not counted (0): both answered.
+  const good = await rawTlsClient(t, port, { arrayId: 'site-z' });
+  good.socket.write(Buffer.concat([rawHello('site-z', 5000), rawFrame({ type: TYPE.ping, requestId: 2 }), rawFrame({ type: TYPE.ping, requestId: 0 })]));
+  await waitFor('two pongs', () => frameTypes(good.received()).filter((f) => f.type === TYPE.pong).length === 2);
+  // The server's pongs count its own frames: its hello, then the first pong.
+  assert.deepEqual(frameTypes(good.received()).filter((f) => f.type === TYPE.pong).map((f) => f.requestId), [2, 3]);
+  assert.ok(!good.socket.destroyed);
+
+  // The ping says 2 frames went before it; only the hello arrived (the other was lost).
+  const lossy = await rawTlsClient(t, port, { arrayId: 'site-y' });
+  const sentAt = Date.now();
+  lossy.socket.write(Buffer.concat([rawHello('site-y', 5000), rawFrame({ type: TYPE.ping, requestId: 3 })]));
+  await lossy.closed;
+  assert.ok(Date.now() - sentAt < 1000, 'closed at the ping, not after a timeout');
+  const last = frameTypes(lossy.received()).at(-1);
+  assert.equal(last?.type, TYPE.error);
+  assert.match((last?.json as { message: string }).message, /frames were lost or doubled on this connection: the peer sent 2 before its ping \(mod 2\^53\), 1 arrived/);
 });

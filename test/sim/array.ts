@@ -92,10 +92,12 @@ export class SimArray {
   async start(): Promise<void> {
     this.state = 'starting';
     const life = this.life;
-    const log = pino({ level: 'info', base: null, timestamp: false }, {
+    const log = pino({ level: process.env.SIM_LOG_LEVEL ?? 'info', base: null, timestamp: false }, {
       write: (line: string) => {
-        const parsed = JSON.parse(line) as { level: number; msg: string };
-        const text = `${this.id} log ${parsed.level >= 40 ? 'WARN' : 'info'} ${parsed.msg}`;
+        const { level, msg, ...fields } = JSON.parse(line) as { level: number; msg: string } & Record<string, unknown>;
+        // Warnings carry their fields (the reason of a suspension, the seq of a damaged record).
+        const detail = level >= 40 && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
+        const text = `${this.id} log ${level >= 40 ? 'WARN' : 'info'} ${msg}${detail}`;
         this.print(text);
       },
     });

@@ -4,7 +4,10 @@
 // frames) travels as one packet whose delivery the kernel schedules after a
 // seeded delay. Per direction between two arrays the network can be:
 //   delayed      packets take 5-200 ms instead of 0-2 ms (order kept);
-//   partitioned  packets vanish and new connections time out (one way or both);
+//   partitioned  new connections time out (one way or both); on open connections the
+//                bytes are held, as TCP retransmits them, and arrive in order once it
+//                heals (unless the connection was closed meanwhile); a lossy partition
+//                (a broken middlebox) loses them instead, which TCP never does;
 //   clogged      packets wait until the clog ends, then flow in order;
 // and single packets can be dropped, duplicated or swapped with the next one,
 // which TCP never does: the link's framing and request ids must turn each into
@@ -19,7 +22,11 @@ import type { Kernel } from './kernel.js';
 interface DirectionState {
   delayed: boolean;
   partitioned: boolean;
+  /** While partitioned, bytes on open connections are lost, not held. */
+  lossy: boolean;
   clogUntilMs: number;
+  /** What open connections sent while partitioned, to go out in order at the heal. */
+  held: Array<() => void>;
 }
 
 export interface PacketFaults {
@@ -33,7 +40,7 @@ export class SimNetwork {
   private readonly directions = new Map<string, DirectionState>();
   private readonly sockets = new Set<SimSocket>();
   packetFaults: PacketFaults = { drop: 0, duplicate: 0, reorder: 0 };
-  stats = { packets: 0, dropped: 0, duplicated: 0, reordered: 0, partitionedDrops: 0, resets: 0, connections: 0, refused: 0 };
+  stats = { packets: 0, dropped: 0, duplicated: 0, reordered: 0, partitionHeld: 0, partitionLost: 0, resets: 0, connections: 0, refused: 0 };
 
   constructor(readonly kernel: Kernel) {}
 
@@ -41,15 +48,25 @@ export class SimNetwork {
     const key = `${from}>${to}`;
     let state = this.directions.get(key);
     if (state === undefined) {
-      state = { delayed: false, partitioned: false, clogUntilMs: 0 };
+      state = { delayed: false, partitioned: false, lossy: false, clogUntilMs: 0, held: [] };
       this.directions.set(key, state);
     }
     return state;
   }
 
   heal(): void {
-    for (const state of this.directions.values()) Object.assign(state, { delayed: false, partitioned: false, clogUntilMs: 0 });
+    for (const state of this.directions.values()) {
+      Object.assign(state, { delayed: false, clogUntilMs: 0 });
+      this.setPartitioned(state, false);
+    }
     this.packetFaults = { drop: 0, duplicate: 0, reorder: 0 };
+  }
+
+  /** Partitions one direction, or heals it: then what open connections sent meanwhile goes out, in order. */
+  setPartitioned(state: DirectionState, partitioned: boolean, lossy = false): void {
+    state.partitioned = partitioned;
+    state.lossy = partitioned && lossy;
+    if (!partitioned) for (const release of state.held.splice(0)) release();
   }
 
   /** Ends every connection between a and b (both see it after a delay). */
@@ -135,10 +152,20 @@ export class SimNetwork {
     if (peer === undefined) return;
     this.stats.packets += 1;
     const state = this.direction(socket.local, socket.remote);
-    if (state.partitioned) {
-      this.stats.partitionedDrops += 1;
+    if (state.partitioned && state.lossy) {
+      this.stats.partitionLost += 1;
       return;
     }
+    if (state.partitioned) {
+      this.stats.partitionHeld += 1;
+      state.held.push(() => this.transmit(socket, peer, packet));
+      return;
+    }
+    this.transmit(socket, peer, packet);
+  }
+
+  private transmit(socket: SimSocket, peer: SimSocket, packet: Buffer): void {
+    if (socket.dead) return;
     const { kernel, packetFaults } = this;
     if (kernel.chance(packetFaults.drop)) {
       this.stats.dropped += 1;
@@ -165,7 +192,15 @@ export class SimNetwork {
     const peer = socket.peer;
     if (peer === undefined || socket.dead) return;
     const state = this.direction(socket.local, socket.remote);
-    if (state.partitioned) return;
+    if (state.partitioned) {
+      if (!state.lossy) state.held.push(() => this.tellClosed(socket, peer, how));
+      return;
+    }
+    this.tellClosed(socket, peer, how);
+  }
+
+  private tellClosed(socket: SimSocket, peer: SimSocket, how: 'end' | 'destroy'): void {
+    if (socket.dead) return;
     const at = Math.max(this.kernel.nowMs + this.delayMs(socket.local, socket.remote), socket.lastArrivalMs);
     this.kernel.schedule(at - this.kernel.nowMs, `${peer.local} hears ${how} from ${socket.local}`, () => {
       if (how === 'end') peer.push(null);

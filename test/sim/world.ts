@@ -272,13 +272,15 @@ class World {
     }
     if (roll < 34) {
       const both = k.chance(0.5);
+      const lossy = k.chance(0.25);
       this.count(this.faults, both ? 'partition both ways' : 'partition one way');
-      this.network.direction(pair[0]!, pair[1]!).partitioned = true;
-      if (both) this.network.direction(pair[1]!, pair[0]!).partitioned = true;
-      this.line(`sim F partition ${pair[0]} -> ${pair[1]}${both ? ' both ways' : ''}`);
+      if (lossy) this.count(this.faults, 'partition lossy');
+      this.network.setPartitioned(this.network.direction(pair[0]!, pair[1]!), true, lossy);
+      if (both) this.network.setPartitioned(this.network.direction(pair[1]!, pair[0]!), true, lossy);
+      this.line(`sim F partition ${pair[0]} -> ${pair[1]}${both ? ' both ways' : ''}${lossy ? ' (lossy: open connections lose bytes)' : ''}`);
       k.schedule(k.int(200, 6000), 'sim F heal partition', () => {
-        this.network.direction(pair[0]!, pair[1]!).partitioned = false;
-        this.network.direction(pair[1]!, pair[0]!).partitioned = false;
+        this.network.setPartitioned(this.network.direction(pair[0]!, pair[1]!), false);
+        this.network.setPartitioned(this.network.direction(pair[1]!, pair[0]!), false);
       }, 'sim');
       return;
     }
@@ -640,9 +642,14 @@ class World {
       let target = p;
       const state = this.takeoverState(p);
       if (state === 'fenced' || state === 'reclaiming') op = 'resync --discard';
+      // A resync --discard run on the other array failed on the way (its answer lost) but went
+      // part of the way: the operator runs it again there, and the hosts move to that side.
+      else if (this.takeoverState(s) === 'reclaiming') [op, target] = ['resync --discard', s];
       else if (this.role(p) === 'master' && this.role(s) === 'master') op = 'resync --swap';
-      else if (this.role(p) === 'restore' && this.role(s) === 'master') [op, target] = ['takeover', s];
-      else if (status === 'PSUS' || status === 'PSUE') op = 'resync';
+      // On the sending side: the simulated arrays have no HTTP API to forward a command through.
+      else if (status === 'PSUS' || status === 'PSUE') [op, target] = ['resync', this.role(p) === 'restore' ? s : p];
+      // The hosts' side receives (a swap whose answer was lost): once PAIR, a takeover there swaps back.
+      else if (this.role(p) === 'restore' && this.role(s) === 'master' && status === 'PAIR') op = 'takeover';
       else if (status === 'SSWS') op = 'resync --swap';
       if (op !== undefined && !this.adminBusy) {
         this.adminBusy = true;
