@@ -67,7 +67,7 @@ test(`the CI seeds (${CI_SEEDS.length} runs) find no violation`, { timeout: 10 *
   for (const run of runs) assert.equal(run.code, 0, `violations found:\n${run.out}`);
 });
 
-test('open findings (seeds not fixed yet, see OPEN_FINDINGS)', { todo: 'issue 5: fix and move into the CI set', timeout: 5 * 60_000 }, async () => {
+test('open findings (seeds not fixed yet, see OPEN_FINDINGS)', { todo: 'issue 5: fix and move into the CI set', skip: Object.keys(OPEN_FINDINGS).length === 0 ? 'no open finding' : false, timeout: 5 * 60_000 }, async () => {
   const run = await sim(['--seeds', Object.keys(OPEN_FINDINGS).join(','), ...without]);
   console.log(run.out.trim());
   assert.equal(run.code, 0);
