@@ -175,7 +175,7 @@ export class Journal {
     });
     await journal.persistHeader();
     const recovery: RecoveryReport = {
-      case: scan.label, records: scan.nextSeq - header.tailSeq, damaged: scan.damaged, cut: scan.cut, headerSlot: chosen.slot, headerCase: chosen.label, steps: scan.steps,
+      case: scan.label, records: scan.nextSeq - header.tailSeq, damaged: scan.damaged, cut: scan.cut, lostFrom: scan.lostFrom, headerSlot: chosen.slot, headerCase: chosen.label, steps: scan.steps,
       cleanShutdown: header.clean, tailSeq: header.tailSeq, nextSeq: scan.nextSeq,
     };
     return { journal, recovery };

@@ -179,6 +179,8 @@ export interface ScanResult {
   damaged: DamagedRecord[];
   /** Records cut off at a torn end (torn_unsynced, torn_data_end): their writes may have reached the volumes. */
   cut: DamagedRecord[];
+  /** The scan stopped at damage, not at the end: records from this seq on had been synced (syncedPastStop). */
+  lostFrom: number | null;
   steps: Partial<Record<RecoveryCase, number>>;
 }
 
@@ -187,7 +189,7 @@ export async function scanRing(device: JournalDevice, header: HeaderState, index
   const ringEnd = ringStartBytes + header.ringBytes;
   const context: ScanContext = { reader: new RingReader(device, ringEnd), header, ringEnd };
   const cursor: ScanCursor = { position: header.tailPosition, spanStart: header.tailPosition, expected: header.tailSeq, previous: undefined };
-  const result: ScanResult = { label: 'empty', nextSeq: header.tailSeq, head: header.tailPosition, keptBytes: 0, lastEpoch: undefined, damaged: [], cut: [], steps: {} };
+  const result: ScanResult = { label: 'empty', nextSeq: header.tailSeq, head: header.tailPosition, keptBytes: 0, lastEpoch: undefined, damaged: [], cut: [], lostFrom: null, steps: {} };
   const probesMax = header.ringBytes / blockBytes + 3;
   for (let probe = 0; probe < probesMax; probe += 1) {
     const { facts, record } = await probeAt(context, cursor, result.cut);
@@ -199,7 +201,8 @@ export async function scanRing(device: JournalDevice, header: HeaderState, index
     if (row.action === 'stop') {
       if (row.label === 'torn_data_end' && record !== undefined) result.cut.push(regionOf(record));
       if (row.label !== 'torn_unsynced' && row.label !== 'torn_data_end') result.cut.length = 0;
-      return { ...result, label: row.label, nextSeq: cursor.expected, head: cursor.spanStart, lastEpoch: cursor.previous?.epoch };
+      const lostFrom = row.label !== 'empty' && (await syncedPastStop(context, cursor)) ? cursor.expected : null;
+      return { ...result, label: row.label, nextSeq: cursor.expected, head: cursor.spanStart, lastEpoch: cursor.previous?.epoch, lostFrom };
     }
     if (row.action === 'wrap') {
       cursor.position = ringStartBytes;
@@ -283,36 +286,70 @@ async function nextAcceptable(context: ScanContext, cursor: ScanCursor, record: 
 }
 
 /**
- * Whether a record of the chain after `record` (damaged data) was written once `record` had been
- * synced: its seq − unsyncedBefore lies above `record`'s seq. Follows the chain by headers only,
- * until it breaks or one lap is done. A record damaged after its sync is kept and reported; one
- * no later record knew as synced was torn by a crash and ends the records (the writes it and its
- * followers carried were never promised durable, and their regions are still in the activity log).
+ * Follows the chain of records after `record` (at `position`, seq `seq`) by headers only, until it
+ * breaks or one lap is done, calling `visit` for each record (not wrap markers); stops early when
+ * `visit` returns true, and then returns true.
  */
-async function syncedLater(context: ScanContext, cursor: ScanCursor, record: RecordHeader, cut: DamagedRecord[]): Promise<boolean> {
-  const chain: DamagedRecord[] = [regionOf(record)];
+async function followChain(context: ScanContext, position: number, record: RecordHeader, seq: number, visit: (next: RecordHeader) => boolean): Promise<boolean> {
   let previous = record;
-  let position = cursor.position;
-  let seq = cursor.expected;
   for (let steps = 0; steps < context.header.ringBytes / blockBytes; steps += 1) {
     position += recordBytesFor(previous.kind, previous.length);
     if (position === context.ringEnd) position = ringStartBytes;
     const next = parseRecordHeader(await context.reader.view(position, blockBytes));
     const owner = ownerOf(context.header.instances, seq + 1);
-    if (next === undefined || owner === undefined || !fitsAt(context, next, position)) break;
+    if (next === undefined || owner === undefined || !fitsAt(context, next, position)) return false;
     const chained = chainsOn(next, previous, owner, context.header);
-    if (next.instanceId !== owner.id || next.groupId !== context.header.groupId || next.seq !== seq + 1 || !chained.session || !chained.epoch) break;
+    if (next.instanceId !== owner.id || next.groupId !== context.header.groupId || next.seq !== seq + 1 || !chained.session || !chained.epoch) return false;
     if (next.wrap) {
       position = ringStartBytes - recordBytesFor(next.kind, next.length);
       previous = next;
       continue;
     }
     seq += 1;
-    if (next.seq - next.unsyncedBefore > cursor.expected) return true;
-    if (next.kind !== 'marker') chain.push(regionOf(next));
+    if (visit(next)) return true;
     previous = next;
   }
-  cut.push(...chain);
+  return false;
+}
+
+/** A record written once every record below `seq` had been synced (its unsyncedBefore says so). */
+function provesSynced(record: RecordHeader, seq: number): boolean {
+  return record.seq - record.unsyncedBefore > seq;
+}
+
+/**
+ * Whether a record of the chain after `record` (damaged data) was written once `record` had been
+ * synced. A record damaged after its sync is kept and reported; one no later record knew as
+ * synced was torn by a crash and ends the records (the writes it and its followers carried were
+ * never promised durable, and their regions are still in the activity log): those go to `cut`.
+ */
+async function syncedLater(context: ScanContext, cursor: ScanCursor, record: RecordHeader, cut: DamagedRecord[]): Promise<boolean> {
+  const chain: DamagedRecord[] = [regionOf(record)];
+  const proven = await followChain(context, cursor.position, record, cursor.expected, (next) => {
+    if (provesSynced(next, cursor.expected)) return true;
+    if (next.kind !== 'marker') chain.push(regionOf(next));
+    return false;
+  });
+  if (!proven) cut.push(...chain);
+  return proven;
+}
+
+/**
+ * Where the scan stopped, whether the expected record had been synced all the same: a record of
+ * the last session with a higher seq, within one record's reach (or on the chain after it), was
+ * written after that sync. Then the stop is damage in the middle (a misdirected write over a
+ * record, a destroyed header), not the end, and synced records past it cannot be read back.
+ */
+async function syncedPastStop(context: ScanContext, cursor: ScanCursor): Promise<boolean> {
+  const { header } = context;
+  const end = Math.min(context.ringEnd, cursor.position + recordBytesMax + blockBytes);
+  for (let position = cursor.position; position < end; position += blockBytes) {
+    const record = parseRecordHeader(await context.reader.view(position, blockBytes));
+    if (record === undefined || record.wrap || record.seq <= cursor.expected || record.session !== header.session || record.groupId !== header.groupId) continue;
+    if (ownerOf(header.instances, record.seq)?.id !== record.instanceId || !fitsAt(context, record, position)) continue;
+    if (provesSynced(record, cursor.expected)) return true;
+    if (await followChain(context, position, record, record.seq, (next) => provesSynced(next, cursor.expected))) return true;
+  }
   return false;
 }
 

@@ -89,6 +89,13 @@ export interface RecoveryReport {
    * their regions with its active regions.
    */
   cut: DamagedRecord[];
+  /**
+   * Damage in the middle, detected: records from this seq on had been synced (a later record of
+   * the last session says so) but the chain breaks before them (a misdirected write over a
+   * record, a destroyed header), so the records kept end before it and the rest cannot be read
+   * back. null when the records end where they were last written.
+   */
+  lostFrom: number | null;
   /** The header slot the journal was opened from ... */
   headerSlot: 0 | 1;
   /** ... and the header-table label that chose it (both_valid, slot0_torn_or_damaged, slot1_torn_or_damaged). */

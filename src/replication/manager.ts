@@ -165,6 +165,13 @@ export class ReplicationManager {
         // the records from the persisted tail are loaded and redone: a release under those reads fails them.
         const group = this.newMaster(meta, journal, false);
         await group.loadUnapplied();
+        if (recovery.lostFrom !== null) {
+          // Damage in the middle of the journal: synced records past it are gone. Redoing the part
+          // before it could roll back newer data on the P-VOLs; the resync copies every region.
+          await group.journalLost(recovery.lostFrom);
+          this.masters.set(meta.name, group);
+          continue;
+        }
         const unclean = group.uncleanRegions(recovery.cut);
         if (unclean.length > 0) {
           const redone = await group.redo();
@@ -940,7 +947,8 @@ export class ReplicationManager {
       return { kind: r.kind, seq: r.seq, epoch: r.epoch, timestampMs: r.timestampMs, lun: r.lun, offset: r.offset, length: r.length, dataBytes: r.data?.length ?? 0 };
     });
     const pairs = group.meta.pairs.map((p) => ({ pvolLun: p.pvolLun, status: p.status, statusReason: p.statusReason }));
-    return { body: { records: wire, masterNextSeq: group.journal.nextSeq, pairs }, payload };
+    const skipTo = group.meta.skipTo ?? 0;
+    return { body: { records: wire, masterNextSeq: group.journal.nextSeq, pairs, ...(body.fromSeq < skipTo ? { skipTo } : {}) }, payload };
   }
 
   display(groupName?: string): PairDisplay[] {

@@ -680,6 +680,8 @@ export class MasterGroup extends EventEmitter {
   async resync(peerDirty: Array<{ lun: number; ranges: Array<[number, number]> }>): Promise<{ dirtyBytes: number; resyncFromSeq: number }> {
     const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE' && p.status !== 'SSWS');
     if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS, PSUE or SSWS`, { field: 'group' });
+    const wasSuspended = this.meta.pairs.every((p) => p.status === 'PSUE');
+    await this.folding;
     if (this.journal.failed) await this.reopenJournal();
     for (const entry of peerDirty) {
       const pvol = this.pvols.get(entry.lun);
@@ -703,6 +705,12 @@ export class MasterGroup extends EventEmitter {
     if (this.receiverStored > this.journal.nextSeq) await this.skipPastReceiver();
     const resyncFromSeq = this.journal.nextSeq;
     this.resyncFromSeq = resyncFromSeq;
+    // After a suspension every record the receiver had not applied is in the bitmaps (folded then;
+    // host writes since went the bitmap way): it skips them. After a split they still go on.
+    if (wasSuspended) {
+      this.meta.skipTo = resyncFromSeq;
+      this.servedTo = Math.max(this.servedTo, resyncFromSeq);
+    }
     // Writes that chose the bitmap way before the switch mark it before they write: wait for them.
     if (this.bitmapWrites > 0) await new Promise<void>((resolve) => this.bitmapDrained.push(resolve));
     let dirtyBytes = 0;
@@ -1003,6 +1011,10 @@ export class MasterGroup extends EventEmitter {
       await new Promise((r) => setTimeout(r, longPollMs));
       return [];
     }
+    if (request.fromSeq < (this.meta.skipTo ?? 0)) {
+      // The receiver is to skip to meta.skipTo (the answer says so): nothing below is served.
+      return [];
+    }
     if (request.fromSeq < this.journal.tailSeq) {
       throw new TwinstoreError('JOURNAL_RECORD_GONE', `group ${this.meta.name}: records before ${this.journal.tailSeq} are gone; receiver asked from ${request.fromSeq}`);
     }
@@ -1176,6 +1188,17 @@ export class MasterGroup extends EventEmitter {
     // An unfinished re-send keeps the activity log, so the next start re-sends (and ends the unit) again.
     if (this.resendPending.size === 0) for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
     await this.journal.close();
+  }
+
+  /**
+   * The journal lost synced records from `fromSeq` on (damage in the middle, JournalRecovery
+   * lostFrom): which regions they wrote is unknown, so every region of every P-VOL goes into the
+   * bitmaps, and a replicating group suspends (PSUE journal-damaged); its resync copies it all.
+   */
+  async journalLost(fromSeq: number): Promise<void> {
+    this.log.error({ fromSeq }, 'journal damaged: synced records past a damaged one cannot be read back; every region goes into the bitmaps');
+    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged: records from seq ${fromSeq} on were lost`);
   }
 
   /**

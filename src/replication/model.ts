@@ -78,6 +78,12 @@ export interface GroupMeta {
   reclaiming?: boolean;
   /** Master side, after a planned swap promoted this array: the old primary still has to be demoted. */
   demotePending?: boolean;
+  /**
+   * Master side: a resync after a suspension folded every record the receiver had not applied
+   * into the bitmaps, so the receiver skips to this seq (it drops what it stored below) instead
+   * of pulling records it no longer needs, a damaged one among them.
+   */
+  skipTo?: number | null;
 }
 
 export const GROUP_DOCUMENT = 'group';

@@ -37,6 +37,8 @@ export interface JournalReadReply {
   masterNextSeq: number;
   /** Pair states as the master sees them (COPY → PAIR is decided there). */
   pairs: Array<{ pvolLun: number; status: PairMeta['status']; statusReason: string | null }>;
+  /** A resync after a suspension re-copies every region of the records below this seq: skip to it. */
+  skipTo?: number;
 }
 
 export interface RestoreGroupOptions {
@@ -310,6 +312,9 @@ export class RestoreGroup extends EventEmitter {
    */
   private async pullLoop(): Promise<void> {
     let storing: Promise<void> = Promise.resolve();
+    // Damage lost records this side had applied already (the journal's applied cursor is past its
+    // records): they are not needed again, and the master may have freed them. Go on from there.
+    if (this.journal.appliedSeq > this.journal.nextSeq) await this.skipTo(this.journal.appliedSeq).catch((error: unknown) => this.log.error({ err: (error as Error).message }, 'restore journal: skipping to the applied cursor failed'));
     while (this.running && !this.pullingStopped) {
       if (!this.peer.connected) {
         await storing.catch(() => undefined);
@@ -328,6 +333,11 @@ export class RestoreGroup extends EventEmitter {
         const batch = await this.pullOnce();
         await storing;
         storing = batch.durable;
+        if (batch.skipTo !== undefined) {
+          await storing;
+          storing = Promise.resolve();
+          await this.skipTo(batch.skipTo);
+        }
       } catch (error) {
         await storing.catch(() => undefined);
         storing = Promise.resolve();
@@ -339,8 +349,29 @@ export class RestoreGroup extends EventEmitter {
     await storing.catch(() => undefined);
   }
 
+  /**
+   * The master's resync after a suspension re-copies every region of the records below `seq`:
+   * the ones stored here and not applied are dropped (the journal goes on at `seq`, a new
+   * instance), so none of them is pulled or applied again. The S-VOLs are mid-copy (COPY) and
+   * reach a consistency point again when the copy ends.
+   */
+  private async skipTo(seq: number): Promise<void> {
+    if (seq <= this.journal.nextSeq) return;
+    const resumeApply = !this.pausedApply;
+    this.pausedApply = true;
+    await this.batch?.catch(() => undefined);
+    const from = this.journal.nextSeq;
+    await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: seq });
+    this.unitScan = undefined;
+    this.heldAt = undefined;
+    this.damaged = undefined;
+    if (resumeApply) this.pausedApply = false;
+    this.applyWake?.();
+    this.log.warn({ from, to: seq }, 'resync: records not applied here are re-copied; the restore journal skips to the resync point');
+  }
+
   /** Asks for the next batch and reserves it; resolves with the promise of its being durable. */
-  private async pullOnce(): Promise<{ durable: Promise<void> }> {
+  private async pullOnce(): Promise<{ durable: Promise<void>; skipTo?: number }> {
     this.pullStage = 'request';
     const driveError = this.driveErrorReport();
     const response = await this.peer.request('journal.read', {
@@ -356,6 +387,10 @@ export class RestoreGroup extends EventEmitter {
     const reply = response.body as JournalReadReply;
     this.masterNextSeq = Math.max(this.masterNextSeq, reply.masterNextSeq);
     await this.adoptStatuses(reply.pairs);
+    if (reply.skipTo !== undefined && reply.records.length === 0) {
+      if (!Number.isSafeInteger(reply.skipTo) || reply.skipTo < 0) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered skipTo ${String(reply.skipTo)}`);
+      return { durable: Promise.resolve(), skipTo: reply.skipTo };
+    }
     let payloadIndex = 0;
     const writes: Promise<void>[] = [];
     for (const record of reply.records) {

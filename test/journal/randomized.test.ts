@@ -110,6 +110,9 @@ async function crashAndCheck(world: World): Promise<void> {
   const { records, damaged } = await readAllOrDamaged(journal);
   assert.deepEqual(damaged, recovery.damaged.map((d) => d.seq), `${where}: damaged records are the reported ones`);
   assert.ok(damaged.every((seq) => seq >= at.durable), `${where}: no synced record is damaged (${damaged} vs durable ${at.durable}, tail ${journal.tailSeq} was ${at.tail})`);
+  // A crash alone only tears records no later record knew as synced: they end the records (torn_unsynced), never damaged or lost.
+  assert.deepEqual(damaged, [], `${where}: a crash alone damages nothing (${recovery.case})`);
+  assert.equal(recovery.lostFrom, null, `${where}: a crash alone loses no synced record`);
   const seen = [...records.map((r) => r.seq), ...damaged].sort((a, b) => a - b);
   assert.deepEqual(seen, Array.from({ length: journal.nextSeq - journal.tailSeq }, (_, i) => journal.tailSeq + i), `${where}: a contiguous run`);
   for (const record of records) {

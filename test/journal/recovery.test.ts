@@ -165,6 +165,33 @@ test('stale_lap: the record after the head is from the previous lap of the ring 
   for (const record of records) assert.ok(record.data!.equals(pattern(record.seq, length)), `seq ${record.seq} reads back`);
 });
 
+test('a partial batch past the last sync is the end; records lost behind a synced one are reported (lostFrom)', async () => {
+  // Synced once at the end: records 4 and 5 do not know 3 was ever synced, so a missing 3 is a tear.
+  const torn = await withRecords(5);
+  await torn.device.plant(torn.reservations[2]!.position, garbage(4096));
+  assert.equal((await reopen(torn.device)).recovery.lostFrom, null);
+
+  // Synced one by one: record 4 was written after 3 was synced, so a destroyed 3 is damage, and 3-5 are lost.
+  const synced = await withRecords(5, 6000, true);
+  await synced.device.plant(synced.reservations[2]!.position, garbage(4096));
+  const { journal, recovery } = await reopen(synced.device);
+  assert.equal(recovery.case, 'gap');
+  assert.equal(recovery.lostFrom, 3);
+  assert.equal(journal.nextSeq, 3);
+});
+
+test('a misdirected write over a synced record: the scan stops there, and the loss is reported, not taken for the end', async () => {
+  const { device, reservations } = await withRecords(6, 6000, true);
+  // Record 6 (header and data) also landed where record 3 was.
+  const copy = Buffer.alloc(reservations[5]!.recordBytes);
+  await device.read(reservations[5]!.position, copy);
+  await device.plant(reservations[2]!.position, copy);
+  const { recovery } = await reopen(device);
+  assert.equal(recovery.case, 'seq_ahead');
+  assert.equal(recovery.nextSeq, 3);
+  assert.equal(recovery.lostFrom, 3);
+});
+
 test('seq_ahead: a record with a higher seq where the next one should begin ends the scan', async () => {
   const { device, reservations } = await withRecords(3);
   await plantRecord(device, end(reservations[2]!), { seq: 5 });

@@ -346,7 +346,16 @@ class World {
     try {
       await started;
     } catch (error) {
-      if (life === array.life && array.state !== 'down') this.violation(`${id} did not restart after a crash: ${(error as Error).message}`);
+      if (life !== array.life || array.state === 'down') return;
+      if (array.disk.faults.ioErrorRate > 0 && (error as { code?: string }).code === 'IO_ERROR') {
+        // Its drive fails reads right now: the start stops with the error, as it should; the
+        // operator powers it off and tries again once the drive is back (at the latest, the heal).
+        this.line(`${id} X restart failed on an injected drive error (${(error as Error).message}); powered off, trying again later`);
+        array.crash();
+        this.kernel.schedule(this.kernel.int(500, 3000), `sim restart ${id}`, () => void this.restart(id), 'sim');
+        return;
+      }
+      this.violation(`${id} did not restart after a crash: ${(error as Error).message}`);
       return;
     }
     if (life !== array.life || (array.state as string) !== 'up') return;
