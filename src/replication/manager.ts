@@ -42,6 +42,8 @@ export interface GroupStats {
   storedRecords: number;
   /** Records applied to the S-VOLs (on the master: as the receiver last said). */
   appliedRecords: number;
+  /** The oldest seq the journal still keeps (its tail): below it nothing is left to send or apply. */
+  tailRecords: number;
 }
 
 export interface TakeoverResult {
@@ -439,6 +441,15 @@ export class ReplicationManager {
    * from `firstSeq`), then the volumes (S-VOL -> P-VOL; their sessions close and reopen writable).
    */
   private async promote(old: GroupMeta, firstSeq: number, status: 'PAIR' | 'SSWS', demotePending: boolean): Promise<MasterGroup> {
+    this.changing.add(old.name);
+    try {
+      return await this.promoteNow(old, firstSeq, status, demotePending);
+    } finally {
+      this.changing.delete(old.name);
+    }
+  }
+
+  private async promoteNow(old: GroupMeta, firstSeq: number, status: 'PAIR' | 'SSWS', demotePending: boolean): Promise<MasterGroup> {
     const epoch: Epoch = { counter: old.epoch.counter + 1, arrayId: this.engine.arrayId, nonce: crypto.randomBytes(8).toString('hex') };
     const pairs: PairMeta[] = old.pairs.map((pair) => {
       const volume = this.engine.volumeById(pair.localVolumeId)!;
@@ -465,6 +476,32 @@ export class ReplicationManager {
     const journal = await this.reopenJournal(meta);
     await this.finishRoleChange(meta, journal);
     return this.newMaster(meta, journal);
+  }
+
+  /** Groups in the middle of a role change here (demote, promote, reclaim): not to be opened again meanwhile. */
+  private readonly changing = new Set<string>();
+
+  /**
+   * A role change that failed half-way (a drive error after the group document was persisted)
+   * leaves the group open neither as a master nor as a receiver until a restart. This opens it
+   * again from its document, as start() does; called by the next request that needs it (the
+   * peer's hello every second, a demotion run again). False when there is nothing to open.
+   */
+  private async reopenGroup(name: string): Promise<boolean> {
+    if (this.changing.has(name) || this.masters.has(name) || this.restores.has(name)) return false;
+    const meta = this.engine.documents<GroupMeta>(GROUP_DOCUMENT).get(name);
+    if (!meta) return false;
+    this.changing.add(name);
+    try {
+      const journal = await this.reopenJournal(meta);
+      await this.finishRoleChange(meta, journal);
+      if (meta.role === 'master') this.newMaster(meta, journal);
+      else this.newRestore(meta, journal).start();
+      this.log.warn({ group: name, role: meta.role }, 'a role change that stopped half-way is finished: the group is open again');
+      return true;
+    } finally {
+      this.changing.delete(name);
+    }
   }
 
   private async reopenJournal(meta: GroupMeta): Promise<Journal> {
@@ -540,6 +577,18 @@ export class ReplicationManager {
    * divergence point move into the S-VOL bitmaps, for the peer's resync to fetch.
    */
   async demote(body: { group: string; epoch: Epoch; firstSeq: number; divergenceSeq?: number; discard?: string | null; pairs: Array<{ pvolLun: number; pvolName: string; svolName: string }> }, keepDirty = false): Promise<void> {
+    // A demotion that failed half-way (a drive error) left the group open nowhere: open it again first.
+    if (!this.masters.has(body.group) && !this.restores.has(body.group)) await this.reopenGroup(body.group);
+    if (this.changing.has(body.group)) throw new TwinstoreError('PAIR_INVALID', `group ${body.group} is changing its role on ${this.engine.arrayId}; try again`, { field: 'group' });
+    this.changing.add(body.group);
+    try {
+      await this.demoteNow(body, keepDirty);
+    } finally {
+      this.changing.delete(body.group);
+    }
+  }
+
+  private async demoteNow(body: Parameters<ReplicationManager['demote']>[0], keepDirty: boolean): Promise<void> {
     const master = this.masters.get(body.group);
     if (!master) {
       const restore = this.restores.get(body.group);
@@ -644,6 +693,15 @@ export class ReplicationManager {
 
   /** Reclaim, first step: a new epoch above the peer's, persisted; the journal anew; host writes tracked (PSUE). */
   private async reEpoch(old: MasterGroup, theirs: Epoch): Promise<MasterGroup> {
+    this.changing.add(old.meta.name);
+    try {
+      return await this.reEpochNow(old, theirs);
+    } finally {
+      this.changing.delete(old.meta.name);
+    }
+  }
+
+  private async reEpochNow(old: MasterGroup, theirs: Epoch): Promise<MasterGroup> {
     crashPoint('reclaim.epoch', 'before');
     const epoch: Epoch = { counter: Math.max(old.meta.epoch.counter, theirs.counter) + 1, arrayId: this.engine.arrayId, nonce: crypto.randomBytes(8).toString('hex') };
     await old.stop();
@@ -663,6 +721,9 @@ export class ReplicationManager {
 
   /** group.hello: a primary tells its peer its epoch; the side with the older one fences itself. */
   async hello(body: { group: string; epoch: Epoch; epochs: GroupMeta['epochs'] }): Promise<HelloReply> {
+    if (!this.masters.has(body.group) && !this.restores.has(body.group)) {
+      await this.reopenGroup(body.group).catch((error: unknown) => this.log.warn({ group: body.group, err: (error as Error).message }, 'opening the group again failed; the next hello tries again'));
+    }
     const ours = this.masters.get(body.group);
     if (ours && newer(body.epoch, ours.meta.epoch)) await ours.fence(formatEpoch(body.epoch), divergencePoint(ours.meta.epochs, body.epochs));
     const group = ours ?? this.restores.get(body.group);
@@ -999,11 +1060,12 @@ export class ReplicationManager {
         journaledRecords: group.journal.nextSeq,
         storedRecords: Math.max(receiver.storedSeq, receiver.appliedSeq),
         appliedRecords: receiver.appliedSeq,
+        tailRecords: group.journal.tailSeq,
       });
     }
     for (const group of this.restores.values()) {
       const journal = group.journal;
-      out.push({ ...statsBase(group.meta, journal), journaledRecords: journal.nextSeq, storedRecords: journal.durableSeq, appliedRecords: journal.appliedSeq });
+      out.push({ ...statsBase(group.meta, journal), journaledRecords: journal.nextSeq, storedRecords: journal.durableSeq, appliedRecords: journal.appliedSeq, tailRecords: journal.tailSeq });
     }
     return out;
   }

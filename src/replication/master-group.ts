@@ -1198,6 +1198,14 @@ export class MasterGroup extends EventEmitter {
   async journalLost(fromSeq: number): Promise<void> {
     this.log.error({ fromSeq }, 'journal damaged: synced records past a damaged one cannot be read back; every region goes into the bitmaps');
     for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    // The lost records may have reached the receiver: their seqs are never given to other writes.
+    // No seq past twice the journal's capacity in records was ever written (the persisted tail lags
+    // the real one by less than a lap); the journal goes on past that, and the resync skips to it.
+    const skipTo = fromSeq + 2 * Math.ceil(this.journal.capacityBytes / 4096);
+    await this.journal.setRole('master', this.meta.epoch, { keepRecords: false, firstSeq: skipTo });
+    this.unapplied.clear();
+    this.writtenSeq = skipTo - 1;
+    this.servedTo = Math.max(this.servedTo, skipTo);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged: records from seq ${fromSeq} on were lost`);
   }
 

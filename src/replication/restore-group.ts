@@ -66,6 +66,8 @@ export class RestoreGroup extends EventEmitter {
   private applying: Promise<void> | undefined;
   private lastApplied: { seq: number; timestampMs: number } | undefined;
   private masterNextSeq = 0;
+  /** The applied cursor as last persisted: what the master is told. */
+  private appliedDurable: number;
   private pausedApply = false;
   /** The batch (or atomic unit) being applied now, if any. */
   private batch: Promise<void> | undefined;
@@ -78,6 +80,7 @@ export class RestoreGroup extends EventEmitter {
     super();
     this.meta = options.meta;
     this.journal = options.journal;
+    this.appliedDurable = options.journal.appliedSeq;
     this.engine = options.engine;
     this.peer = options.peer;
     this.persistMeta = options.persist;
@@ -187,7 +190,7 @@ export class RestoreGroup extends EventEmitter {
       this.log.warn({ seq: error.seq }, 'damaged restore record skipped: the resync in progress re-copies its region');
       this.journal.markApplied(error.seq + 1);
       this.journal.release(error.seq + 1);
-      await this.journal.persistHeader();
+      await this.persistApplied();
       return;
     }
     if (this.damaged?.seq !== error.seq) this.log.error({ seq: error.seq, region: error.region }, 'a stored record fails its checksum; restore stops before it and the master is told');
@@ -228,6 +231,7 @@ export class RestoreGroup extends EventEmitter {
     if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${this.meta.name} is missing`);
     const { journal, recovery } = await Journal.open(new VolumeJournalDevice(volume, this.engine));
     this.journal = journal;
+    this.appliedDurable = journal.appliedSeq;
     this.unitScan = undefined;
     this.heldAt = undefined;
     delete this.driveErrors.store;
@@ -362,6 +366,7 @@ export class RestoreGroup extends EventEmitter {
     await this.batch?.catch(() => undefined);
     const from = this.journal.nextSeq;
     await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: seq });
+    this.appliedDurable = this.journal.appliedSeq;
     this.unitScan = undefined;
     this.heldAt = undefined;
     this.damaged = undefined;
@@ -379,7 +384,7 @@ export class RestoreGroup extends EventEmitter {
       fromSeq: this.journal.nextSeq,
       maxBytes: pullBytesMax,
       storedSeq: this.journal.durableSeq,
-      appliedSeq: this.journal.appliedSeq,
+      appliedSeq: this.appliedDurable,
       ...(this.damaged === undefined ? {} : { damaged: this.damaged }),
       ...(driveError === undefined ? {} : { driveError }),
     });
@@ -461,6 +466,17 @@ export class RestoreGroup extends EventEmitter {
     await this.commitApplied(records[records.length - 1]!);
   }
 
+  /**
+   * Persists the applied cursor; only then is it what the master hears (journal.read's appliedSeq),
+   * since the master frees its journal up to it: a cursor reported before it was durable could go
+   * back at a crash here, and the master would show less lag than there is.
+   */
+  private async persistApplied(): Promise<void> {
+    const seq = this.journal.appliedSeq;
+    await this.journal.persistHeader();
+    if (seq > this.appliedDurable) this.appliedDurable = seq;
+  }
+
   /** S-VOLs durable, then the applied cursor moved past `last` and persisted. */
   private async commitApplied(last: JournalRecord): Promise<void> {
     this.applyStep = 'S-VOL sync';
@@ -468,7 +484,7 @@ export class RestoreGroup extends EventEmitter {
     this.journal.markApplied(last.seq + 1);
     this.journal.release(last.seq + 1);
     this.applyStep = 'restore journal header';
-    await this.journal.persistHeader();
+    await this.persistApplied();
     delete this.driveErrors.apply;
     this.lastApplied = { seq: last.seq, timestampMs: last.timestampMs };
     this.emit('applied', last.seq);

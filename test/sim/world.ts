@@ -504,7 +504,9 @@ class World {
     if (!ms || !rs || !md || !rd || md.epoch !== rd.epoch) return;
     if (md.status !== 'PAIR' && md.status !== 'PSUS' && md.status !== 'PSUE') return;
     this.checks.lag! += 1;
-    const trueLag = Math.max(0, ms.journaledRecords - rs.appliedRecords);
+    // Records that exist: a journal that lost records went on past every seq it may have given out
+    // (journalLost, a resync past the receiver): the seqs skipped below its tail are no records.
+    const trueLag = Math.max(0, ms.journaledRecords - Math.max(rs.appliedRecords, ms.tailRecords));
     if (md.lagRecords < trueLag) this.violation(`${master} reports a lag of ${md.lagRecords} records but ${restore} has applied ${rs.appliedRecords} of ${ms.journaledRecords} (true lag ${trueLag})`);
   }
 
