@@ -69,11 +69,17 @@ export class SimNetwork {
     if (!partitioned) for (const release of state.held.splice(0)) release();
   }
 
-  /** Ends every connection between a and b (both see it after a delay). */
+  /**
+   * Ends every connection between a and b. Each side's socket is destroyed in an event of its own
+   * array, so what its code starts on the way (a reconnect timer) belongs to that array and dies
+   * with it at a crash; run in the simulator's event, it outlived crashes or was lost with another's.
+   */
   reset(a: string, b: string): void {
     this.stats.resets += 1;
     for (const socket of [...this.sockets]) {
-      if ((socket.local === a && socket.remote === b) || (socket.local === b && socket.remote === a)) socket.destroy();
+      if ((socket.local === a && socket.remote === b) || (socket.local === b && socket.remote === a)) {
+        this.kernel.schedule(0, `${socket.local} connection reset`, () => socket.destroy(), socket.local);
+      }
     }
   }
 

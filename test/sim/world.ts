@@ -454,6 +454,10 @@ class World {
     } catch (error) {
       this.line(`${target} A ${op} failed: ${(error as Error).message}`);
       if (this.kernel.nowMs >= deadline) this.violation(`${target}: ${op} did not answer within 60 s`);
+      // A discard whose answer was lost may have gone through (the other side turned receiver):
+      // the operator looks, and takes it as done once it shows.
+      if (op === 'resync --discard' && this.primary !== target) this.discardInDoubt = { target, other };
+      await this.settleDiscard();
       return;
     } finally {
       clearTimeout(timer);
@@ -461,14 +465,34 @@ class World {
     if (life !== array.life) return;
     this.line(`${target} A ${op} done: ${JSON.stringify(result)}`);
     if (op === 'takeover') await this.afterTakeover(target, other, result as TakeoverResult);
-    if (op === 'resync --discard' && this.primary !== target) {
-      // The operator threw away what the hosts wrote at `other` since the takeover: they start again from `target`.
-      this.hosts.abandon('the operator discarded their side');
-      this.primary = target;
-      const images = await this.images(target);
-      if (images) this.hosts.recover(images, `${target} primary again, ${other}'s writes discarded`);
-    }
+    if (op === 'resync --discard' && this.primary !== target) await this.discarded(target, other);
     if (op !== 'split' && op !== 'takeover') await this.checkPrimary('after ' + op);
+  }
+
+  /** A resync --discard that failed on the way, until it shows as done or the hosts' side writes again. */
+  private discardInDoubt: { target: string; other: string } | undefined;
+
+  /** The discard in doubt went through when its target sends and the hosts' side receives. */
+  private async settleDiscard(): Promise<void> {
+    const doubt = this.discardInDoubt;
+    if (doubt === undefined) return;
+    if (this.primary !== doubt.other) {
+      this.discardInDoubt = undefined;
+      return;
+    }
+    if (this.role(doubt.target) === 'master' && this.role(doubt.other) === 'restore') {
+      this.discardInDoubt = undefined;
+      this.line(`sim the resync --discard on ${doubt.target} went through although its answer was lost`);
+      await this.discarded(doubt.target, doubt.other);
+    }
+  }
+
+  /** The operator threw away what the hosts wrote at `other` since the takeover: they start again from `target`. */
+  private async discarded(target: string, other: string): Promise<void> {
+    this.hosts.abandon('the operator discarded their side');
+    this.primary = target;
+    const images = await this.images(target);
+    if (images) this.hosts.recover(images, `${target} primary again, ${other}'s writes discarded`);
   }
 
   /** `s` took over from `p`: the hosts move there; what it holds must be a state `p`'s hosts could have seen. */
@@ -640,6 +664,7 @@ class World {
     const deadline = this.kernel.nowMs + 60_000;
     while (this.kernel.nowMs < deadline) {
       this.hostTick();
+      await this.settleDiscard();
       const p = this.primary;
       const s = this.other(p);
       const pd = this.display(p);
