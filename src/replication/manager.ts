@@ -192,6 +192,7 @@ export class ReplicationManager {
         this.newRestore(meta, journal).start();
       }
     }
+    this.opened = true;
     this.startHellos();
   }
 
@@ -335,9 +336,10 @@ export class ReplicationManager {
       throw new TwinstoreError('PAIR_INVALID', `group ${name} already sends from ${this.engine.arrayId}; run takeover on the other array`, { field: 'group' });
     }
     const restore = this.restoreGroupOrThrow(name);
-    const copying = restore.meta.pairs.find((p) => p.status === 'COPY');
+    const copying = restore.meta.pairs.find((p) => p.status === 'COPY' || p.svolInconsistent === true);
     if (copying && !options.force) {
-      throw new TwinstoreError('PAIR_INVALID', `group ${name}: ${copying.svolName} is in COPY, so its S-VOL is not consistent; use --force to take over anyway`, { field: 'group' });
+      const why = copying.status === 'COPY' ? 'is in COPY' : `is ${copying.status} in the middle of a copy`;
+      throw new TwinstoreError('PAIR_INVALID', `group ${name}: ${copying.svolName} ${why}, so its S-VOL is not consistent; use --force to take over anyway`, { field: 'group' });
     }
     const endSeq = await this.drainAndFreezePeer(restore, options);
     if (endSeq === undefined) return this.takeoverWithoutPeer(restore, started);
@@ -480,6 +482,8 @@ export class ReplicationManager {
 
   /** Groups in the middle of a role change here (demote, promote, reclaim): not to be opened again meanwhile. */
   private readonly changing = new Set<string>();
+  /** start() has opened every group. */
+  private opened = false;
 
   /**
    * A role change that failed half-way (a drive error after the group document was persisted)
@@ -488,7 +492,8 @@ export class ReplicationManager {
    * peer's hello every second, a demotion run again). False when there is nothing to open.
    */
   private async reopenGroup(name: string): Promise<boolean> {
-    if (this.changing.has(name) || this.masters.has(name) || this.restores.has(name)) return false;
+    // Before start() has opened every group, a missing one is simply not opened yet.
+    if (!this.opened || this.changing.has(name) || this.masters.has(name) || this.restores.has(name)) return false;
     const meta = this.engine.documents<GroupMeta>(GROUP_DOCUMENT).get(name);
     if (!meta) return false;
     this.changing.add(name);

@@ -33,6 +33,11 @@ export interface PairMeta {
   copyDoneBytes?: number;
   /** Restore side: the S-VOL takes host writes (pair split --rw), tracked in its bitmap. */
   svolWritable?: boolean;
+  /**
+   * Restore side: a copy (initial or resync) began and has not reached PAIR, so the S-VOL holds
+   * regions copied out of order: no consistency point, even once the group shows PSUE or PSUS.
+   */
+  svolInconsistent?: boolean;
 }
 
 export interface GroupMeta {

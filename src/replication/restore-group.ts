@@ -170,6 +170,7 @@ export class RestoreGroup extends EventEmitter {
    */
   async resyncStarted(resyncFromSeq: number): Promise<void> {
     for (const pair of this.meta.pairs) await this.bitmapOf(pair.pvolLun).clear();
+    for (const pair of this.meta.pairs) pair.svolInconsistent = true;
     this.meta.skipDamagedBefore = resyncFromSeq;
     await this.persistMeta(this.meta);
     // A drive error reported before this resync is covered by it; a new one is reported anew.
@@ -243,9 +244,13 @@ export class RestoreGroup extends EventEmitter {
     let changed = false;
     for (const theirs of pairs) {
       const ours = this.meta.pairs.find((p) => p.pvolLun === theirs.pvolLun);
-      if (!ours || (ours.status === theirs.status && ours.statusReason === theirs.statusReason)) continue;
+      if (!ours) continue;
+      // COPY makes the S-VOL inconsistent until PAIR: a suspension in between does not end that.
+      const inconsistent = theirs.status === 'COPY' ? true : theirs.status === 'PAIR' ? false : ours.svolInconsistent === true;
+      if (ours.status === theirs.status && ours.statusReason === theirs.statusReason && (ours.svolInconsistent === true) === inconsistent) continue;
       ours.status = theirs.status;
       ours.statusReason = theirs.statusReason;
+      ours.svolInconsistent = inconsistent;
       changed = true;
     }
     if (changed) await this.persistMeta(this.meta);
