@@ -1206,6 +1206,9 @@ export class MasterGroup extends EventEmitter {
     this.unapplied.clear();
     this.writtenSeq = skipTo - 1;
     this.servedTo = Math.max(this.servedTo, skipTo);
+    // Nothing below is left to send: the receiver skips to it (its next pull is told).
+    this.meta.skipTo = skipTo;
+    await this.persistMeta(this.meta);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged: records from seq ${fromSeq} on were lost`);
   }
 

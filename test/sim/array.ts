@@ -96,7 +96,7 @@ export class SimArray {
       write: (line: string) => {
         const { level, msg, ...fields } = JSON.parse(line) as { level: number; msg: string } & Record<string, unknown>;
         // Warnings carry their fields (the reason of a suspension, the seq of a damaged record).
-        const detail = level >= 40 && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
+        const detail = (level >= 40 || process.env.SIM_LOG_LEVEL === "debug") && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
         const text = `${this.id} log ${level >= 40 ? 'WARN' : 'info'} ${msg}${detail}`;
         this.print(text);
       },
