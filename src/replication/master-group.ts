@@ -845,6 +845,10 @@ export class MasterGroup extends EventEmitter {
       pair.statusReason = `newer epoch ${newer}` + (divergent > 0 ? `; ${divergent} host writes here past seq ${divergenceSeq - 1} (diverged)` : '');
     }
     this.meta.divergence = { seq: divergenceSeq, writes: divergent };
+    // A reclaim under way here (resync --discard of the peer) is overtaken by the newer epoch:
+    // this side is fenced now, and a resync --discard starts it afresh (sim seed 163 ran it
+    // forever against the stale flag).
+    this.meta.reclaiming = false;
     await this.persistMeta(this.meta);
     // Our records from the divergence point on are writes the peer never applied; the active
     // regions may hold writes whose records were lost (an unclean stop, a re-send cut short).

@@ -22,10 +22,12 @@ interface Args {
   without: string[];
   quiet: boolean;
   json: boolean;
+  /** Stop at the first failing seed (a planted bug's hunt). */
+  firstFailure: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { from: 1, plant: [], without: [], quiet: false, json: false };
+  const args: Args = { from: 1, plant: [], without: [], quiet: false, json: false, firstFailure: false };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = (): string => {
@@ -48,12 +50,13 @@ function parseArgs(argv: string[]): Args {
       const unknown = args.without.find((k) => !(FAULT_KINDS as readonly string[]).includes(k));
       if (unknown !== undefined) throw new Error(`--without: unknown fault kind "${unknown}" (known: ${FAULT_KINDS.join(', ')})`);
     } else if (flag === '--quiet') args.quiet = true;
+    else if (flag === '--first-failure') args.firstFailure = true;
     else if (flag === '--json') args.json = true;
     else if (flag === '--plant') {
       const bug = value() as PlantedBug;
       if (!PLANTED_BUGS.includes(bug)) throw new Error(`--plant: unknown bug "${bug}" (known: ${PLANTED_BUGS.join(', ')})`);
       args.plant.push(bug);
-    } else throw new Error(`unknown option ${flag} (use --seed N, --runs K [--from S], --seeds a,b, --plant BUG, --without KIND,KIND, --fault-ms MS, --quiet, --json)`);
+    } else throw new Error(`unknown option ${flag} (use --seed N, --runs K [--from S], --seeds a,b, --plant BUG, --without KIND,KIND, --fault-ms MS, --first-failure, --quiet, --json)`);
   }
   if (args.seed === undefined && args.runs === undefined && args.seeds === undefined) args.runs = 20;
   return args;
@@ -72,7 +75,9 @@ async function main(): Promise<number> {
   const failing: SimReport[] = [];
   const totals = { steps: 0, simMs: 0, faults: {} as Record<string, number>, ops: {} as Record<string, number>, checks: {} as Record<string, number>, writes: 0 };
   const started = Date.now();
+  let ran = 0;
   for (const seed of seeds) {
+    ran += 1;
     let report: SimReport;
     try {
       report = await simulate({ seed, plant: args.plant, without: args.without, ...(args.faultMs === undefined ? {} : { faultMs: args.faultMs }) });
@@ -89,10 +94,11 @@ async function main(): Promise<number> {
     if (report.violations.length > 0) {
       failing.push(report);
       console.log(`seed ${seed} FAILED: ${report.violations[0]}`);
+      if (args.firstFailure) break;
     }
   }
   const seconds = (Date.now() - started) / 1000;
-  console.log(`${seeds.length} seeds${args.plant.length ? ` with ${args.plant.join(',')} planted` : ''}: ${seeds.length - failing.length} passed, ${failing.length} failed, ${seconds.toFixed(1)} s (${totals.steps} events, ${(totals.simMs / 1000).toFixed(0)} s simulated, ${totals.writes} host writes)`);
+  console.log(`${ran} seeds${args.plant.length ? ` with ${args.plant.join(',')} planted` : ''}: ${ran - failing.length} passed, ${failing.length} failed, ${seconds.toFixed(1)} s (${totals.steps} events, ${(totals.simMs / 1000).toFixed(0)} s simulated, ${totals.writes} host writes)`);
   console.log(`faults: ${format(totals.faults)}`);
   console.log(`admin: ${format(totals.ops)}`);
   console.log(`checks: ${format(totals.checks)}`);

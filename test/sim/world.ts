@@ -103,13 +103,14 @@ class World {
   }
 
   line(text: string): void {
-    const out = `${(this.kernel.nowMs / 1000).toFixed(3).padStart(8)} ${text}`;
+    // The run's directory has a random name (mkdtemp): shown as <sim>, so a replay prints the same lines.
+    const out = `${(this.kernel.nowMs / 1000).toFixed(3).padStart(8)} ${text.replaceAll(this.dir, '<sim>')}`;
     this.digest = crc32c(out, this.digest);
     this.options.print?.(out);
   }
 
   violation(text: string): void {
-    this.violations.push(`t=${(this.kernel.nowMs / 1000).toFixed(3)}s ${text}`);
+    this.violations.push(`t=${(this.kernel.nowMs / 1000).toFixed(3)}s ${text.replaceAll(this.dir, '<sim>')}`);
     this.line(`!! VIOLATION ${text}`);
   }
 
