@@ -170,7 +170,9 @@ export class RestoreGroup extends EventEmitter {
    */
   async resyncStarted(resyncFromSeq: number): Promise<void> {
     for (const pair of this.meta.pairs) await this.bitmapOf(pair.pvolLun).clear();
-    for (const pair of this.meta.pairs) pair.svolInconsistent = true;
+    // The copy's records may all have been applied before this message came (the master copies as
+    // soon as the resync starts): a pair that shows PAIR already is past it.
+    for (const pair of this.meta.pairs) if (pair.status !== 'PAIR') pair.svolInconsistent = true;
     this.meta.skipDamagedBefore = resyncFromSeq;
     await this.persistMeta(this.meta);
     // A drive error reported before this resync is covered by it; a new one is reported anew.

@@ -183,6 +183,11 @@ test('a stored record damaged on the receiving array: restore stops before it, P
   runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x31 0 1M', '-c', 'write -P 0x32 4M 1M', '-c', 'write -P 0x33 8M 1M', '-c', 'flush']);
   const end = (await journalShow(site.a)).cursors.nextSeq;
   await waitFor('B to store every record', async () => (await journalShow(site.b)).cursors.durableSeq >= end, 30_000, 50);
+  // A record stored after those were synced proves they were (unsyncedBefore): damage to one of
+  // them is then damage, not a tear that a crash left (which B would cut off and pull again).
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x34 12M 64k', '-c', 'flush']);
+  const after = (await journalShow(site.a)).cursors.nextSeq;
+  await waitFor('B to store the later record', async () => (await journalShow(site.b)).cursors.durableSeq >= after, 30_000, 50);
   await site.b.stop();
   const seq = damageStoredWrite(path.join(site.b.dir, 'data', 'drive0.img'), 4 * mib);
   t.diagnostic(`damaged the stored record seq ${seq} (the write at 4 MiB) in B's drive`);
@@ -198,3 +203,4 @@ test('a stored record damaged on the receiving array: restore stops before it, P
   await waitForPairAndLag0(site);
   compareAll(site);
 });
+
