@@ -9,9 +9,9 @@
 //
 //   npm run faults -- [--seed N] [--rounds K] [--faults kind,kind] [--keep DIR]
 //
-// --rounds defaults to one round per fault kind (15, about two minutes);
-// --faults draws only from the kinds listed (including the known-bug kind
-// kill-a+fill, which the default draw leaves out; docs/testing.md). The seed
+// --rounds defaults to one round per fault kind (16, about two minutes);
+// --faults draws only from the kinds listed (known-bug kinds, which the default
+// draw leaves out, too; none today: docs/testing.md). The seed
 // (default: from the clock) is printed first; the same --seed replays the same
 // schedule, durations, proxy settings and host writes. Exits 1 when a violation
 // was found (the table counts them; they are listed above it), 2 on bad

@@ -44,6 +44,8 @@ export interface GroupStats {
   appliedRecords: number;
   /** The oldest seq the journal still keeps (its tail): below it nothing is left to send or apply. */
   tailRecords: number;
+  /** Master: the seq the receiver is to skip to (a resync after a suspension, a journal that lost records); 0 if none. */
+  skipToRecords: number;
 }
 
 export interface TakeoverResult {
@@ -1014,7 +1016,10 @@ export class ReplicationManager {
     });
     const pairs = group.meta.pairs.map((p) => ({ pvolLun: p.pvolLun, status: p.status, statusReason: p.statusReason }));
     const skipTo = group.meta.skipTo ?? 0;
-    return { body: { records: wire, masterNextSeq: group.journal.nextSeq, pairs, ...(body.fromSeq < skipTo ? { skipTo } : {}) }, payload };
+    // Until the receiver has applied past the skip point (records it stored below it may be held
+    // by an atomic unit that never ends), each answer says it.
+    const skip = body.fromSeq < skipTo || Number(body.appliedSeq) < skipTo;
+    return { body: { records: wire, masterNextSeq: group.journal.nextSeq, pairs, ...(skip ? { skipTo } : {}) }, payload };
   }
 
   display(groupName?: string): PairDisplay[] {
@@ -1066,11 +1071,12 @@ export class ReplicationManager {
         storedRecords: Math.max(receiver.storedSeq, receiver.appliedSeq),
         appliedRecords: receiver.appliedSeq,
         tailRecords: group.journal.tailSeq,
+        skipToRecords: group.meta.skipTo ?? 0,
       });
     }
     for (const group of this.restores.values()) {
       const journal = group.journal;
-      out.push({ ...statsBase(group.meta, journal), journaledRecords: journal.nextSeq, storedRecords: journal.durableSeq, appliedRecords: journal.appliedSeq, tailRecords: journal.tailSeq });
+      out.push({ ...statsBase(group.meta, journal), journaledRecords: journal.nextSeq, storedRecords: journal.durableSeq, appliedRecords: journal.appliedSeq, tailRecords: journal.tailSeq, skipToRecords: 0 });
     }
     return out;
   }

@@ -734,6 +734,7 @@ export class MasterGroup extends EventEmitter {
     const from = this.journal.nextSeq;
     const to = this.receiverStored;
     this.log.warn({ from, to }, 'the receiver holds records past this journal: the journal goes on from its next seq');
+    this.meta.skipTo = to;
     await this.journal.setRole('master', this.meta.epoch, { keepRecords: false, firstSeq: to });
     // The receiver still applies what it stored: those records stay in the lag until it has.
     for (let seq = Math.max(from, this.receiverApplied); seq < to; seq += 1) this.unapplied.push({ seq, timestampMs: this.now(), bytes: 4096, region: undefined });
@@ -1206,12 +1207,12 @@ export class MasterGroup extends EventEmitter {
     // No seq past twice the journal's capacity in records was ever written (the persisted tail lags
     // the real one by less than a lap); the journal goes on past that, and the resync skips to it.
     const skipTo = fromSeq + 2 * Math.ceil(this.journal.capacityBytes / 4096);
+    this.meta.skipTo = skipTo;
     await this.journal.setRole('master', this.meta.epoch, { keepRecords: false, firstSeq: skipTo });
     this.unapplied.clear();
     this.writtenSeq = skipTo - 1;
     this.servedTo = Math.max(this.servedTo, skipTo);
     // Nothing below is left to send: the receiver skips to it (its next pull is told).
-    this.meta.skipTo = skipTo;
     await this.persistMeta(this.meta);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged: records from seq ${fromSeq} on were lost`);
   }

@@ -367,13 +367,20 @@ export class RestoreGroup extends EventEmitter {
    * reach a consistency point again when the copy ends.
    */
   private async skipTo(seq: number): Promise<void> {
-    if (seq <= this.journal.nextSeq) return;
+    if (seq <= this.journal.appliedSeq && seq <= this.journal.nextSeq) return;
     const resumeApply = !this.pausedApply;
     this.pausedApply = true;
     await this.batch?.catch(() => undefined);
-    const from = this.journal.nextSeq;
-    await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: seq });
-    this.appliedDurable = this.journal.appliedSeq;
+    const from = this.journal.appliedSeq;
+    if (seq <= this.journal.durableSeq) {
+      // Stored already (an atomic unit cut short may hold restore below it): passed over, not applied.
+      this.journal.markApplied(seq);
+      this.journal.release(seq);
+      await this.persistApplied();
+    } else {
+      await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: seq });
+      this.appliedDurable = this.journal.appliedSeq;
+    }
     this.unitScan = undefined;
     this.heldAt = undefined;
     this.damaged = undefined;
@@ -399,10 +406,9 @@ export class RestoreGroup extends EventEmitter {
     const reply = response.body as JournalReadReply;
     this.masterNextSeq = Math.max(this.masterNextSeq, reply.masterNextSeq);
     await this.adoptStatuses(reply.pairs);
-    if (reply.skipTo !== undefined && reply.records.length === 0) {
-      if (!Number.isSafeInteger(reply.skipTo) || reply.skipTo < 0) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered skipTo ${String(reply.skipTo)}`);
-      return { durable: Promise.resolve(), skipTo: reply.skipTo };
-    }
+    const skipTo = reply.skipTo;
+    if (skipTo !== undefined && (!Number.isSafeInteger(skipTo) || skipTo < 0)) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered skipTo ${String(skipTo)}`);
+    if (skipTo !== undefined && reply.records.length === 0) return { durable: Promise.resolve(), skipTo };
     let payloadIndex = 0;
     const writes: Promise<void>[] = [];
     for (const record of reply.records) {
@@ -424,7 +430,7 @@ export class RestoreGroup extends EventEmitter {
       }
       writes.push(this.journal.write(reservation, meta, data));
     }
-    if (writes.length === 0) return { durable: Promise.resolve() };
+    if (writes.length === 0) return { durable: Promise.resolve(), ...(skipTo === undefined ? {} : { skipTo }) };
     const durable = Promise.all(writes)
       .then(() => this.journal.sync())
       .then(() => {
@@ -432,7 +438,7 @@ export class RestoreGroup extends EventEmitter {
         this.applyWake?.();
       });
     durable.catch(() => undefined);
-    return { durable };
+    return { durable, ...(skipTo === undefined ? {} : { skipTo }) };
   }
 
   private async applyLoop(): Promise<void> {

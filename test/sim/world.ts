@@ -539,8 +539,11 @@ class World {
     if (md.status !== 'PAIR' && md.status !== 'PSUS' && md.status !== 'PSUE') return;
     this.checks.lag! += 1;
     // Records that exist: a journal that lost records went on past every seq it may have given out
-    // (journalLost, a resync past the receiver): the seqs skipped below its tail are no records.
-    const trueLag = Math.max(0, ms.journaledRecords - Math.max(rs.appliedRecords, ms.tailRecords));
+    // (journalLost, a resync past the receiver), and the receiver skips to that point: no records.
+    const skipped = Math.max(rs.appliedRecords, ms.skipToRecords);
+    const trueLag = Math.max(0, ms.journaledRecords - skipped);
+    // The master frees its journal only up to what the receiver applied (DESIGN.md §5), or a skip point.
+    if (ms.tailRecords > skipped) this.violation(`${master} freed its journal up to seq ${ms.tailRecords - 1} but ${restore} has applied only up to ${rs.appliedRecords - 1}`);
     if (md.lagRecords < trueLag) this.violation(`${master} reports a lag of ${md.lagRecords} records but ${restore} has applied ${rs.appliedRecords} of ${ms.journaledRecords} (true lag ${trueLag})`);
   }
 
