@@ -37,7 +37,7 @@ export interface JournalReadReply {
   masterNextSeq: number;
   /** Pair states as the master sees them (COPY → PAIR is decided there). */
   pairs: Array<{ pvolLun: number; status: PairMeta['status']; statusReason: string | null }>;
-  /** A resync after a suspension re-copies every region of the records below this seq: skip to it. */
+  /** A resync after a suspension re-copies every region of the records below this seq: pass over them (until applied past it). */
   skipTo?: number;
 }
 
@@ -361,10 +361,11 @@ export class RestoreGroup extends EventEmitter {
   }
 
   /**
-   * The master's resync after a suspension re-copies every region of the records below `seq`:
-   * the ones stored here and not applied are dropped (the journal goes on at `seq`, a new
-   * instance), so none of them is pulled or applied again. The S-VOLs are mid-copy (COPY) and
-   * reach a consistency point again when the copy ends.
+   * The master's resync after a suspension (or its journal losing records) re-copies every region
+   * of the records below `seq`: those stored here and not applied are passed over (marked applied,
+   * never written to the S-VOLs: an atomic unit cut short cannot hold restore), and with none
+   * stored up to `seq` the journal goes on there (a new instance). The S-VOLs are mid-copy (COPY)
+   * and reach a consistency point again when the copy ends.
    */
   private async skipTo(seq: number): Promise<void> {
     if (seq <= this.journal.appliedSeq && seq <= this.journal.nextSeq) return;
