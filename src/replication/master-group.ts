@@ -686,7 +686,9 @@ export class MasterGroup extends EventEmitter {
     for (const entry of peerDirty) {
       const pvol = this.pvols.get(entry.lun);
       if (!pvol) continue;
-      const regions = entry.ranges.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
+      // The peer's word: ranges outside the volume (or not whole numbers) name nothing here.
+      const inside = entry.ranges.filter(([offset, length]) => Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset < pvol.volume.sizeBytes);
+      const regions = inside.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
       await pvol.bitmap.addAll(regions);
     }
     for (const pair of this.meta.pairs) {
