@@ -46,7 +46,7 @@ export class ArrayReplication implements ReplicationControl {
       this.identity = { arrayId: this.config.arrayId, psk: readPskFile(pskFile) };
     }
     if (this.config.listen.link && this.identity) {
-      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
+      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), onPeer: (id) => this.peers.get(id)?.retryNow(), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
       const address = await this.server.listen(this.config.listen.link.host, this.config.listen.link.port);
       this.linkAddress = address.address.includes(':') ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
     }

@@ -170,6 +170,20 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
     this.connect();
   }
 
+  /**
+   * The peer just reached us on its own connection, so the network between us works: a link
+   * waiting out its back-off (up to backoffMsMax) tries again now. Without it the two directions
+   * come back seconds apart, and a receiver whose pulls go this way stays silent long enough after
+   * a resync to suspend the group again (simulator seed 31).
+   */
+  retryNow(): void {
+    if (this.state !== 'connecting' || this.attempt !== undefined || this.retryTimer === undefined) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.backoff.reset();
+    this.connect();
+  }
+
   request(method: string, body: unknown, payload: Buffer[] = [], options: RequestOptions = {}): Promise<LinkResponse> {
     if (this.state !== 'up') return Promise.reject(this.downError());
     assert(this.nextRequestId <= REQUEST_ID_MAX, 'request ids left');

@@ -50,6 +50,8 @@ export interface LinkServerOptions {
   requestsInFlightMax?: number;
   /** How bytes travel (default: TLS-PSK over TCP); the simulator's in-process network in test/sim. */
   transport?: LinkTransport;
+  /** A peer array passed HELLO on an inbound connection (the network between us works again). */
+  onPeer?: (arrayId: string) => void;
 }
 
 export function remoteLabel(socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string {
@@ -135,6 +137,7 @@ export class LinkServer {
       log: this.options.log,
       requestsInFlightMax: this.options.requestsInFlightMax ?? REQUESTS_IN_FLIGHT_MAX,
       onClose: () => this.sessions.delete(session),
+      ...(this.options.onPeer === undefined ? {} : { onPeer: this.options.onPeer }),
     });
     this.sessions.add(session);
   }
@@ -150,6 +153,7 @@ interface InboundOptions {
   log: Logger;
   requestsInFlightMax: number;
   onClose: () => void;
+  onPeer?: (arrayId: string) => void;
 }
 
 /** One accepted connection: HELLO check, then requests to the handler. */
@@ -205,6 +209,7 @@ class InboundSession {
     }
     this.peerId = arrayId;
     log.info({ peer: arrayId, remote: this.remote }, `link: peer ${arrayId} connected from ${this.remote}`);
+    this.options.onPeer?.(arrayId);
   }
 
   private startRequest(frame: Extract<Frame, { type: typeof FRAME_TYPE.REQUEST }>): void {

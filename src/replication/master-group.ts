@@ -700,6 +700,10 @@ export class MasterGroup extends EventEmitter {
     }
     this.meta.splitSeq = null;
     this.meta.writesRefused = null;
+    // The silence that suspended (or fenced) the group is not this replication's: the receiver gets
+    // a whole suspendAfterMs (fenceAfterMs) from now to be heard, or the next watch tick would
+    // suspend a resync whose link came back a moment before its first pull.
+    this.lastHeardMs = Math.max(this.lastHeardMs, this.now());
     this.meta.trackedWrites = false;
     this.meta.reclaiming = false;
     this.trackedWriteCount = 0;

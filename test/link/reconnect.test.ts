@@ -146,4 +146,32 @@ describe('reconnects', () => {
     assert.deepEqual(peer.currentAddress, { host: HOST, port });
     assert.deepEqual((await peer.request('m', 1)).body, { peerId: 'site-a', method: 'm', body: 1 });
   });
+
+  test('an inbound hello from the peer cuts a waiting back-off short: both directions come back together', async (t) => {
+    // B dials A, whose port is dead at first: B waits out a back-off of at least 4 s. A's server then
+    // listens and A dials B; B's server sees A's hello and tells its own link to try now.
+    const portA = await freePort();
+    const toA = new PeerLink({ identity: identity('site-b'), peerId: 'site-a', address: { host: HOST, port: portA }, log: captureLog().log, backoffMsMin: 4000, backoffMsMax: 8000 });
+    t.after(() => toA.close());
+    const serverB = new LinkServer({ identity: identity('site-b'), handler: echoHandler, log: captureLog().log, onPeer: (id) => { if (id === 'site-a') toA.retryNow(); } });
+    t.after(() => serverB.close());
+    const { port: portB } = await serverB.listen(HOST, 0);
+    toA.start();
+    const [waitMs] = await once(toA, 'retry');
+    assert.ok((waitMs as number) >= 4000, `the back-off waits ${String(waitMs)} ms`);
+    const serverA = new LinkServer({ identity: identity('site-a'), handler: echoHandler, log: captureLog().log });
+    t.after(() => serverA.close());
+    assert.equal((await serverA.listen(HOST, portA)).port, portA);
+    const toB = new PeerLink({ identity: identity('site-a'), peerId: 'site-b', address: { host: HOST, port: portB }, log: captureLog().log });
+    t.after(() => toB.close());
+    const started = Date.now();
+    const upA = once(toA, 'up');
+    toB.start();
+    await once(toB, 'up');
+    await upA;
+    assert.ok(Date.now() - started < 2000, `B's link came up ${Date.now() - started} ms after A's hello, not after its back-off`);
+    assert.deepEqual((await toA.request('m', 'now')).body, { peerId: 'site-b', method: 'm', body: 'now' });
+    toA.retryNow(); // up: nothing to cut short
+    assert.equal(toA.connected, true);
+  });
 });

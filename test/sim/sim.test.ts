@@ -62,6 +62,8 @@ export const FIXED_FINDINGS: readonly Finding[] = [
   { seed: 325, without: [], what: 'a split group whose journal lost records: the receiver asked below the tail forever (journalLost sets skipTo)' },
   { seed: 163, without: [], what: 'a reclaim overtaken by a newer epoch kept its flag: resync --discard was refused forever (MasterGroup.fence clears it)' },
   { seed: 400, without: [], what: 'takeover promoted S-VOLs suspended in the middle of a resync: not a state the hosts saw (svolInconsistent)' },
+  { seed: 62, without: [], what: 'a resync right after the link came back suspended link-down at the next watch tick: the silence before the resync counted (MasterGroup.resync resets lastHeardMs; CI: fence.test.ts)' },
+  { seed: 31, without: [], what: 'after a heal the receiver\'s own connection waited out a 5 s back-off while the other direction was up: silent past suspendAfterMs after the resync (PeerLink.retryNow on an inbound hello)' },
 ];
 
 /** The CI seed set: 1-200 of the full profile, less the open findings. */

@@ -473,10 +473,29 @@ class World {
     }
     if (life !== array.life) return;
     this.line(`${target} A ${op} done: ${JSON.stringify(result)}`);
+    if (this.healing && op.startsWith('resync')) this.healResynced = true;
     if (op === 'takeover') await this.afterTakeover(target, other, result as TakeoverResult);
     if (op === 'resync --discard' && this.primary !== target) await this.discarded(target, other);
     if (op === 'resync --discard') this.discardInDoubt = undefined;
     if (op !== 'split' && op !== 'takeover') await this.checkPrimary('after ' + op);
+  }
+
+  /** In the heal phase (the network whole, no faults), and once a resync there answered. */
+  private healing = false;
+  private healResynced = false;
+
+  /**
+   * Once the faults stopped and a resync answered (the link carried it), nothing may suspend the
+   * group for link-down: the receiver is up and pulling. A watch that counts the silence from before
+   * the resync suspends it at once (CI, fence.test.ts: PSUE link-down right after the resync).
+   */
+  private checkNoLinkDownAfterHeal(): void {
+    if (!this.healResynced) return;
+    // The sending side's own status (a receiver shows the master's as of its last pull).
+    for (const array of [this.primary, this.other(this.primary)].filter((x) => this.role(x) === 'master')) {
+      const down = this.display(array).find((p) => p.status === 'PSUE' && /link-down/.test(p.statusReason ?? ''));
+      if (down) this.violation(`${array} suspended link-down after the heal and a resync, with the link whole: ${down.statusReason}`);
+    }
   }
 
   /** A resync --discard that failed on the way, until it shows as done or the hosts' side writes again. */
@@ -622,6 +641,7 @@ class World {
 
   private async healPhase(): Promise<void> {
     this.line('sim heal: faults stop');
+    this.healing = true;
     this.network.heal();
     this.journalFaultRate = 0;
     for (const array of Object.values(this.arrays)) array.disk.faults.ioErrorRate = 0;
@@ -674,6 +694,7 @@ class World {
       const ms = this.arrays[master]!.replication!.manager.groupStats().find((g) => g.group === GROUP);
       const rs = this.arrays[restore]!.replication!.manager.groupStats().find((g) => g.group === GROUP);
       if (ms && rs && rs.appliedRecords >= ms.journaledRecords && this.display(master).every((p) => p.lagRecords === 0)) return true;
+      this.checkNoLinkDownAfterHeal();
       if (this.display(master).some((p) => p.status === 'PSUE' || p.status === 'PSUS')) return false;
       await this.runFor(50);
     }
@@ -690,6 +711,8 @@ class World {
     while (this.kernel.nowMs < deadline) {
       this.hostTick();
       await this.settleDiscard();
+      this.checkNoLinkDownAfterHeal();
+      if (this.violations.length > 0) return false;
       const p = this.primary;
       const s = this.other(p);
       const pd = this.display(p);
