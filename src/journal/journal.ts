@@ -26,7 +26,7 @@ import {
   recordBytesFor, recordDataBytesMax, recordHeaderBytes, ringStartBytes, slotOfGeneration, RecordTemplate,
   type HeaderState, type InstanceEntry, type RecordFields,
 } from './layout.js';
-import { chooseHeader, scanRing } from './recovery.js';
+import { chooseHeader, scanRing, sweepRing, type SweepResult } from './recovery.js';
 import { SeqIndex } from './seq-index.js';
 import type { Epoch, JournalDevice, JournalRecord, JournalRole, RecordMeta, RecoveryReport, Reservation } from './types.js';
 
@@ -97,7 +97,7 @@ export class Journal {
   readonly groupId: string;
   private roleNow: JournalRole;
   private instances: InstanceEntry[];
-  private readonly session: number;
+  private session: number;
   private generation: number;
   private readonly cursor: Cursors;
   private head: number;
@@ -116,6 +116,8 @@ export class Journal {
   private failure: TwinstoreError | undefined;
   private closing = false;
   private closed = false;
+  /** Persisted in every header until acknowledgeStartedAgain(): a crash before the owner acts keeps the report. */
+  private startedAgain: boolean;
 
   private constructor(parts: JournalParts) {
     const { header } = parts;
@@ -126,6 +128,7 @@ export class Journal {
     this.roleNow = header.role;
     this.instances = header.instances;
     this.session = header.session;
+    this.startedAgain = header.startedAgain === true;
     this.generation = header.generation;
     this.cursor = { tailSeq: header.tailSeq, nextSeq: parts.nextSeq, writtenSeq: parts.nextSeq, durableSeq: parts.nextSeq, appliedSeq: header.appliedSeq };
     this.head = parts.head;
@@ -169,6 +172,12 @@ export class Journal {
     assert(header.session < sessionMax, 'the session counter does not wrap');
     const index = new SeqIndex(header.ringBytes / blockBytes, header.tailSeq);
     const scan = await scanRing(device, header, index);
+    // Only a lost newest slot can leave an older header in use; then every block of the ring is read.
+    const sweep = scan.label === 'header_behind_ring' || chosen.label !== 'both_valid' ? await sweepRing(device, header) : undefined;
+    let lost: string | undefined;
+    if (scan.label === 'header_behind_ring') lost = `the record at the persisted tail has seq ${scan.aheadSeq ?? '?'}, not the tail seq ${header.tailSeq}: the header in use (slot ${chosen.slot}) is older than the ring`;
+    else if (sweep !== undefined && sweep.maxSession > header.session) lost = `records of session ${sweep.maxSession} lie on the ring, but the newest readable header (slot ${chosen.slot}) knows sessions up to ${header.session}: a newer header was durable and is damaged`;
+    if (lost !== undefined) return Journal.startAgain(device, chosen, sweep!, lost, scan.label);
     const journal = new Journal({
       device, header: { ...header, session: header.session + 1, clean: false }, index, head: scan.head, nextSeq: scan.nextSeq,
       keptBytes: scan.keptBytes, lastEpoch: scan.lastEpoch ?? header.instances[0]!.epoch,
@@ -177,8 +186,55 @@ export class Journal {
     const recovery: RecoveryReport = {
       case: scan.label, records: scan.nextSeq - header.tailSeq, damaged: scan.damaged, cut: scan.cut, lostFrom: scan.lostFrom, headerSlot: chosen.slot, headerCase: chosen.label, steps: scan.steps,
       cleanShutdown: header.clean, tailSeq: header.tailSeq, nextSeq: scan.nextSeq,
+      headerLost: header.startedAgain === true ? { reason: 'the journal was started again after its newest header was lost, and its owner had not acted on it when it stopped', maxSeq: null } : null,
     };
     return { journal, recovery };
+  }
+
+  /**
+   * The newest header is lost: the journal starts again, empty, as a new instance of the same group
+   * and role, in a session above every one on the ring, at a seq past any it may have given out:
+   * the highest seq on the ring plus twice the ring's capacity in records (records written but not
+   * found, damaged ones, lie within one lap). So even a crash before the caller acts on the report
+   * cannot give an old seq to a new write. Both slots are written (the lost one first), so the next
+   * open finds two valid headers naming it.
+   */
+  private static async startAgain(device: JournalDevice, chosen: { state: HeaderState; slot: 0 | 1; label: string }, sweep: SweepResult, reason: string, label: RecoveryReport['case']): Promise<{ journal: Journal; recovery: RecoveryReport }> {
+    const old = chosen.state;
+    const session = Math.max(old.session, sweep.maxSession) + 1;
+    assert(session < sessionMax, 'the session counter does not wrap');
+    const epoch = old.instances[0]!.epoch;
+    const firstSeq = Math.max(old.tailSeq, (sweep.maxSeq ?? -1) + 1) + 2 * (old.ringBytes / blockBytes);
+    const header: HeaderState = {
+      generation: old.generation + 2, session, role: old.role, clean: false, startedAgain: true, ringBytes: old.ringBytes, tailSeq: firstSeq, tailPosition: ringStartBytes,
+      appliedSeq: firstSeq, groupId: old.groupId, instances: [{ id: newInstanceId(), firstSeq, epoch }],
+    };
+    await device.write(slotOfGeneration(header.generation - 1) * headerSlotBytes, encodeHeaderSlot({ ...header, generation: header.generation - 1 }));
+    await device.write(slotOfGeneration(header.generation) * headerSlotBytes, encodeHeaderSlot(header));
+    await device.flush();
+    const index = new SeqIndex(header.ringBytes / blockBytes, header.tailSeq);
+    const journal = new Journal({ device, header, index, head: ringStartBytes, nextSeq: header.tailSeq, keptBytes: 0, lastEpoch: epoch });
+    const recovery: RecoveryReport = {
+      case: label, records: 0, damaged: [], cut: [], lostFrom: null, headerLost: { reason, maxSeq: sweep.maxSeq }, headerSlot: chosen.slot, headerCase: chosen.label,
+      steps: {}, cleanShutdown: false, tailSeq: old.tailSeq, nextSeq: header.tailSeq,
+    };
+    return { journal, recovery };
+  }
+
+  /**
+   * The owner has acted on a lost header (a master marked every region, a receiver asked for a full
+   * copy, durably): later opens no longer report it.
+   */
+  async acknowledgeStartedAgain(): Promise<void> {
+    if (!this.startedAgain) return;
+    this.checkUsable();
+    this.startedAgain = false;
+    await this.requestRound(true);
+  }
+
+  /** Started again after a lost header (Journal.open reported headerLost) and not yet acknowledged. */
+  get startedAgainPending(): boolean {
+    return this.startedAgain;
   }
 
   get instanceId(): string {
@@ -357,6 +413,10 @@ export class Journal {
     }
     this.roleNow = role;
     this.lastEpoch = entry.epoch;
+    // A new session with the new instance: its records then prove that a header naming it was
+    // durable, so an open that finds them but only an older header knows that header was lost.
+    assert(this.session + 1 < sessionMax, 'the session counter does not wrap');
+    this.session += 1;
     return this.requestRound(true);
   }
 
@@ -519,7 +579,7 @@ export class Journal {
     this.instances = this.liveInstances();
     this.generation += 1;
     const bytes = encodeHeaderSlot({
-      generation: this.generation, session: this.session, role: this.roleNow, clean: this.closing, ringBytes: this.ringBytes,
+      generation: this.generation, session: this.session, role: this.roleNow, clean: this.closing, startedAgain: this.startedAgain, ringBytes: this.ringBytes,
       tailSeq: this.cursor.tailSeq, tailPosition: this.tailPosition(), appliedSeq: this.cursor.appliedSeq, groupId: this.groupId,
       instances: this.instances,
     });

@@ -31,6 +31,8 @@ const textFieldBytes = 1 + textFieldBytesMax;
 const flagWrap = 1;
 const unsyncedBeforeMax = 2 ** 32 - 1;
 const flagClean = 1;
+/** The journal was started again after its newest header was lost, and its owner has not acted on it yet. */
+const flagStartedAgain = 2;
 
 const kindCodes: Record<RecordKind, number> = { write: 1, zero: 2, trim: 3, base: 4, marker: 5 };
 const kindsByCode: readonly (RecordKind | undefined)[] = [undefined, 'write', 'zero', 'trim', 'base', 'marker'];
@@ -193,7 +195,7 @@ export function dataCrcOf(data: Buffer | undefined): number {
 }
 
 // ---- header slot ------------------------------------------------------------
-//   0 u32 magic "TWJH"   4 u16 version   6 u8 role   7 u8 flags (1 = clean shutdown)
+//   0 u32 magic "TWJH"   4 u16 version   6 u8 role   7 u8 flags (1 = clean shutdown, 2 = started again)
 //   8 u32 CRC32C of bytes 12..4096   12 u32 session   16 u64 generation
 //  24 u64 ring start   32 u64 ring bytes   40 u64 tail seq   48 u64 tail position
 //  56 u64 applied seq   64 u8 instance count (1..8)   72 text group id
@@ -216,6 +218,8 @@ export interface HeaderState {
   session: number;
   role: JournalRole;
   clean: boolean;
+  /** Started again after a lost header (Journal.startAgain) until the owner acknowledges it. */
+  startedAgain?: boolean;
   ringBytes: number;
   tailSeq: number;
   tailPosition: number;
@@ -236,7 +240,7 @@ export function encodeHeaderSlot(state: HeaderState): Buffer {
   block.writeUInt32BE(headerMagic, 0);
   block.writeUInt16BE(formatVersion, 4);
   block[6] = roleCodes[state.role];
-  block[7] = state.clean ? flagClean : 0;
+  block[7] = (state.clean ? flagClean : 0) | (state.startedAgain === true ? flagStartedAgain : 0);
   block.writeUInt32BE(state.session, 12);
   writeU64(block, state.generation, 16);
   writeU64(block, ringStartBytes, 24);
@@ -266,12 +270,12 @@ export function parseHeaderSlot(block: Buffer, slot: 0 | 1): HeaderState | undef
   const ringBytes = readU64(block, 32);
   const count = block[64] ?? 0;
   const groupId = readText(block, slotGroupAt);
-  if (role === undefined || (flags & ~flagClean) !== 0 || generation < 1 || slotOfGeneration(generation) !== slot) return undefined;
+  if (role === undefined || (flags & ~(flagClean | flagStartedAgain)) !== 0 || generation < 1 || slotOfGeneration(generation) !== slot) return undefined;
   if (readU64(block, 24) !== ringStartBytes || ringBytes < 4 * recordBytesMax || ringBytes % blockBytes !== 0) return undefined;
   if (count < 1 || count > instancesMax || groupId === undefined) return undefined;
   const instances = parseInstances(block, count);
   const state: HeaderState = {
-    generation, session: block.readUInt32BE(12), role, clean: flags === flagClean, ringBytes,
+    generation, session: block.readUInt32BE(12), role, clean: (flags & flagClean) !== 0, startedAgain: (flags & flagStartedAgain) !== 0, ringBytes,
     tailSeq: readU64(block, 40), tailPosition: readU64(block, 48), appliedSeq: readU64(block, 56), groupId,
     instances: instances ?? [],
   };

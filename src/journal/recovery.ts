@@ -181,6 +181,8 @@ export interface ScanResult {
   cut: DamagedRecord[];
   /** The scan stopped at damage, not at the end: records from this seq on had been synced (syncedPastStop). */
   lostFrom: number | null;
+  /** header_behind_ring: the seq of the record found at the persisted tail. */
+  aheadSeq?: number;
   steps: Partial<Record<RecoveryCase, number>>;
 }
 
@@ -196,7 +198,8 @@ export async function scanRing(device: JournalDevice, header: HeaderState, index
     const row = decideProbe(facts);
     result.steps[row.label] = (result.steps[row.label] ?? 0) + 1;
     if (row.action === 'fail') {
-      throw new TwinstoreError('JOURNAL_CORRUPT', `journal record at ${cursor.position} has seq ${record?.seq} where the header's tail expects ${cursor.expected}: the header is behind the ring`);
+      // The header in use is not the newest durable one: the caller treats the header as lost.
+      return { ...result, label: row.label, nextSeq: cursor.expected, head: cursor.spanStart, lostFrom: null, ...(record === undefined ? {} : { aheadSeq: record.seq }) };
     }
     if (row.action === 'stop') {
       if (row.label === 'torn_data_end' && record !== undefined) result.cut.push(regionOf(record));
@@ -372,4 +375,34 @@ async function laterRecordExists(context: ScanContext, cursor: ScanCursor): Prom
     if (fitsAt(context, record, position)) return true;
   }
   return false;
+}
+
+export interface SweepResult {
+  /** The highest seq of this group's records (wrap markers included) anywhere on the ring. */
+  maxSeq: number | null;
+  /** The highest session stamped on them. */
+  maxSession: number;
+}
+
+/**
+ * Reads every block of the ring and notes the highest seq and session of this group's record
+ * headers. Run only when the newest header may be lost (one slot invalid, or the ring ahead of
+ * the header): a record of a session the header in use does not know proves a newer header was
+ * durable, because every session (an open, a role change) is persisted before its first record.
+ */
+export async function sweepRing(device: JournalDevice, header: HeaderState): Promise<SweepResult> {
+  const ringEnd = ringStartBytes + header.ringBytes;
+  const result: SweepResult = { maxSeq: null, maxSession: 0 };
+  const buffer = Buffer.allocUnsafe(Math.min(windowBytes, header.ringBytes));
+  for (let at = ringStartBytes; at < ringEnd; at += buffer.length) {
+    const window = buffer.subarray(0, Math.min(buffer.length, ringEnd - at));
+    await device.read(at, window);
+    for (let offset = 0; offset < window.length; offset += blockBytes) {
+      const record = parseRecordHeader(window.subarray(offset, offset + blockBytes));
+      if (record === undefined || record.groupId !== header.groupId) continue;
+      result.maxSeq = Math.max(result.maxSeq ?? record.seq, record.seq);
+      result.maxSession = Math.max(result.maxSession, record.session);
+    }
+  }
+  return result;
 }

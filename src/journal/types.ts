@@ -96,6 +96,15 @@ export interface RecoveryReport {
    * back. null when the records end where they were last written.
    */
   lostFrom: number | null;
+  /**
+   * The newest durable header was lost (damaged after its sync): the readable one is older than
+   * the ring (`header_behind_ring`), or records of a session it does not know lie on the ring. The
+   * records cannot be trusted to chain from it, so the journal was started again, empty, as a new
+   * instance past every seq on the ring (`nextSeq`: the highest found, `maxSeq`, plus twice the
+   * ring's capacity in records), so no seq means two writes. A master no longer knows which
+   * regions its records wrote; a receiver no longer knows what it applied.
+   */
+  headerLost: { reason: string; maxSeq: number | null } | null;
   /** The header slot the journal was opened from ... */
   headerSlot: 0 | 1;
   /** ... and the header-table label that chose it (both_valid, slot0_torn_or_damaged, slot1_torn_or_damaged). */

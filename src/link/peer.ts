@@ -98,6 +98,8 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
   private readonly requestTimeoutMs: number;
   private readonly requestsInFlightMax: number;
   private readonly backoff: Backoff;
+  /** retryNow() came while an attempt was under way: if it fails, the next waits the shortest delay. */
+  private retrySoon = false;
   private address: LinkAddress;
   private state: State = 'idle';
   private generation = 0;
@@ -177,6 +179,8 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
    * a resync to suspend the group again (simulator seed 31).
    */
   retryNow(): void {
+    // An attempt under way that fails (begun before the network came back) retries at the shortest delay.
+    if (this.state === 'connecting' && this.attempt !== undefined) this.retrySoon = true;
     if (this.state !== 'connecting' || this.attempt !== undefined || this.retryTimer === undefined) return;
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
@@ -338,6 +342,8 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
     this.state = 'connecting';
     this.downReason = reason;
     this.failAll(new TwinstoreError('LINK_DOWN', `the link to ${this.peerId} went down: ${reason}`));
+    if (this.retrySoon) this.backoff.reset();
+    this.retrySoon = false;
     const delayMs = this.backoff.next();
     this.logFailure(wasUp, reason, code, delayMs);
     if (wasUp) this.emit('down', reason, code);

@@ -169,6 +169,11 @@ export class ReplicationManager {
         // the records from the persisted tail are loaded and redone: a release under those reads fails them.
         const group = this.newMaster(meta, journal, false);
         await group.loadUnapplied();
+        if (await group.journalStartedAgain()) {
+          // Its header was lost (recovery.headerLost): no record is left to redo or send.
+          this.masters.set(meta.name, group);
+          continue;
+        }
         if (recovery.lostFrom !== null) {
           // Damage in the middle of the journal: synced records past it are gone. Redoing the part
           // before it could roll back newer data on the P-VOLs; the resync copies every region.
@@ -191,7 +196,9 @@ export class ReplicationManager {
         // Frozen for a swap when it stopped: ask the peer soon whether it promoted.
         if (group.frozen) this.watchFreeze(group, 0);
       } else {
-        this.newRestore(meta, journal).start();
+        const group = this.newRestore(meta, journal);
+        await group.journalStartedAgain();
+        group.start();
       }
     }
     this.opened = true;
@@ -208,7 +215,10 @@ export class ReplicationManager {
     const last = meta.epochs[meta.epochs.length - 1]!;
     if (journal.role !== meta.role || formatEpoch(journal.epoch) !== formatEpoch(meta.epoch)) {
       this.log.warn({ group: meta.name, journal: journal.role, group_role: meta.role }, 'finishing a role change: the journal takes the group\'s role and epoch');
-      await journal.setRole(meta.role, meta.epoch, { keepRecords: false, firstSeq: last.firstSeq });
+      // A journal started again after a lost header may have written seqs of this epoch past its
+      // first seq before (the lost header named them): it goes on past every seq on its ring.
+      const firstSeq = journal.startedAgainPending ? Math.max(last.firstSeq, journal.nextSeq) : last.firstSeq;
+      await journal.setRole(meta.role, meta.epoch, { keepRecords: false, firstSeq });
       await this.engine.setRole(this.journalName(meta), meta.role === 'master' ? 'journal-master' : 'journal-restore');
     }
     for (const pair of meta.pairs) {
@@ -223,6 +233,21 @@ export class ReplicationManager {
     const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes, log: this.log });
     if (register) this.masters.set(meta.name, group);
     group.watchLink(this.options.suspendAfterMs ?? 30_000);
+    return group;
+  }
+
+  /** A master on a journal just opened: a journal started again after a lost header is acted on first. */
+  private async openedMaster(meta: GroupMeta, journal: Journal): Promise<MasterGroup> {
+    const group = this.newMaster(meta, journal);
+    await group.journalStartedAgain();
+    return group;
+  }
+
+  /** A receiver on a journal just opened, started (after acting on a lost header, as openedMaster). */
+  private async openedRestore(meta: GroupMeta, journal: Journal): Promise<RestoreGroup> {
+    const group = this.newRestore(meta, journal);
+    await group.journalStartedAgain();
+    group.start();
     return group;
   }
 
@@ -472,14 +497,14 @@ export class ReplicationManager {
       // The planted bug: volumes writable and the group sending before its epoch is durable.
       const journal = await this.reopenJournal(meta);
       await this.finishRoleChange(meta, journal);
-      const group = this.newMaster(meta, journal);
+      const group = await this.openedMaster(meta, journal);
       await this.persist(meta);
       return group;
     }
     await this.persist(meta);
     const journal = await this.reopenJournal(meta);
     await this.finishRoleChange(meta, journal);
-    return this.newMaster(meta, journal);
+    return this.openedMaster(meta, journal);
   }
 
   /** Groups in the middle of a role change here (demote, promote, reclaim): not to be opened again meanwhile. */
@@ -502,8 +527,8 @@ export class ReplicationManager {
     try {
       const journal = await this.reopenJournal(meta);
       await this.finishRoleChange(meta, journal);
-      if (meta.role === 'master') this.newMaster(meta, journal);
-      else this.newRestore(meta, journal).start();
+      if (meta.role === 'master') await this.openedMaster(meta, journal);
+      else await this.openedRestore(meta, journal);
       this.log.warn({ group: name, role: meta.role }, 'a role change that stopped half-way is finished: the group is open again');
       return true;
     } finally {
@@ -637,7 +662,7 @@ export class ReplicationManager {
     await this.engine.persist(records);
     const journal = await this.reopenJournal(meta);
     await this.finishRoleChange(meta, journal);
-    this.newRestore(meta, journal).start();
+    await this.openedRestore(meta, journal);
     crashPoint(keepDirty ? 'resync-swap.reverse' : 'swap.demote', 'after');
     this.log.info({ group: body.group, epoch: formatEpoch(body.epoch) }, 'demoted: this array now receives the group');
   }
@@ -723,7 +748,7 @@ export class ReplicationManager {
     await this.finishRoleChange(meta, journal);
     crashPoint('reclaim.epoch', 'after');
     this.log.warn({ group: meta.name, epoch: formatEpoch(epoch) }, 'reclaim: this array is the primary again in a new epoch');
-    return this.newMaster(meta, journal);
+    return this.openedMaster(meta, journal);
   }
 
   /** group.hello: a primary tells its peer its epoch; the side with the older one fences itself. */
@@ -1019,6 +1044,8 @@ export class ReplicationManager {
     // Until the receiver has applied past the skip point (records it stored below it may be held
     // by an atomic unit that never ends), each answer says it.
     const skip = body.fromSeq < skipTo || Number(body.appliedSeq) < skipTo;
+    // A receiver that lost its journal: every region is marked now (readJournal did it), and its journal goes on at skipTo.
+    if (body.journalLost === true) return { body: { records: [], masterNextSeq: group.journal.nextSeq, pairs, skipTo, fullCopyMarked: true }, payload: [] };
     return { body: { records: wire, masterNextSeq: group.journal.nextSeq, pairs, ...(skip ? { skipTo } : {}) }, payload };
   }
 

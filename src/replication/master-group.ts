@@ -506,7 +506,15 @@ export class MasterGroup extends EventEmitter {
         records = await this.journal.readFrom(seq, readBatchBytesMax);
       } catch (error) {
         if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
-        if (error.region) fold(error.region.lun, error.region.offset, error.region.length);
+        // A damaged header names no region; the record as it was queued does (sim seed 226: a write
+        // whose record header a bit flip hit was never re-sent, and its blocks differed at lag 0).
+        const queued = error.region === undefined ? this.unapplied.from(seq).find((r) => r.seq === seq) : undefined;
+        const region = error.region ?? queued?.region;
+        if (region) fold(region.lun, region.offset, region.length);
+        else if (queued === undefined) {
+          this.log.error({ seq }, 'a damaged journal record names no region: every region goes into the bitmaps');
+          for (const [lun, pvol] of this.pvols) fold(lun, 0, pvol.volume.sizeBytes);
+        }
         seq += 1;
         continue;
       }
@@ -846,7 +854,17 @@ export class MasterGroup extends EventEmitter {
   async fence(newer: string, divergenceSeq: number): Promise<void> {
     if (this.meta.pairs.every((p) => p.status === 'FENCED')) return;
     this.log.warn({ newer, divergenceSeq }, 'the peer holds a newer epoch: fencing this group');
-    const divergent = await this.divergentWrites(divergenceSeq);
+    // The fence must hold whatever the drives do: a journal stopped by a drive error is opened again
+    // (the error may be over; sim seed 246 never fenced, so resync --swap failed forever), and one
+    // that still cannot be read counts the writes queued in memory.
+    if (this.journal.failed) await this.reopenJournal().catch((error: unknown) => this.log.warn({ err: (error as Error).message }, 'fencing: the journal cannot be opened again yet'));
+    let divergent: number;
+    try {
+      divergent = await this.divergentWrites(divergenceSeq);
+    } catch (error) {
+      if (!isIoError(error)) throw error;
+      divergent = this.unapplied.from(divergenceSeq).length + (this.meta.trackedWrites === true ? Math.max(1, this.trackedWriteCount) : 0);
+    }
     for (const pair of this.meta.pairs) {
       pair.status = 'FENCED';
       pair.statusReason = `newer epoch ${newer}` + (divergent > 0 ? `; ${divergent} host writes here past seq ${divergenceSeq - 1} (diverged)` : '');
@@ -1011,8 +1029,11 @@ export class MasterGroup extends EventEmitter {
     fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number;
     damaged?: { seq: number; lun: number; offset: number; length: number };
     driveError?: ReceiverDriveError;
+    journalLost?: boolean;
   }): Promise<JournalRecord[]> {
     this.lastHeardMs = this.now();
+    // Before the cursors: a receiver that lost its journal no longer knows them.
+    if (request.journalLost === true) return this.receiverJournalLost();
     if (request.storedSeq > this.servedTo) return this.receiverAhead(request.storedSeq);
     this.noteReceiver(request.storedSeq, request.appliedSeq);
     if (request.damaged !== undefined) await this.receiverDamaged(request.damaged);
@@ -1044,6 +1065,22 @@ export class MasterGroup extends EventEmitter {
       if (isIoError(error)) await this.driveError(error, 'journal read');
       throw error;
     }
+  }
+
+  /**
+   * The receiver's restore journal was started again after its header was lost: what it applied
+   * is unknown, so every region of every P-VOL goes into the bitmaps (durably, before the answer
+   * says so), a replicating group suspends, and the receiver's journal goes on at this journal's
+   * next seq (skipTo), passing over every record before it. The next resync copies everything.
+   */
+  private async receiverJournalLost(): Promise<JournalRecord[]> {
+    this.log.error({ peer: this.meta.peer }, 'the receiver lost its restore journal: every region goes into the bitmaps for a full copy');
+    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged on ${this.meta.peer}: its restore journal was lost; the resync copies every region`);
+    this.meta.skipTo = Math.max(this.meta.skipTo ?? 0, this.journal.nextSeq);
+    this.servedTo = Math.max(this.servedTo, this.meta.skipTo);
+    await this.persistMeta(this.meta);
+    return [];
   }
 
   /**
@@ -1105,6 +1142,7 @@ export class MasterGroup extends EventEmitter {
     await this.loadUnapplied();
     this.unapplied.dropBelow(this.receiverApplied);
     this.log.warn({ case: recovery.case, nextSeq: journal.nextSeq }, 'journal opened again after a drive error');
+    await this.journalStartedAgain();
   }
 
   /** A record that fails its checksum is never sent: the group suspends and its region goes into the bitmap. */
@@ -1206,13 +1244,13 @@ export class MasterGroup extends EventEmitter {
    * lostFrom): which regions they wrote is unknown, so every region of every P-VOL goes into the
    * bitmaps, and a replicating group suspends (PSUE journal-damaged); its resync copies it all.
    */
-  async journalLost(fromSeq: number): Promise<void> {
-    this.log.error({ fromSeq }, 'journal damaged: synced records past a damaged one cannot be read back; every region goes into the bitmaps');
+  async journalLost(fromSeq: number, reason = `records from seq ${fromSeq} on were lost`): Promise<void> {
+    this.log.error({ fromSeq, reason }, 'journal damaged: synced records cannot be read back; every region goes into the bitmaps');
     for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
     // The lost records may have reached the receiver: their seqs are never given to other writes.
     // No seq past twice the journal's capacity in records was ever written (the persisted tail lags
     // the real one by less than a lap); the journal goes on past that, and the resync skips to it.
-    const skipTo = fromSeq + 2 * Math.ceil(this.journal.capacityBytes / 4096);
+    const skipTo = Math.max(fromSeq + 2 * Math.ceil(this.journal.capacityBytes / 4096), this.journal.nextSeq);
     this.meta.skipTo = skipTo;
     await this.journal.setRole('master', this.meta.epoch, { keepRecords: false, firstSeq: skipTo });
     this.unapplied.clear();
@@ -1220,7 +1258,19 @@ export class MasterGroup extends EventEmitter {
     this.servedTo = Math.max(this.servedTo, skipTo);
     // Nothing below is left to send: the receiver skips to it (its next pull is told).
     await this.persistMeta(this.meta);
-    if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged: records from seq ${fromSeq} on were lost`);
+    if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged: ${reason}`);
+    await this.journal.acknowledgeStartedAgain();
+  }
+
+  /**
+   * The journal was started again after its newest header was lost (Journal.open, headerLost): its
+   * records are gone like those past a lostFrom, so every region is marked and the group suspends.
+   * Called wherever a journal is opened; the journal keeps saying so until this has been done.
+   */
+  async journalStartedAgain(): Promise<boolean> {
+    if (!this.journal.startedAgainPending) return false;
+    await this.journalLost(this.journal.nextSeq, 'its header was lost: the journal started again, empty, past every seq on its ring');
+    return true;
   }
 
   /**

@@ -89,6 +89,12 @@ export interface GroupMeta {
    * of pulling records it no longer needs, a damaged one among them.
    */
   skipTo?: number | null;
+  /**
+   * Restore side: the restore journal was started again after its header was lost, so what was
+   * applied to the S-VOLs is unknown; each pull asks the master for a full copy (journal.read
+   * `journalLost`) until it answers that every region is marked.
+   */
+  fullCopyNeeded?: boolean;
 }
 
 export const GROUP_DOCUMENT = 'group';

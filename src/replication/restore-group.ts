@@ -39,6 +39,8 @@ export interface JournalReadReply {
   pairs: Array<{ pvolLun: number; status: PairMeta['status']; statusReason: string | null }>;
   /** A resync after a suspension re-copies every region of the records below this seq: pass over them (until applied past it). */
   skipTo?: number;
+  /** The answer to a pull that said `journalLost`: every region is marked for the next resync; the journal goes on at skipTo. */
+  fullCopyMarked?: boolean;
 }
 
 export interface RestoreGroupOptions {
@@ -69,6 +71,14 @@ export class RestoreGroup extends EventEmitter {
   /** The applied cursor as last persisted: what the master is told. */
   private appliedDurable: number;
   private pausedApply = false;
+  /** The operator's pause (setApplyPaused): honoured only where the S-VOLs hold a consistency point. */
+  private heldByOperator = false;
+  /**
+   * One past the highest seq whose S-VOL write was issued. Above the applied cursor after a batch
+   * failed part-way: the retry writes the records from the cursor again over newer ones, so until
+   * a batch commits past this, the S-VOLs hold no single instant (betweenStates).
+   */
+  private issuedTo = 0;
   /** The batch (or atomic unit) being applied now, if any. */
   private batch: Promise<void> | undefined;
   /** The atomic unit at the applied cursor: where its end marker was looked for, and where it is. */
@@ -239,6 +249,7 @@ export class RestoreGroup extends EventEmitter {
     this.heldAt = undefined;
     delete this.driveErrors.store;
     this.log.warn({ case: recovery.case, nextSeq: journal.nextSeq, appliedSeq: journal.appliedSeq }, 'restore journal opened again after a drive error');
+    await this.journalStartedAgain();
   }
 
   /** Follows the master's view of each pair's status. */
@@ -248,7 +259,7 @@ export class RestoreGroup extends EventEmitter {
       const ours = this.meta.pairs.find((p) => p.pvolLun === theirs.pvolLun);
       if (!ours) continue;
       // COPY makes the S-VOL inconsistent until PAIR: a suspension in between does not end that.
-      const inconsistent = theirs.status === 'COPY' ? true : theirs.status === 'PAIR' ? false : ours.svolInconsistent === true;
+      const inconsistent = this.meta.fullCopyNeeded === true || (theirs.status === 'COPY' ? true : theirs.status === 'PAIR' ? false : ours.svolInconsistent === true);
       if (ours.status === theirs.status && ours.statusReason === theirs.statusReason && (ours.svolInconsistent === true) === inconsistent) continue;
       ours.status = theirs.status;
       ours.statusReason = theirs.statusReason;
@@ -283,6 +294,7 @@ export class RestoreGroup extends EventEmitter {
   async drainAndStop(): Promise<number> {
     this.pullingStopped = true;
     this.pausedApply = false;
+    this.heldByOperator = false;
     this.applyWake?.();
     await this.pulling;
     for (;;) {
@@ -307,13 +319,28 @@ export class RestoreGroup extends EventEmitter {
 
   /**
    * Operator and test hook: hold restore (records keep arriving and are stored). Pausing
-   * returns once the batch being applied has ended, so the S-VOLs then sit at the
+   * returns once the batch being applied has ended and the S-VOLs hold a consistency point (after
+   * a batch that failed part-way, once a retry has committed past it), so they then sit at the
    * consistency point `pair display` shows.
    */
   async setApplyPaused(paused: boolean): Promise<void> {
-    this.pausedApply = paused;
-    if (!paused) this.applyWake?.();
-    else await this.batch?.catch(() => undefined);
+    this.heldByOperator = paused;
+    if (!paused) {
+      this.applyWake?.();
+      return;
+    }
+    await this.batch?.catch(() => undefined);
+    // After a batch that failed part-way, restore goes on (retrying) until the S-VOLs are at a
+    // consistency point again; only then does the pause hold.
+    while (this.betweenStates && this.heldByOperator && this.running) {
+      await sleep(retryMs / 4);
+      await this.batch?.catch(() => undefined);
+    }
+  }
+
+  /** A batch failed part-way and no later one has committed past what it wrote (issuedTo). */
+  private get betweenStates(): boolean {
+    return this.issuedTo > this.journal.appliedSeq;
   }
 
   /**
@@ -382,6 +409,8 @@ export class RestoreGroup extends EventEmitter {
       await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: seq });
       this.appliedDurable = this.journal.appliedSeq;
     }
+    // What was written past the skip point is re-copied with everything else (COPY until PAIR).
+    this.issuedTo = this.journal.appliedSeq;
     this.unitScan = undefined;
     this.heldAt = undefined;
     this.damaged = undefined;
@@ -390,10 +419,41 @@ export class RestoreGroup extends EventEmitter {
     this.log.warn({ from, to: seq }, 'resync: records not applied here are re-copied; the restore journal skips to the resync point');
   }
 
+  /**
+   * The restore journal was started again after its header was lost (Journal.open, headerLost):
+   * the records stored here and the applied cursor are gone, so the S-VOLs are at no known
+   * consistency point. They are marked inconsistent (takeover refuses them without --force) and
+   * the master is asked, durably, for a full copy. Called wherever the journal is opened.
+   */
+  async journalStartedAgain(): Promise<boolean> {
+    if (!this.journal.startedAgainPending) return false;
+    this.log.error({}, 'restore journal header lost: the journal started again, empty; the S-VOLs are at no known consistency point and the master is asked for a full copy');
+    for (const pair of this.meta.pairs) pair.svolInconsistent = true;
+    this.meta.fullCopyNeeded = true;
+    await this.persistMeta(this.meta);
+    await this.journal.acknowledgeStartedAgain();
+    return true;
+  }
+
+  /** The master marked every region for us (its answer to a `journalLost` pull): go on at its seq. */
+  private async fullCopyMarked(skipTo: number | undefined): Promise<void> {
+    if (skipTo === undefined || !Number.isSafeInteger(skipTo) || skipTo < 0) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered a lost journal with skipTo ${String(skipTo)}`);
+    await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: skipTo });
+    this.appliedDurable = this.journal.appliedSeq;
+    this.issuedTo = this.journal.appliedSeq;
+    this.unitScan = undefined;
+    this.heldAt = undefined;
+    this.damaged = undefined;
+    this.meta.fullCopyNeeded = false;
+    await this.persistMeta(this.meta);
+    this.log.warn({ seq: skipTo }, 'the master marked every region for a full copy; the restore journal goes on at its seq');
+  }
+
   /** Asks for the next batch and reserves it; resolves with the promise of its being durable. */
   private async pullOnce(): Promise<{ durable: Promise<void>; skipTo?: number }> {
     this.pullStage = 'request';
     const driveError = this.driveErrorReport();
+    const lost = this.meta.fullCopyNeeded === true;
     const response = await this.peer.request('journal.read', {
       group: this.meta.name,
       fromSeq: this.journal.nextSeq,
@@ -402,11 +462,16 @@ export class RestoreGroup extends EventEmitter {
       appliedSeq: this.appliedDurable,
       ...(this.damaged === undefined ? {} : { damaged: this.damaged }),
       ...(driveError === undefined ? {} : { driveError }),
+      ...(lost ? { journalLost: true } : {}),
     });
     this.pullStage = 'store';
     const reply = response.body as JournalReadReply;
     this.masterNextSeq = Math.max(this.masterNextSeq, reply.masterNextSeq);
     await this.adoptStatuses(reply.pairs);
+    if (lost) {
+      if (reply.fullCopyMarked === true) await this.fullCopyMarked(reply.skipTo);
+      return { durable: Promise.resolve() };
+    }
     const skipTo = reply.skipTo;
     if (skipTo !== undefined && (!Number.isSafeInteger(skipTo) || skipTo < 0)) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered skipTo ${String(skipTo)}`);
     if (skipTo !== undefined && reply.records.length === 0) return { durable: Promise.resolve(), skipTo };
@@ -444,7 +509,8 @@ export class RestoreGroup extends EventEmitter {
 
   private async applyLoop(): Promise<void> {
     while (this.running) {
-      if (this.pausedApply || this.journal.appliedSeq >= this.journal.durableSeq || this.heldAt === this.journal.durableSeq) {
+      const held = this.pausedApply || (this.heldByOperator && !this.betweenStates);
+      if (held || this.journal.appliedSeq >= this.journal.durableSeq || this.heldAt === this.journal.durableSeq) {
         await new Promise<void>((resolve) => {
           this.applyWake = resolve;
           setTimeout(resolve, retryMs);
@@ -542,6 +608,7 @@ export class RestoreGroup extends EventEmitter {
     if (record.kind === 'marker') return;
     const volume = this.svolOf(record.lun);
     this.applyStep = `S-VOL ${volume.name} write`;
+    this.issuedTo = Math.max(this.issuedTo, record.seq + 1);
     switch (record.kind) {
       case 'write':
       case 'base':

@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { crc32c } from '@node-rs/crc32';
 import { Journal, type Epoch, type MemoryJournalDevice, type RecoveryReport, type Reservation } from '../../src/journal/index.js';
-import { RecordTemplate, recordBytesFor } from '../../src/journal/layout.js';
+import { RecordTemplate, parseHeaderSlot, recordBytesFor } from '../../src/journal/layout.js';
 import { append, epochA, epochB, formatted, memoryDevice, pattern, readAll, recordMeta } from './helpers.js';
 
 const ringStart = 8192;
@@ -200,11 +200,78 @@ test('seq_ahead: a record with a higher seq where the next one should begin ends
   assert.equal(journal.nextSeq, 4);
 });
 
-test('header_behind_ring: a newer record at the persisted tail itself means a lost header: JOURNAL_CORRUPT', async () => {
+const ringRecords = (Journal.MIN_BYTES - ringStart) / 4096;
+
+test('header_behind_ring: a newer record at the persisted tail means a lost header: the journal starts again past every seq on the ring', async () => {
   const device = memoryDevice();
   await formatted(device);
   await plantRecord(device, ringStart, { seq: 9 });
-  await assert.rejects(Journal.open(device), { code: 'JOURNAL_CORRUPT' });
+  const { journal, recovery } = await Journal.open(device);
+  assert.equal(recovery.case, 'header_behind_ring');
+  assert.equal(recovery.headerLost?.maxSeq, 9);
+  assert.match(recovery.headerLost?.reason ?? '', /seq 9, not the tail seq 1/);
+  assert.equal(journal.nextSeq, 10 + 2 * ringRecords, 'past the highest seq on the ring by two laps of records');
+  assert.equal(journal.tailSeq, journal.nextSeq);
+  assert.notEqual(journal.instanceId, 'instance-1', 'a new instance: no old record is ever taken for one of it');
+  assert.equal(journal.role, 'master');
+  await append(journal, recordMeta('write', 4096), 1);
+  await journal.sync();
+  const again = await reopen(device);
+  assert.equal(again.recovery.headerCase, 'both_valid', 'both slots name the new instance');
+  assert.equal(again.journal.tailSeq, 10 + 2 * ringRecords);
+  assert.equal(again.journal.nextSeq, 11 + 2 * ringRecords);
+  assert.match(again.recovery.headerLost?.reason ?? '', /owner had not acted on it/, 'a crash before the owner acted keeps the report');
+  await again.journal.acknowledgeStartedAgain();
+  const third = await reopen(again.device);
+  assert.equal(third.recovery.headerLost, null, 'acknowledged: an ordinary open');
+  assert.equal(third.journal.nextSeq, 11 + 2 * ringRecords);
+});
+
+/** Flips a byte in the header slot holding the higher generation (the newest header). */
+async function damageNewestSlot(device: MemoryJournalDevice): Promise<0 | 1> {
+  const slots = Buffer.alloc(ringStart);
+  await device.read(0, slots);
+  const parsed = [parseHeaderSlot(slots.subarray(0, 4096), 0), parseHeaderSlot(slots.subarray(4096), 1)] as const;
+  const newest: 0 | 1 = (parsed[1]?.generation ?? 0) > (parsed[0]?.generation ?? 0) ? 1 : 0;
+  const byte = Buffer.alloc(1);
+  await device.read(newest * 4096 + 100, byte);
+  byte[0] = byte[0]! ^ 0x20;
+  await device.write(newest * 4096 + 100, byte);
+  await device.flush();
+  return newest;
+}
+
+test('header lost after a role change: the older slot names the old instance, but records of a newer session lie on the ring', async () => {
+  // A receiver's journal is promoted (a takeover): the new instance's header is durable, its records
+  // follow, then the newest slot is damaged. Opening from the older slot would stop at the first
+  // record of the unknown instance and give its seqs out again.
+  const device = memoryDevice();
+  const journal = await Journal.format(device, { groupId: 'group-1', role: 'restore', epoch: epochA, firstSeq: 1, instanceId: 'instance-1' });
+  for (let i = 0; i < 3; i += 1) await append(journal, recordMeta('write', 6000), journal.nextSeq);
+  await journal.sync();
+  await journal.setRole('master', epochB, { keepRecords: false, firstSeq: 50 });
+  for (let i = 0; i < 4; i += 1) await append(journal, recordMeta('write', 6000, { epoch: epochB }), journal.nextSeq);
+  await journal.sync();
+  await damageNewestSlot(device);
+  const { journal: opened, recovery } = await reopen(device);
+  assert.equal(recovery.headerCase === 'slot0_torn_or_damaged' || recovery.headerCase === 'slot1_torn_or_damaged', true, recovery.headerCase);
+  assert.ok(recovery.headerLost !== null, 'the loss is reported');
+  assert.match(recovery.headerLost.reason, /records of session \d+ lie on the ring/);
+  assert.equal(recovery.headerLost.maxSeq, 53);
+  assert.ok(opened.nextSeq > 53 + ringRecords, `seqs go on past every one on the ring (${opened.nextSeq})`);
+  assert.equal(recovery.records, 0);
+});
+
+test('a torn newest header after a crash is no loss: the older slot and the ring agree, and the records come back', async () => {
+  const { device, journal } = await withRecords(3);
+  await journal.persistHeader();
+  for (let i = 0; i < 2; i += 1) await append(journal, recordMeta('write', 6000), journal.nextSeq);
+  await journal.sync();
+  await damageNewestSlot(device);
+  const { journal: opened, recovery } = await reopen(device);
+  assert.equal(recovery.headerLost, null);
+  assert.notEqual(recovery.headerCase, 'both_valid');
+  assert.equal(opened.nextSeq, 6, 'all five records are back');
 });
 
 test('stale_epoch: a record older than the journal\'s epoch is not accepted', async () => {

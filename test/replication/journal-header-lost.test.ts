@@ -1,0 +1,79 @@
+// Goal: a journal whose newest header slot is damaged after it was synced (bit rot, not a tear)
+// does not stop the array, and no seq means two writes. The primary's journal was opened (a new
+// session, persisted) and took records in that session; then its newest header slot is damaged
+// while it is down. At restart the older slot knows only the earlier sessions, the records on
+// the ring prove a newer header was durable: the journal starts again, empty, past every seq on
+// its ring; every region goes into the bitmaps and the group suspends (journal-damaged); a resync
+// copies everything and the volumes are identical.
+// Method: two real arrays; qemu-io writes on A; kill -9 of A; one byte flipped in the header slot
+// with the higher generation, found in A's drive file by its magic; pair display, journal show,
+// qemu-img compare through helpers.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { runOk } from '../helpers/array.js';
+import { cliOk, compareAll, display, journalShow, readVolume, startSite, waitFor, waitForPairAndLag0 } from '../helpers/replication.js';
+
+const mib = 2 ** 20;
+const headerMagic = 0x54574a48; // "TWJH"
+
+/** Flips a byte in the journal header slot with the higher generation in a stopped array's drive file; returns that generation. */
+function damageNewestHeader(driveFile: string): number {
+  const fd = fs.openSync(driveFile, 'r+');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const chunk = Buffer.alloc(16 * mib);
+    let newest: { at: number; generation: number } | undefined;
+    for (let at = 0; at < size; at += chunk.length) {
+      const read = fs.readSync(fd, chunk, 0, chunk.length, at);
+      for (let block = 0; block + 4096 <= read; block += 4096) {
+        if (chunk.readUInt32BE(block) !== headerMagic) continue;
+        const generation = Number(chunk.readBigUInt64BE(block + 16));
+        if (newest === undefined || generation > newest.generation) newest = { at: at + block, generation };
+      }
+    }
+    if (newest === undefined) throw new Error(`no journal header in ${driveFile}`);
+    const flip = Buffer.alloc(1);
+    fs.readSync(fd, flip, 0, 1, newest.at + 200);
+    flip[0] = flip[0]! ^ 0x40;
+    fs.writeSync(fd, flip, 0, 1, newest.at + 200);
+    fs.fsyncSync(fd);
+    return newest.generation;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+test('a damaged newest journal header on the primary: the array starts, every region is marked, PSUE journal-damaged; resync copies it all', { timeout: 240_000 }, async (t) => {
+  const site = await startSite(t, { volumes: 1, volumeSize: '32MiB' });
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x31 0 1M', '-c', 'flush']);
+  await waitForPairAndLag0(site);
+  // A restart opens a new session (its header persisted first); the writes after it carry it.
+  await site.a.stop();
+  await site.a.start();
+  await waitForPairAndLag0(site);
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x32 4M 1M', '-c', 'write -P 0x33 8M 64k', '-c', 'flush']);
+  await waitForPairAndLag0(site);
+  const before = (await journalShow(site.a)).cursors.nextSeq;
+  await site.a.stop('SIGKILL');
+  const generation = damageNewestHeader(path.join(site.a.dir, 'data', 'drive0.img'));
+  t.diagnostic(`A killed at journal seq ${before}; its header of generation ${generation} damaged`);
+
+  await site.a.start();
+  await waitFor('PSUE journal-damaged on A', async () => /^journal-damaged: its header was lost/.test((await display(site.a))[0]!.statusReason ?? ''), 30_000, 100);
+  const row = (await display(site.a))[0]!;
+  t.diagnostic(`A: ${row.status} (${row.statusReason})`);
+  assert.equal(row.status, 'PSUE');
+  const after = (await journalShow(site.a)).cursors.nextSeq;
+  assert.ok(after > before, `A's journal goes on past every seq it gave out (${before} -> ${after})`);
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x34 12M 1M', '-c', 'flush']);
+
+  cliOk(site.a, ['pair', 'resync', '--group', 'g1']);
+  await waitForPairAndLag0(site);
+  compareAll(site);
+  const svol = readVolume(site.b, 'svol0', site.dir);
+  assert.equal(svol[4 * mib], 0x32, 'the S-VOL holds what A wrote before the damage');
+  assert.equal(svol[12 * mib], 0x34, 'and what A wrote while suspended');
+});
