@@ -123,7 +123,10 @@ export class MasterGroup extends EventEmitter {
     this.journal = options.journal;
     this.servedTo = options.journal.nextSeq;
     this.engine = options.engine;
-    this.persistMeta = options.persist;
+    // Once stopped (demoted, deleted, shut down), the group document belongs to whoever replaced
+    // this group: a late persist of ours would put the old epoch back (sim seed 28, flush-before-
+    // durable hunt: a fence still running when the demotion persisted the new epoch).
+    this.persistMeta = (meta) => (this.stopped ? Promise.resolve() : options.persist(meta));
     this.log = options.log.child({ group: options.meta.name });
     this.now = options.now ?? Date.now;
     this.receiverApplied = this.journal.tailSeq;
@@ -505,6 +508,11 @@ export class MasterGroup extends EventEmitter {
       try {
         records = await this.journal.readFrom(seq, readBatchBytesMax);
       } catch (error) {
+        if (isTwinstoreError(error) && error.code === 'JOURNAL_RECORD_GONE' && this.journal.tailSeq > seq) {
+          // The receiver applied them meanwhile (the journal frees only what it applied): nothing to fold there.
+          seq = this.journal.tailSeq;
+          continue;
+        }
         if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
         // A damaged header names no region; the record as it was queued does (sim seed 226: a write
         // whose record header a bit flip hit was never re-sent, and its blocks differed at lag 0).
@@ -689,7 +697,12 @@ export class MasterGroup extends EventEmitter {
     const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE' && p.status !== 'SSWS');
     if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS, PSUE or SSWS`, { field: 'group' });
     const wasSuspended = this.meta.pairs.every((p) => p.status === 'PSUE');
-    await this.folding;
+    // A fold that failed (sim seed 51: every later resync failed on its stale rejection) is done again.
+    await this.folding.catch(async (error: unknown) => {
+      this.log.warn({ err: (error as Error).message }, 'the suspension\'s fold of the unapplied records failed; folding them again');
+      this.folding = this.foldUnapplied();
+      await this.folding;
+    });
     if (this.journal.failed) await this.reopenJournal();
     for (const entry of peerDirty) {
       const pvol = this.pvols.get(entry.lun);
@@ -852,7 +865,16 @@ export class MasterGroup extends EventEmitter {
    * past the divergence point, which a resync --swap must overwrite.
    */
   async fence(newer: string, divergenceSeq: number): Promise<void> {
+    // One fence at a time (the peer's hello and a demotion may both ask): a second waits for the first.
+    while (this.fencing !== undefined) await this.fencing.catch(() => undefined);
     if (this.meta.pairs.every((p) => p.status === 'FENCED')) return;
+    this.fencing = this.fenceNow(newer, divergenceSeq).finally(() => { this.fencing = undefined; });
+    return this.fencing;
+  }
+
+  private fencing: Promise<void> | undefined;
+
+  private async fenceNow(newer: string, divergenceSeq: number): Promise<void> {
     this.log.warn({ newer, divergenceSeq }, 'the peer holds a newer epoch: fencing this group');
     // The fence must hold whatever the drives do: a journal stopped by a drive error is opened again
     // (the error may be over; sim seed 246 never fenced, so resync --swap failed forever), and one
@@ -1132,6 +1154,14 @@ export class MasterGroup extends EventEmitter {
    * applied went into the bitmaps at the suspension. Fails while the drive still fails.
    */
   private async reopenJournal(): Promise<void> {
+    // A resync and a fence may both find the journal stopped: one reopen, the other waits for it.
+    if (this.reopening === undefined) this.reopening = this.reopenJournalNow().finally(() => { this.reopening = undefined; });
+    return this.reopening;
+  }
+
+  private reopening: Promise<void> | undefined;
+
+  private async reopenJournalNow(): Promise<void> {
     const volume = this.engine.volumeById(this.meta.journalVolumeId);
     if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${this.meta.name} is missing`);
     const { journal, recovery } = await Journal.open(new VolumeJournalDevice(volume, this.engine));
@@ -1269,6 +1299,7 @@ export class MasterGroup extends EventEmitter {
    */
   async journalStartedAgain(): Promise<boolean> {
     if (!this.journal.startedAgainPending) return false;
+    this.log.error({ nextSeq: this.journal.nextSeq }, 'journal header lost: the journal started again, empty, past every seq on its ring');
     await this.journalLost(this.journal.nextSeq, 'its header was lost: the journal started again, empty, past every seq on its ring');
     return true;
   }

@@ -4,9 +4,11 @@
 // while it is down. At restart the older slot knows only the earlier sessions, the records on
 // the ring prove a newer header was durable: the journal starts again, empty, past every seq on
 // its ring; every region goes into the bitmaps and the group suspends (journal-damaged); a resync
-// copies everything and the volumes are identical.
-// Method: two real arrays; qemu-io writes on A; kill -9 of A; one byte flipped in the header slot
-// with the higher generation, found in A's drive file by its magic; pair display, journal show,
+// copies everything and the volumes are identical. On the receiver (records stored in a new
+// session, restore paused so no later header follows) the same loss marks its S-VOL inconsistent
+// (takeover refuses it), the primary marks every region for it, and a resync copies everything.
+// Method: two real arrays; qemu-io writes on A; kill -9 of A (or B); one byte flipped in the header slot
+// with the higher generation, found in the drive file by its magic; pair display, journal show,
 // qemu-img compare through helpers.
 
 import { test } from 'node:test';
@@ -14,7 +16,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runOk } from '../helpers/array.js';
-import { cliOk, compareAll, display, journalShow, readVolume, startSite, waitFor, waitForPairAndLag0 } from '../helpers/replication.js';
+import { cliOk, compareAll, display, journalShow, readVolume, setRestorePaused, startSite, waitFor, waitForPairAndLag0 } from '../helpers/replication.js';
 
 const mib = 2 ** 20;
 const headerMagic = 0x54574a48; // "TWJH"
@@ -76,4 +78,35 @@ test('a damaged newest journal header on the primary: the array starts, every re
   const svol = readVolume(site.b, 'svol0', site.dir);
   assert.equal(svol[4 * mib], 0x32, 'the S-VOL holds what A wrote before the damage');
   assert.equal(svol[12 * mib], 0x34, 'and what A wrote while suspended');
+});
+
+test('a damaged newest restore-journal header on the receiver: its S-VOL is marked inconsistent, the primary marks every region (PSUE journal-damaged on it); resync copies it all', { timeout: 240_000 }, async (t) => {
+  const site = await startSite(t, { volumes: 1, volumeSize: '32MiB' });
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x31 0 1M', '-c', 'flush']);
+  await waitForPairAndLag0(site);
+  // B's restart opens a new session; with restore paused, the records it stores in that session
+  // are followed by no later header (applying would write one).
+  await site.b.stop();
+  await site.b.start();
+  await setRestorePaused(site.b, true);
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x32 4M 1M', '-c', 'write -P 0x33 8M 64k', '-c', 'flush']);
+  const end = (await journalShow(site.a)).cursors.nextSeq;
+  await waitFor('B to store every record', async () => (await journalShow(site.b)).cursors.durableSeq >= end, 30_000, 50);
+  await site.b.stop('SIGKILL');
+  const generation = damageNewestHeader(path.join(site.b.dir, 'data', 'drive0.img'));
+  t.diagnostic(`B killed with records up to seq ${end - 1} stored, not applied; its header of generation ${generation} damaged`);
+
+  await site.b.start();
+  await waitFor('PSUE journal-damaged on A', async () => /^journal-damaged on site-b: its restore journal was lost/.test((await display(site.a))[0]!.statusReason ?? ''), 30_000, 100);
+  t.diagnostic(`A: ${(await display(site.a))[0]!.statusReason}`);
+  const takeover = await site.b.api('POST', '/v1/takeover', { group: 'g1' });
+  assert.equal(takeover.status, 409, `takeover refuses an S-VOL of unknown state: ${JSON.stringify(takeover.json)}`);
+  assert.match(JSON.stringify(takeover.json), /not consistent; use --force/);
+
+  cliOk(site.a, ['pair', 'resync', '--group', 'g1']);
+  await waitForPairAndLag0(site);
+  compareAll(site);
+  const svol = readVolume(site.b, 'svol0', site.dir);
+  assert.equal(svol[4 * mib], 0x32, 'the S-VOL holds the writes it had stored but not applied when its header was lost');
+  assert.equal(svol[8 * mib], 0x33);
 });

@@ -28,6 +28,8 @@ export interface JournalTap {
   written(array: string, offset: number, data: Buffer): void;
   /** Returns the offset to write at and the bytes to write (a fault may change either). */
   fault(array: string, device: JournalDevice, offset: number, data: Buffer): { offset: number; data: Buffer };
+  /** A journal whose header was lost was started again (counted in the report). */
+  headerLost(array: string): void;
 }
 
 export class SimArray {
@@ -98,6 +100,7 @@ export class SimArray {
         // Warnings carry their fields (the reason of a suspension, the seq of a damaged record).
         const detail = (level >= 40 || process.env.SIM_LOG_LEVEL === "debug") && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
         const text = `${this.id} log ${level >= 40 ? 'WARN' : 'info'} ${msg}${detail}`;
+        if (/header (was )?lost/.test(msg)) this.tap.headerLost(this.id);
         this.print(text);
       },
     });

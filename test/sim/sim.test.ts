@@ -21,9 +21,7 @@ const QUIET_DRIVES = ['crash', 'journal-corruption', 'drive-errors'];
  * Seeds the simulator found failing and that are not fixed yet (issue 5 notes): run on every
  * CI as a TODO, so they show, but outside the set that must pass. A fixed one moves to FIXED_FINDINGS.
  */
-export const OPEN_FINDINGS: Readonly<Record<number, string>> = {
-  399: 'a journal header slot damaged after a role change started a new instance: JOURNAL_CORRUPT at start (detected, nothing harmed), and the array refuses to start with no way to bring the group back short of deleting it',
-};
+export const OPEN_FINDINGS: Readonly<Record<number, string>> = {};
 
 interface Finding {
   seed: number;
@@ -63,6 +61,16 @@ export const FIXED_FINDINGS: readonly Finding[] = [
   { seed: 163, without: [], what: 'a reclaim overtaken by a newer epoch kept its flag: resync --discard was refused forever (MasterGroup.fence clears it)' },
   { seed: 400, without: [], what: 'takeover promoted S-VOLs suspended in the middle of a resync: not a state the hosts saw (svolInconsistent)' },
   { seed: 62, without: [], what: 'a resync right after the link came back suspended link-down at the next watch tick: the silence before the resync counted (MasterGroup.resync resets lastHeardMs; CI: fence.test.ts)' },
+  { seed: 478, without: [], what: 'a master journal header lost to a bit flip (the journal starts again past every seq on its ring, every region marked, resync copies all): the seed that reaches it since 399 no longer does' },
+  { seed: 399, without: [], what: 'a journal header slot damaged after a role change: the older slot was behind the ring, JOURNAL_CORRUPT at start and no way back (Journal.open: a lost header starts the journal again past every seq on its ring; MasterGroup/RestoreGroup.journalStartedAgain)' },
+  { seed: 226, without: [], what: 'a write whose master record header a bit flip hit was never re-sent: the fold at the suspension skipped a record that names no region (foldFromJournal takes it from the unapplied queue)' },
+  { seed: 246, without: [], what: 'a fence failed on a journal a drive error had stopped, so the old primary never fenced and resync --swap failed forever (MasterGroup.fence reopens the journal, counts from memory)' },
+  { seed: 979, without: [], what: 'the same fence on a stopped journal' },
+  { seed: 471, without: [], what: 'a pause right after a batch failed part-way left the S-VOLs between states (the retry writes older records over newer ones): the pause holds only once a batch committed past it (RestoreGroup.betweenStates)' },
+  { seed: 262, without: [], what: 'a link attempt under way when the peer reached us failed, and its back-off outlasted suspendAfterMs after the resync (PeerLink.retryNow sets retrySoon)' },
+  { seed: 671, without: [], what: 'the simulator took a receiver cursor that a damaged header slot took back at a restart for the master freeing too early (the check keeps the highest cursor for such a receiver)' },
+  { seed: 817, without: [], what: 'the same cursor check, after a misdirected header write' },
+  { seed: 51, without: [], what: 'a suspension whose fold raced the receiver freeing the journal failed, and every later resync failed on that stale rejection (foldFromJournal goes on from the tail; resync folds again)' },
   { seed: 31, without: [], what: 'after a heal the receiver\'s own connection waited out a 5 s back-off while the other direction was up: silent past suspendAfterMs after the resync (PeerLink.retryNow on an inbound hello)' },
 ];
 

@@ -13,8 +13,8 @@ import path from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { setBlockFileOpener } from '../../src/storage/open-file.js';
 import { setPlanted, type PlantedBug } from '../../src/util/planted.js';
-import { parseRecordHeader } from '../../src/journal/layout.js';
-import { formatEpoch } from '../../src/replication/model.js';
+import { parseHeaderSlot, parseRecordHeader } from '../../src/journal/layout.js';
+import { formatEpoch, GROUP_DOCUMENT, type GroupMeta } from '../../src/replication/model.js';
 import type { PairDisplay } from '../../src/replication/index.js';
 import type { TakeoverResult } from '../../src/replication/index.js';
 import type { JournalDevice } from '../../src/journal/index.js';
@@ -74,7 +74,7 @@ class World {
   private digest = 0;
   private readonly faults: Record<string, number> = {};
   private readonly ops: Record<string, number> = {};
-  private readonly checks: Record<string, number> = { 'write-order S-VOL': 0, 'write-order P-VOL': 0, 'flushed after crash': 0, lag: 0, 'takeover state': 0, 'record meaning': 0, 'byte-identical': 0 };
+  private readonly checks: Record<string, number> = { 'write-order S-VOL': 0, 'write-order P-VOL': 0, 'flushed after crash': 0, lag: 0, 'takeover state': 0, 'record meaning': 0, 'epoch durable': 0, 'byte-identical': 0 };
   /** Where the hosts' application runs. */
   primary = A;
   private adminBusy = false;
@@ -93,7 +93,11 @@ class World {
     this.network = new SimNetwork(this.kernel);
     const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
     this.dir = fs.mkdtempSync(path.join(base, `twinstore-sim-${options.seed}-`));
-    const tap: JournalTap = { written: (array, _offset, data) => this.tapWrite(array, data), fault: (array, device, offset, data) => this.journalFault(array, device, offset, data) };
+    const tap: JournalTap = {
+      written: (array, offset, data) => this.tapWrite(array, offset, data),
+      fault: (array, device, offset, data) => this.journalFault(array, device, offset, data),
+      headerLost: () => this.count(this.faults, 'journal header lost'),
+    };
     const print = (line: string): void => this.line(line);
     this.arrays = {
       [A]: new SimArray(A, path.join(this.dir, A), this.kernel, this.network, tap, { id: B, host: B }, print),
@@ -619,8 +623,13 @@ class World {
     await this.checkSecondary();
   }
 
-  /** Every journal write is tapped: a record stored by a receiver fixes what its (epoch, seq) means. */
-  private tapWrite(array: string, data: Buffer): void {
+  /**
+   * Every journal write is tapped: a record stored by a receiver fixes what its (epoch, seq) means;
+   * a header slot that names an epoch must name one the group's durable document holds (a role
+   * change persists the document, with its epoch, before the journal turns: DESIGN.md §6).
+   */
+  private tapWrite(array: string, offset: number, data: Buffer): void {
+    if (offset < 8192) return this.tapHeader(array, offset, data);
     const receiving = this.role(array) === 'restore';
     for (let at = 0; at + 4096 <= data.length; at += 4096) {
       const header = parseRecordHeader(data.subarray(at, at + 4096));
@@ -632,6 +641,16 @@ class World {
       if (known !== undefined && known !== means) this.violation(`seq ${header.seq} of epoch ${formatEpoch(header.epoch)} means two writes: ${known} (stored by the receiver) and ${means} (written by ${array})`);
       if (receiving && known === undefined) this.meaning.set(key, means);
     }
+  }
+
+  private tapHeader(array: string, offset: number, data: Buffer): void {
+    if (offset % 4096 !== 0 || data.length !== 4096) return;
+    const header = parseHeaderSlot(data, offset === 0 ? 0 : 1);
+    const doc = header === undefined ? undefined : this.arrays[array]!.engine?.documents<GroupMeta>(GROUP_DOCUMENT).get(header.groupId);
+    if (header === undefined || doc === undefined) return; // a group being made has no document yet
+    this.checks['epoch durable']! += 1;
+    const epoch = formatEpoch(header.instances[0]!.epoch);
+    if (!doc.epochs.some((e) => formatEpoch(e.epoch) === epoch)) this.violation(`${array}'s journal turned to epoch ${epoch} before its group document held it (durable chain: ${doc.epochs.map((e) => formatEpoch(e.epoch)).join(', ')})`);
   }
 
   private journalFault(array: string, device: JournalDevice, offset: number, data: Buffer): { offset: number; data: Buffer } {
