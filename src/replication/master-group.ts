@@ -1114,6 +1114,10 @@ export class MasterGroup extends EventEmitter {
   private async receiverAhead(storedSeq: number): Promise<never> {
     this.receiverStored = Math.max(this.receiverStored, storedSeq);
     const message = `the receiver stored records up to seq ${storedSeq - 1}, but this journal holds and served only up to ${this.servedTo - 1}`;
+    // Which regions those records wrote is known to no journal here (and the receiver may have
+    // applied and freed some): every region goes into the bitmaps, durably, so the resync copies
+    // everything and the S-VOLs end equal to the P-VOLs whatever those records held.
+    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {
       this.log.error({ storedSeq, servedTo: this.servedTo }, `${message}; suspending`);
       await this.suspend(`receiver-ahead: seq ${storedSeq - 1} on ${this.meta.peer}`);
