@@ -406,14 +406,9 @@ export class RestoreGroup extends EventEmitter {
       this.journal.release(seq);
       await this.persistApplied();
     } else {
-      await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: seq });
-      this.appliedDurable = this.journal.appliedSeq;
+      await this.journalAt(seq);
     }
-    // What was written past the skip point is re-copied with everything else (COPY until PAIR).
-    this.issuedTo = this.journal.appliedSeq;
-    this.unitScan = undefined;
-    this.heldAt = undefined;
-    this.damaged = undefined;
+    this.applyFromCursor();
     if (resumeApply) this.pausedApply = false;
     this.applyWake?.();
     this.log.warn({ from, to: seq }, 'resync: records not applied here are re-copied; the restore journal skips to the resync point');
@@ -435,15 +430,28 @@ export class RestoreGroup extends EventEmitter {
     return true;
   }
 
-  /** The master marked every region for us (its answer to a `journalLost` pull): go on at its seq. */
-  private async fullCopyMarked(skipTo: number | undefined): Promise<void> {
-    if (skipTo === undefined || !Number.isSafeInteger(skipTo) || skipTo < 0) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered a lost journal with skipTo ${String(skipTo)}`);
-    await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: skipTo });
+  /** The restore journal goes on at `seq` as a new instance, keeping nothing stored before it. */
+  private async journalAt(seq: number): Promise<void> {
+    await this.journal.setRole('restore', this.journal.epoch, { keepRecords: false, firstSeq: seq });
     this.appliedDurable = this.journal.appliedSeq;
+  }
+
+  /**
+   * The applied cursor moved without restore (a skip, a new instance): restore starts afresh from it.
+   * What was written to the S-VOLs past it is re-copied with everything else (COPY until PAIR).
+   */
+  private applyFromCursor(): void {
     this.issuedTo = this.journal.appliedSeq;
     this.unitScan = undefined;
     this.heldAt = undefined;
     this.damaged = undefined;
+  }
+
+  /** The master marked every region for us (its answer to a `journalLost` pull): go on at its seq. */
+  private async fullCopyMarked(skipTo: number | undefined): Promise<void> {
+    if (skipTo === undefined || !Number.isSafeInteger(skipTo) || skipTo < 0) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered a lost journal with skipTo ${String(skipTo)}`);
+    await this.journalAt(skipTo);
+    this.applyFromCursor();
     this.meta.fullCopyNeeded = false;
     await this.persistMeta(this.meta);
     this.log.warn({ seq: skipTo }, 'the master marked every region for a full copy; the restore journal goes on at its seq');

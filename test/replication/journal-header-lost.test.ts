@@ -23,29 +23,36 @@ import { cliOk, compareAll, display, journalShow, readVolume, setRestorePaused, 
 
 const mib = 2 ** 20;
 const headerMagic = 0x54574a48; // "TWJH"
+const recordMagic = 0x54574a52; // "TWJR"
+
+/** In a stopped array's drive file, the block with `magic` whose u64 at `field` is highest: its position and that value. */
+function newestBlock(fd: number, magic: number, field: number, what: string): { at: number; value: number } {
+  const size = fs.fstatSync(fd).size;
+  const chunk = Buffer.alloc(16 * mib);
+  let newest: { at: number; value: number } | undefined;
+  for (let at = 0; at < size; at += chunk.length) {
+    const read = fs.readSync(fd, chunk, 0, chunk.length, at);
+    for (let block = 0; block + 4096 <= read; block += 4096) {
+      if (chunk.readUInt32BE(block) !== magic) continue;
+      const value = Number(chunk.readBigUInt64BE(block + field));
+      if (newest === undefined || value > newest.value) newest = { at: at + block, value };
+    }
+  }
+  if (newest === undefined) throw new Error(`no ${what} in the drive file`);
+  return newest;
+}
 
 /** Flips a byte in the journal header slot with the higher generation in a stopped array's drive file; returns that generation. */
 function damageNewestHeader(driveFile: string): number {
   const fd = fs.openSync(driveFile, 'r+');
   try {
-    const size = fs.fstatSync(fd).size;
-    const chunk = Buffer.alloc(16 * mib);
-    let newest: { at: number; generation: number } | undefined;
-    for (let at = 0; at < size; at += chunk.length) {
-      const read = fs.readSync(fd, chunk, 0, chunk.length, at);
-      for (let block = 0; block + 4096 <= read; block += 4096) {
-        if (chunk.readUInt32BE(block) !== headerMagic) continue;
-        const generation = Number(chunk.readBigUInt64BE(block + 16));
-        if (newest === undefined || generation > newest.generation) newest = { at: at + block, generation };
-      }
-    }
-    if (newest === undefined) throw new Error(`no journal header in ${driveFile}`);
+    const newest = newestBlock(fd, headerMagic, 16, 'journal header');
     const flip = Buffer.alloc(1);
     fs.readSync(fd, flip, 0, 1, newest.at + 200);
     flip[0] = flip[0]! ^ 0x40;
     fs.writeSync(fd, flip, 0, 1, newest.at + 200);
     fs.fsyncSync(fd);
-    return newest.generation;
+    return newest.value;
   } finally {
     fs.closeSync(fd);
   }
@@ -118,21 +125,10 @@ test('a damaged newest restore-journal header on the receiver: its S-VOL is mark
 function destroyNewestRecordHeader(driveFile: string): number {
   const fd = fs.openSync(driveFile, 'r+');
   try {
-    const size = fs.fstatSync(fd).size;
-    const chunk = Buffer.alloc(16 * mib);
-    let newest: { at: number; seq: number } | undefined;
-    for (let at = 0; at < size; at += chunk.length) {
-      const read = fs.readSync(fd, chunk, 0, chunk.length, at);
-      for (let block = 0; block + 4096 <= read; block += 4096) {
-        if (chunk.readUInt32BE(block) !== 0x54574a52) continue; // "TWJR"
-        const seq = Number(chunk.readBigUInt64BE(block + 16));
-        if (newest === undefined || seq > newest.seq) newest = { at: at + block, seq };
-      }
-    }
-    if (newest === undefined) throw new Error(`no journal record in ${driveFile}`);
+    const newest = newestBlock(fd, recordMagic, 16, 'journal record');
     fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, newest.at);
     fs.fsyncSync(fd);
-    return newest.seq;
+    return newest.value;
   } finally {
     fs.closeSync(fd);
   }
