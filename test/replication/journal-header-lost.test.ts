@@ -42,20 +42,28 @@ function newestBlock(fd: number, magic: number, field: number, what: string): { 
   return newest;
 }
 
-/** Flips a byte in the journal header slot with the higher generation in a stopped array's drive file; returns that generation. */
-function damageNewestHeader(driveFile: string): number {
+/** Opens a stopped array's drive file for `edit`, then syncs and closes it. */
+function editDrive<T>(driveFile: string, edit: (fd: number) => T): T {
   const fd = fs.openSync(driveFile, 'r+');
   try {
+    const result = edit(fd);
+    fs.fsyncSync(fd);
+    return result;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Flips a byte in the journal header slot with the higher generation in a stopped array's drive file; returns that generation. */
+function damageNewestHeader(driveFile: string): number {
+  return editDrive(driveFile, (fd) => {
     const newest = newestBlock(fd, headerMagic, 16, 'journal header');
     const flip = Buffer.alloc(1);
     fs.readSync(fd, flip, 0, 1, newest.at + 200);
     flip[0] = flip[0]! ^ 0x40;
     fs.writeSync(fd, flip, 0, 1, newest.at + 200);
-    fs.fsyncSync(fd);
     return newest.value;
-  } finally {
-    fs.closeSync(fd);
-  }
+  });
 }
 
 test('a damaged newest journal header on the primary: the array starts, every region is marked, PSUE journal-damaged; resync copies it all', { timeout: 240_000 }, async (t) => {
@@ -123,15 +131,11 @@ test('a damaged newest restore-journal header on the receiver: its S-VOL is mark
 
 /** Destroys the header block of the journal record with the highest seq in a stopped array's drive file; returns that seq. */
 function destroyNewestRecordHeader(driveFile: string): number {
-  const fd = fs.openSync(driveFile, 'r+');
-  try {
+  return editDrive(driveFile, (fd) => {
     const newest = newestBlock(fd, recordMagic, 16, 'journal record');
     fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, newest.at);
-    fs.fsyncSync(fd);
     return newest.value;
-  } finally {
-    fs.closeSync(fd);
-  }
+  });
 }
 
 test('the receiver holds records the primary\'s journal lost (its last synced record destroyed): PSUE receiver-ahead, every region marked; resync leaves both sides identical', { timeout: 240_000 }, async (t) => {
