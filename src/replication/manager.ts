@@ -196,9 +196,7 @@ export class ReplicationManager {
         // Frozen for a swap when it stopped: ask the peer soon whether it promoted.
         if (group.frozen) this.watchFreeze(group, 0);
       } else {
-        const group = this.newRestore(meta, journal);
-        await group.journalStartedAgain();
-        group.start();
+        await this.openedRestore(meta, journal);
       }
     }
     this.opened = true;
