@@ -2,7 +2,8 @@
 // is computed at scrape time from one snapshot of the array's state (pair
 // display, journal numbers, peer links), so a scrape never sees half of one
 // state and half of another, and nothing is counted on the write path.
-// Node's process metrics come from collectDefaultMetrics.
+// Node's process metrics come from collectDefaultMetrics. The drives' sync
+// failures come from the array's status at scrape time in the same way.
 //
 // /metrics needs no bearer token: Prometheus scrapes without one by default,
 // and the API token would let a scraper change the array. It is served only on
@@ -12,6 +13,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { PAIR_STATUSES, type GroupStats, type PairDisplay } from '../replication/index.js';
+import type { StatusJson } from './server.js';
 
 export const METRICS_PATH = '/metrics';
 
@@ -38,6 +40,13 @@ class ReplicationMetrics {
   private readonly pairStatus = this.gauge('twinstore_pair_status', 'Pair status: 1 for the status the pair is in, 0 for the others', ['group', 'pvol', 'status']);
   private readonly copyPercent = this.gauge('twinstore_pair_copy_percent', 'Initial copy progress, 100 when done (master only)', ['group', 'pvol']);
   private readonly linkUp = this.gauge('twinstore_link_up', 'Link to the peer array: 1 up, 0 down', ['peer']);
+  private readonly syncFailures = new Counter({
+    name: 'twinstore_drive_sync_failures_total',
+    help: 'Syncs (fdatasync) of a drive, or of the metadata (drive="metadata"), that failed since the array started',
+    labelNames: ['drive', 'path'],
+    registers: [this.registry],
+  });
+  private readonly syncFailed = this.gauge('twinstore_drive_sync_failed', 'A drive (or the metadata) failed a sync: 1 until the array is restarted, and every FLUSH fails meanwhile', ['drive', 'path']);
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -80,14 +89,26 @@ class ReplicationMetrics {
     }
     for (const peer of peers) this.linkUp.set({ peer: peer.id }, peer.connected ? 1 : 0);
   }
+
+  /** Replaces the drive sync series with this status's (a drive no longer configured disappears). */
+  updateDrives(status: Pick<StatusJson, 'drives' | 'metadata'>): void {
+    this.syncFailures.reset();
+    this.syncFailed.reset();
+    for (const drive of [...status.drives, { id: 'metadata', ...status.metadata }]) {
+      const labels = { drive: drive.id, path: drive.path };
+      this.syncFailures.inc(labels, drive.syncFailures);
+      this.syncFailed.set(labels, drive.syncFailedAt === null ? 0 : 1);
+    }
+  }
 }
 
-export function addMetricsRoutes(app: FastifyInstance, source: () => MetricsSource): void {
+export function addMetricsRoutes(app: FastifyInstance, source: () => MetricsSource, storage: () => Pick<StatusJson, 'drives' | 'metadata'>): void {
   const metrics = new ReplicationMetrics();
   app.get(METRICS_PATH, async (_request, reply) => {
     const control = source();
     const pairs = (await control.displayPairs(undefined)) as PairDisplay[];
     metrics.update(control.groupStats(), pairs, control.listPeers());
+    metrics.updateDrives(storage());
     return reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 }

@@ -41,7 +41,18 @@ export interface StatusJson {
   freeBytes: number;
   allocatedBytes: number;
   provisionedBytes: number;
-  drives: Array<{ id: string; path: string; sizeBytes: number }>;
+  /** True once a drive or the metadata failed a sync: every FLUSH fails (EIO) until the array is restarted. */
+  syncFailed: boolean;
+  drives: Array<{ id: string; sizeBytes: number } & SyncStateJson>;
+  metadata: SyncStateJson;
+}
+
+/** A drive's or the metadata's syncs since the array started (docs/api.md). */
+export interface SyncStateJson {
+  path: string;
+  syncFailures: number;
+  syncFailedAt: string | null;
+  syncError: string | null;
 }
 
 export interface CreateVolumeBody {
@@ -83,7 +94,7 @@ export class ApiServer {
     this.app.setNotFoundHandler((request, reply) => sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log));
     this.routes(options.control);
     addReplicationRoutes(this.app, options.replication);
-    addMetricsRoutes(this.app, options.replication);
+    addMetricsRoutes(this.app, options.replication, () => options.control().status());
   }
 
   /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here. */

@@ -5,7 +5,7 @@
 
 import { TwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
-import { StorageEngine, volatileCacheMode, type Volume } from '../storage/index.js';
+import { StorageEngine, volatileCacheMode, type EngineSyncFailure, type Volume } from '../storage/index.js';
 import { ExportRegistry, NbdServer } from '../nbd/index.js';
 import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
 import { sharedPool } from '../util/buffer-pool.js';
@@ -46,6 +46,9 @@ export class TwinstoreArray implements ArrayControl {
     replication.injector = (method, url, body) => api.inject(method, url, body);
     replication.manager.openSessions = (name) => registry.sessionCount(name);
     replication.manager.closeSessions = (name, reason) => registry.closeSessions(name, reason);
+    engine.on('sync-failed', (failure: EngineSyncFailure) => {
+      log.error({ drive: failure.drive, path: failure.path, err: failure.message }, 'sync failed: writes since its last good sync may be lost; every FLUSH fails until the array is restarted');
+    });
   }
 
   static async start(config: ArrayConfig): Promise<{ array: TwinstoreArray; ready: ReadyInfo }> {
@@ -220,13 +223,20 @@ export class TwinstoreArray implements ArrayControl {
     };
   }
 
+  /** Stops in order; after a failed sync the files are still closed and the lock released, and the stop fails (unclean). */
   async stop(): Promise<void> {
     this.log.info('shutting down');
     await this.api.close();
     await this.nbd.close();
-    await this.replication.stop();
-    await this.engine.close();
-    this.releaseLock();
+    try {
+      await this.replication.stop();
+    } finally {
+      try {
+        await this.engine.close();
+      } finally {
+        this.releaseLock();
+      }
+    }
     this.log.info('stopped cleanly');
   }
 }

@@ -72,7 +72,7 @@ export function addVolumeCommands(program: Command, globals: () => GlobalOptions
     });
 
   program.command('status')
-    .description('show the array: addresses, capacity, drives')
+    .description('show the array: addresses, capacity, drives and whether one failed a sync')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
       const status = await connect(globals()).request<StatusJson>('GET', '/v1/status');
@@ -94,7 +94,17 @@ function formatStatus(s: StatusJson): string {
     ['allocated', formatSize(s.allocatedBytes)],
     ['provisioned', formatSize(s.provisionedBytes)],
     ['extent size', formatSize(s.extentBytes)],
+    ['sync', s.syncFailed ? 'FAILED: every FLUSH fails (EIO) until the array is restarted' : 'ok'],
   ]);
-  const drives = table(['DRIVE', 'PATH', 'SIZE'], s.drives.map((d) => [d.id, d.path, formatSize(d.sizeBytes)]));
-  return `${head}\n\n${drives}`;
+  const drives = table(['DRIVE', 'PATH', 'SIZE', 'SYNC'], [
+    ...s.drives.map((d) => [d.id, d.path, formatSize(d.sizeBytes), syncCell(d)]),
+    ['metadata', s.metadata.path, '-', syncCell(s.metadata)],
+  ]);
+  const failures = [...s.drives, { id: 'metadata', ...s.metadata }].filter((d) => d.syncError !== null);
+  const notes = failures.map((d) => `sync failed: ${d.id} (${d.path}) at ${d.syncFailedAt}: ${d.syncError}`);
+  return [head, drives, ...(notes.length > 0 ? [notes.join('\n')] : [])].join('\n\n');
+}
+
+function syncCell(state: StatusJson['metadata']): string {
+  return state.syncFailedAt === null ? 'ok' : `FAILED at ${state.syncFailedAt}`;
 }

@@ -5,7 +5,7 @@
 import crypto from 'node:crypto';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import { Journal, compareEpochs, type Epoch, type JournalDevice, type JournalRecord } from '../journal/index.js';
-import type { MetaRecord, StorageEngine, Volume } from '../storage/index.js';
+import type { EngineSyncFailure, MetaRecord, StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { crashPoint } from '../util/crash-at.js';
 import { isPlanted } from '../util/planted.js';
@@ -150,6 +150,20 @@ export class ReplicationManager {
   constructor(private readonly options: ReplicationOptions) {
     this.engine = options.engine;
     this.log = options.log;
+    this.engine.on('sync-failed', (failure: EngineSyncFailure) => this.syncFailed(failure));
+  }
+
+  /**
+   * A drive or the metadata failed a sync: every later flush of the array fails until a restart,
+   * so every group suspends now (PSUE drive-error), not at its next FLUSH or apply.
+   */
+  private syncFailed(failure: EngineSyncFailure): void {
+    const what = failure.drive === 'metadata' ? 'metadata sync' : 'drive sync';
+    const error = new TwinstoreError('IO_ERROR', failure.message, { cause: failure.error });
+    for (const group of this.masters.values()) {
+      void group.engineSyncFailed(error, what).catch((error: unknown) => this.log.error({ group: group.meta.name, err: (error as Error).message }, 'suspend on a failed sync failed'));
+    }
+    for (const group of this.restores.values()) group.engineSyncFailed(error, what);
   }
 
   private journalDevice(volume: Volume): JournalDevice {
@@ -318,6 +332,8 @@ export class ReplicationManager {
    */
   async resync(name: string): Promise<{ group: string; dirtyBytes: number }> {
     const group = this.masterGroup(name);
+    // After a failed sync nothing the copy writes could be made durable: restart the array first.
+    this.engine.checkSynced();
     const peer = this.peerOf(group);
     const prepared = (await peer.request('pair.resync-prepare', { group: name })).body as { dirty: Array<{ lun: number; ranges: Array<[number, number]> }> };
     const { dirtyBytes, resyncFromSeq } = await group.resync(prepared.dirty);
@@ -327,6 +343,7 @@ export class ReplicationManager {
 
   async prepareResync(body: { group: string }): Promise<{ dirty: Array<{ lun: number; ranges: Array<[number, number]> }> }> {
     const group = this.restoreGroupOrThrow(body.group);
+    this.engine.checkSynced();
     const { closed, dirty } = await group.prepareResync();
     for (const pair of closed) this.closeSessions(pair.svolName, `S-VOL ${pair.svolName} is read-only again (pair resync)`);
     return { dirty };
@@ -1110,10 +1127,16 @@ export class ReplicationManager {
     return this.restores.get(name);
   }
 
+  /** Stops every group, even after one failed (a failed sync fails each one's flush); then throws the first error. */
   async stop(): Promise<void> {
     clearInterval(this.helloTimer);
-    for (const group of this.restores.values()) await group.stop();
-    for (const group of this.masters.values()) await group.stop();
+    let failure: { error: unknown } | undefined;
+    for (const group of [...this.restores.values(), ...this.masters.values()]) {
+      await group.stop().catch((error: unknown) => {
+        failure ??= { error };
+      });
+    }
+    if (failure !== undefined) throw failure.error;
   }
 }
 

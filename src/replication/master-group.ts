@@ -398,11 +398,22 @@ export class MasterGroup extends EventEmitter {
    * have dropped any write since the last good flush: those lie in the activity log's regions.
    */
   private async syncFailed(error: unknown, what: 'P-VOL sync' | 'journal sync'): Promise<never> {
-    if (isIoError(error)) {
-      if (what === 'P-VOL sync') for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(this.activeBitmapRegions(pvol));
-      await this.driveError(error, what);
-    }
+    if (isIoError(error)) await this.noteSyncFailure(error, what, what === 'P-VOL sync');
     throw error;
+  }
+
+  /**
+   * A sync of the engine failed (a drive or the metadata; sticky-sync.ts): every later FLUSH fails
+   * until a restart, so the group suspends now, the regions written since the last good flush in
+   * the bitmaps (a drive may have dropped them), and does not wait for a FLUSH to find out.
+   */
+  engineSyncFailed(error: Error, what: string): Promise<void> {
+    return this.noteSyncFailure(error, what, true);
+  }
+
+  private async noteSyncFailure(error: Error, what: string, activeRegionsLost: boolean): Promise<void> {
+    if (activeRegionsLost) for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(this.activeBitmapRegions(pvol));
+    await this.driveError(error, what);
   }
 
   /**

@@ -228,8 +228,21 @@ export class RestoreGroup extends EventEmitter {
     this.driveErrors[side] = message;
   }
 
+  /**
+   * A sync of the engine failed (sticky-sync.ts): no apply can be made durable until a restart, so
+   * the master hears of it with the next journal.read now, not after the next record.
+   */
+  engineSyncFailed(error: Error, what: string): void {
+    this.log.error({ err: error.message, what }, 'drive sync failed: restore cannot make an apply durable until the array is restarted; the master is told');
+    // Kept past a resync (which clears driveErrors): the failure lasts until the restart.
+    this.engineSyncError ??= `${what}: ${error.message}`;
+  }
+
+  /** Set by a failed sync of this array's engine; reported with every journal.read until a restart. */
+  private engineSyncError: string | undefined;
+
   private driveErrorReport(): ReceiverDriveError | undefined {
-    const message = this.driveErrors.apply ?? this.driveErrors.store;
+    const message = this.driveErrors.apply ?? this.driveErrors.store ?? this.engineSyncError;
     return message === undefined ? undefined : { seq: this.journal.appliedSeq, message, resyncFromSeq: this.meta.skipDamagedBefore ?? 0 };
   }
 

@@ -4,6 +4,10 @@
 // every drive, (3) appends the records to the metadata log and fdatasyncs it,
 // then (4) lets the extents those records released be reused. Step 2 before 3
 // is what keeps a map entry from ever being durable before the data it points to.
+// A failed sync of any drive or of the metadata is sticky (sticky-sync.ts): from
+// then on every flush round fails with its IO_ERROR until the array is restarted,
+// and the engine emits 'sync-failed' once per drive (the array logs it, the
+// replication suspends its groups).
 
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
@@ -13,6 +17,7 @@ import { openDrives, type DriveConfig, type DriveUse, type OpenDrive } from './d
 import { MetaStore } from './meta-store.js';
 import { VOLUME_ROLES, refDrive, refExtent, type ExtentRef, type MetaRecord, type MetaState, type VolumeMeta, type VolumeRole } from './meta-model.js';
 import { Volume, type VolumeHost } from './volume.js';
+import { StickySyncFile, type SyncFailure } from './sticky-sync.js';
 
 export interface EngineOptions {
   arrayId: string;
@@ -33,6 +38,22 @@ export const LUN_MAX = 65535;
 export const VOLUME_ALIGN_BYTES = 4096;
 const backgroundFlushMs = 5000;
 
+/** What 'sync-failed' reports: a drive (its id) or the metadata (`metadata`) failed a sync. */
+export interface EngineSyncFailure extends SyncFailure {
+  drive: string;
+}
+
+/** A drive's or the metadata's sync state, for status and metrics. */
+export interface SyncStateJson {
+  path: string;
+  /** Syncs that failed (the first and any that overlapped it). */
+  syncFailures: number;
+  /** When the first failed (null: none failed since the array started). */
+  syncFailedAt: string | null;
+  /** The first failed sync's error message. */
+  syncError: string | null;
+}
+
 export class StorageEngine extends EventEmitter implements VolumeHost {
   readonly extentBytes: number;
   private readonly volumesByName = new Map<string, Volume>();
@@ -46,17 +67,27 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
   private closed = false;
   /** A drive write completed since the last flush round began. */
   private dirty = false;
+  /** Set by the first failed sync of a drive or the metadata: every later flush fails with it. */
+  private syncError: TwinstoreError | undefined;
+  private readonly drives: Map<number, OpenDrive & { file: StickySyncFile }>;
 
   private constructor(
     private readonly options: EngineOptions,
     private readonly meta: MetaStore,
     private readonly live: MetaState,
-    private readonly drives: Map<number, OpenDrive>,
+    drives: Map<number, OpenDrive>,
     private readonly allocator: ExtentAllocator,
   ) {
     super();
+    this.drives = new Map([...drives].map(([index, drive]) => {
+      const file = new StickySyncFile(drive.file, (failure) => this.syncFailed(this.live.drives[index]!.id, failure));
+      return [index, { ...drive, file }];
+    }));
+    meta.onSyncFailed = (failure) => this.syncFailed('metadata', failure);
     this.extentBytes = live.extentBytes;
     for (const state of live.volumes.values()) this.volumesByName.set(state.meta.name, new Volume(this, state));
+    // A failed background round is not forgotten: its drive (or the metadata) remembers the failed
+    // sync, fails every later flush, and 'sync-failed' has told the array.
     this.timer = setInterval(() => void this.flush().catch(() => undefined), backgroundFlushMs);
     this.timer.unref();
   }
@@ -186,8 +217,21 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     return lun;
   }
 
+  /** The first sync failure is kept (every later flush fails with it) and told once per drive. */
+  private syncFailed(drive: string, failure: SyncFailure): void {
+    this.syncError ??= failure.error;
+    const event: EngineSyncFailure = { ...failure, drive };
+    this.emit('sync-failed', event);
+  }
+
+  /** Throws the first failed sync's error (IO_ERROR): nothing is made durable until a restart. */
+  checkSynced(): void {
+    if (this.syncError !== undefined) throw this.syncError;
+  }
+
   /** Group commit; see the module comment. Resolves when everything done before the call is durable. */
   flush(): Promise<void> {
+    if (this.syncError !== undefined) return Promise.reject(this.syncError);
     if (this.flushQueued) return this.flushQueued;
     if (!this.dirty && !this.flushRunning && this.pendingRecords.length === 0 && this.pendingMaps.size === 0) return Promise.resolve();
     if (!this.flushRunning) return this.startRound();
@@ -208,6 +252,7 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
   }
 
   private async runRound(): Promise<void> {
+    if (this.syncError !== undefined) throw this.syncError;
     this.dirty = false;
     const records = this.takeRecords();
     const released = this.allocator.drainReleases();
@@ -228,7 +273,8 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
    * Makes every completed write to one volume durable by syncing only the drives that hold
    * its extents — when its map is complete and durable (a thick volume such as a journal),
    * so no metadata needs to go with the data. Otherwise a full flush. A journal on its own
-   * drive (`drives[].use: journal`) then syncs its records and not the P-VOL data beside it.
+   * drive (`drives[].use: journal`) then syncs its records and not the P-VOL data beside it,
+   * and fails only while one of those drives has failed a sync.
    */
   syncVolumeData(volumeId: number): Promise<void> {
     const state = this.live.volumes.get(volumeId);
@@ -295,7 +341,13 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     return (refExtent(ref) + 1) * this.extentBytes + offsetInExtent;
   }
 
-  stats(): { extentBytes: number; capacityBytes: number; freeBytes: number; allocatedBytes: number; provisionedBytes: number; drives: Array<{ id: string; path: string; sizeBytes: number }> } {
+  stats(): {
+    extentBytes: number; capacityBytes: number; freeBytes: number; allocatedBytes: number; provisionedBytes: number;
+    /** True once a drive or the metadata failed a sync: every flush fails until the array is restarted. */
+    syncFailed: boolean;
+    drives: Array<{ id: string; sizeBytes: number } & SyncStateJson>;
+    metadata: SyncStateJson;
+  } {
     const capacityBytes = this.allocator.totalExtents() * this.extentBytes;
     const freeBytes = this.allocator.freeExtents() * this.extentBytes;
     return {
@@ -304,7 +356,11 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
       freeBytes,
       allocatedBytes: this.volumes().reduce((sum, v) => sum + v.allocatedBytes(), 0),
       provisionedBytes: this.volumes().reduce((sum, v) => sum + v.sizeBytes, 0),
-      drives: [...this.drives.values()].map((d) => ({ id: this.live.drives[d.index]!.id, path: d.file.path, sizeBytes: d.file.sizeBytes })),
+      syncFailed: this.syncError !== undefined,
+      drives: [...this.drives.values()].map((d) => ({
+        id: this.live.drives[d.index]!.id, sizeBytes: d.file.sizeBytes, ...syncState(d.file.path, d.file.failedSyncs, d.file.failure),
+      })),
+      metadata: syncState(path.join(this.options.dataDir, 'meta'), this.meta.failedSyncs, this.meta.syncFailure),
     };
   }
 
@@ -312,14 +368,22 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     if (this.closed) throw new TwinstoreError('SHUTTING_DOWN', 'the array is shutting down');
   }
 
+  /** Flushes, then closes the files; after a failed sync the files are closed and the flush's error thrown. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
-    await this.flush();
-    await this.meta.close();
-    await Promise.all([...this.drives.values()].map((d) => d.file.close()));
+    try {
+      await this.flush();
+    } finally {
+      await this.meta.close();
+      await Promise.all([...this.drives.values()].map((d) => d.file.close()));
+    }
   }
+}
+
+function syncState(file: string, syncFailures: number, failure: SyncFailure | undefined): SyncStateJson {
+  return { path: file, syncFailures, syncFailedAt: failure?.failedAt ?? null, syncError: failure?.message ?? null };
 }
 
 function checkVolumeRequest(request: CreateVolumeRequest, lun: number): void {

@@ -5,6 +5,8 @@
 // Every open (and every 8 MiB of log) folds the log into a new snapshot written
 // as tmp + fdatasync + rename + directory fsync, and starts an empty log file
 // named after the snapshot's generation, so stale tails are never replayed.
+// A failed sync of a metadata file (log, snapshot, folder) is remembered: every
+// later commit fails until the array is restarted (sticky-sync.ts says why).
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,6 +14,7 @@ import { crc32c } from '@node-rs/crc32';
 import { TwinstoreError, assert } from '../errors.js';
 import { openBlockFile } from './open-file.js';
 import type { BlockFile } from './block-file.js';
+import { syncFailure, type SyncFailure } from './sticky-sync.js';
 import { applyRecord, cloneState, fromSnapshot, toSnapshot, type MetaRecord, type MetaState, type SnapshotJson } from './meta-model.js';
 
 const frameMagic = 0x54574d4c; // "TWML"
@@ -23,6 +26,12 @@ const snapshotName = 'snapshot';
 export class MetaStore {
   private logEnd = 0;
   private chain: Promise<void> = Promise.resolve();
+  /** The first failed sync of a metadata file; every later commit fails with its error. */
+  syncFailure: SyncFailure | undefined;
+  /** Syncs of metadata files that failed. */
+  failedSyncs = 0;
+  /** Hears of the first failed sync (the engine reports it). */
+  onSyncFailed: (failure: SyncFailure) => void = () => undefined;
 
   private constructor(
     private readonly dir: string,
@@ -43,7 +52,7 @@ export class MetaStore {
       throw new TwinstoreError('METADATA_CORRUPT', `metadata log records exist in ${dir} but the snapshot is missing`);
     }
     await replayLog(path.join(dir, `log-${generation}`), generation, state);
-    const store = new MetaStore(dir, state, generation, await writeSnapshot(dir, state, generation + 1));
+    const store = new MetaStore(dir, state, generation, await writeSnapshot(dir, state, generation + 1, runSync));
     store.generation = generation + 1;
     removeStaleLogs(dir, store.generation);
     return store;
@@ -57,10 +66,11 @@ export class MetaStore {
   }
 
   private async commitNow(records: MetaRecord[]): Promise<void> {
+    if (this.syncFailure !== undefined) throw this.syncFailure.error;
     if (records.length === 0) return;
     const frames = encodeFrames(records, this.generation);
     await this.log.write(frames, this.logEnd);
-    await this.log.sync();
+    await this.sync(this.log.path, () => this.log.sync());
     this.logEnd += frames.length;
     for (const record of records) applyRecord(this.durable, record);
     if (this.logEnd >= compactAfterBytes) await this.compact();
@@ -68,12 +78,26 @@ export class MetaStore {
 
   private async compact(): Promise<void> {
     const next = this.generation + 1;
-    const log = await writeSnapshot(this.dir, this.durable, next);
+    const log = await writeSnapshot(this.dir, this.durable, next, (file, run) => this.sync(file, run));
     await this.log.close();
     this.log = log;
     this.generation = next;
     this.logEnd = 0;
     removeStaleLogs(this.dir, next);
+  }
+
+  /** Runs one sync of a metadata file; a failure is remembered (logged by the engine, counted). */
+  private async sync(file: string, run: () => Promise<void> | void): Promise<void> {
+    try {
+      await run();
+    } catch (error) {
+      this.failedSyncs += 1;
+      if (this.syncFailure === undefined) {
+        this.syncFailure = syncFailure(file, error);
+        this.onSyncFailed(this.syncFailure);
+      }
+      throw error;
+    }
   }
 
   /** A deep copy of the durable state, for the engine's live view. */
@@ -130,21 +154,37 @@ function readSnapshot(dir: string): SnapshotJson | undefined {
   return JSON.parse(body.toString('utf8')) as SnapshotJson;
 }
 
+/** Runs a sync of `file` (the store's own runner also remembers a failure). */
+type SyncRunner = (file: string, run: () => Promise<void> | void) => Promise<void>;
+
+/** At open a failed sync fails the open: nothing to remember. */
+const runSync: SyncRunner = async (_file, run) => {
+  await run();
+};
+
 /** Writes snapshot `generation` atomically and returns the new, empty log it starts. */
-async function writeSnapshot(dir: string, state: MetaState, generation: number): Promise<BlockFile> {
+async function writeSnapshot(dir: string, state: MetaState, generation: number, sync: SyncRunner): Promise<BlockFile> {
   const body = Buffer.from(JSON.stringify(toSnapshot(state, generation)), 'utf8');
   const header = `twinstore-meta v1 crc32c=${crc32c(body).toString(16).padStart(8, '0')} bytes=${body.length}\n`;
   const tmp = path.join(dir, `${snapshotName}.tmp`);
   fs.rmSync(tmp, { force: true });
   const file = openBlockFile(tmp, { createSizeBytes: 0, kind: 'metadata' });
-  await file.write(Buffer.concat([Buffer.from(header, 'utf8'), body]), 0);
-  await file.sync();
-  await file.close();
+  try {
+    await file.write(Buffer.concat([Buffer.from(header, 'utf8'), body]), 0);
+    await sync(tmp, () => file.sync());
+  } finally {
+    await file.close();
+  }
   const logPath = path.join(dir, `log-${generation}`);
   fs.rmSync(logPath, { force: true });
   const log = openBlockFile(logPath, { createSizeBytes: 0, kind: 'metadata' });
   fs.renameSync(tmp, path.join(dir, snapshotName));
-  syncDirectory(dir);
+  try {
+    await sync(dir, () => syncDirectory(dir));
+  } catch (error) {
+    await log.close();
+    throw error;
+  }
   return log;
 }
 

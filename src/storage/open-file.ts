@@ -1,7 +1,7 @@
 // Chooses how drive and metadata files are opened: plain descriptors, or the
 // volatile cache of DESIGN.md §10 when the test-only switch
 // TWINSTORE_TEST_VOLATILE_CACHE=1 is set (TWINSTORE_TEST_SEED seeds its write-back);
-// drives also go behind the test-only fault switch (fault-file.ts) when
+// drives and metadata files also go behind the test-only fault switch (fault-file.ts) when
 // TWINSTORE_TEST_IO_ERROR_FILE is set, outermost, so a failed write never reaches the cache;
 // or, in the seeded simulator, whatever its opener returns.
 
@@ -26,7 +26,7 @@ export function setBlockFileOpener(next: BlockFileOpener | undefined): void {
 export function openBlockFile(path: string, options: OpenOptions): BlockFile {
   if (opener !== undefined) return opener(path, options);
   const file = openCachedFile(path, options);
-  return ioFaultMode && options.kind === 'drive' ? new FaultyFile(file) : file;
+  return ioFaultMode ? new FaultyFile(file, options.kind) : file;
 }
 
 function openCachedFile(path: string, options: OpenOptions): BlockFile {

@@ -43,3 +43,37 @@ export function readAll(uri: string, dir: string): Buffer {
   fs.rmSync(file);
   return data;
 }
+
+/** One request of `requests`: a WRITE (FUA when asked) of one byte value, a READ checked for one, or a FLUSH. */
+export type NbdStep =
+  | { op: 'write'; offset: number; length: number; byte: number; fua?: boolean }
+  | { op: 'read'; offset: number; length: number; byte: number }
+  | { op: 'flush' };
+
+/**
+ * Sends the steps in order on one connection and returns each outcome: `ok`, the errno name the
+ * server replied with (`EIO`), or `mismatch` for a read of other bytes. Nothing is sent on close.
+ */
+export function requests(uri: string, steps: NbdStep[]): string[] {
+  const script = [
+    'import errno, json, sys',
+    `steps = json.loads(${JSON.stringify(JSON.stringify(steps))})`,
+    'out = []',
+    'for s in steps:',
+    '    try:',
+    '        if s["op"] == "write":',
+    '            h.pwrite(bytes([s["byte"]]) * s["length"], s["offset"], nbd.CMD_FLAG_FUA if s.get("fua") else 0)',
+    '        elif s["op"] == "read":',
+    '            data = h.pread(s["length"], s["offset"])',
+    '            if data != bytes([s["byte"]]) * s["length"]:',
+    '                out.append("mismatch")',
+    '                continue',
+    '        else:',
+    '            h.flush()',
+    '        out.append("ok")',
+    '    except nbd.Error as e:',
+    '        out.append(errno.errorcode.get(e.errno, str(e.errno)))',
+    'print(json.dumps(out))',
+  ].join('\n');
+  return JSON.parse(runOk('nbdsh', ['-u', uri, '-c', script])) as string[];
+}
