@@ -18,6 +18,7 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { createVolume, startArray, type RunningArray } from '../helpers/array.js';
 import { sleep } from '../helpers/replication.js';
+import { descriptorsReserved } from '../../src/nbd/server.js';
 import { CMD, IHAVEOPT, INFO, OPT, REP, REP_MAGIC, REQUEST_MAGIC } from '../../src/nbd/protocol.js';
 
 const MiB = 2 ** 20;
@@ -213,14 +214,24 @@ h.shutdown()
   });
 }
 
+/** GET /v1/status answers 200 within apiLatencyMsMax; returns how long it took. */
+async function apiAnswers(array: RunningArray, label: string): Promise<number> {
+  const started = Date.now();
+  const response = await fetch(`http://${array.ready!.api}/v1/status`, {
+    headers: { authorization: `Bearer ${array.token()}` },
+    signal: AbortSignal.timeout(apiLatencyMsMax),
+  }).catch((error: Error) => {
+    throw new Error(`${label}: GET /v1/status did not answer within ${apiLatencyMsMax} ms (${error.message})`);
+  });
+  assert.equal(response.status, 200, `${label}: GET /v1/status answers`);
+  await response.arrayBuffer();
+  return Date.now() - started;
+}
+
 /** The good client and the API, checked while an abuser holds on. */
 async function wellBehavedWorks(array: RunningArray, uri: string, situation: string): Promise<void> {
   const label = `${situation} (server RSS ${mib(memory(array).rssBytes)})`;
-  const started = Date.now();
-  const status = await array.api('GET', '/v1/status', undefined);
-  const apiMs = Date.now() - started;
-  assert.equal(status.status, 200, `${label}: GET /v1/status answers`);
-  assert.ok(apiMs < apiLatencyMsMax, `${label}: GET /v1/status took ${apiMs} ms (bound ${apiLatencyMsMax} ms)`);
+  await apiAnswers(array, label);
   const good = await goodReads(uri, 50);
   assert.equal(good.ok, true, `${label}: the good client reads the data it expects`);
   assert.ok(good.connectMs < goodLatencyMsMax, `${label}: the good client connected in ${good.connectMs.toFixed(0)} ms (bound ${goodLatencyMsMax} ms)`);
@@ -231,10 +242,10 @@ function logHas(array: RunningArray, message: string): boolean {
   return array.stderr.includes(`"msg":"${message}"`);
 }
 
-async function prepare(t: Parameters<typeof startArray>[0], nbd: Record<string, string | number>): Promise<{ array: RunningArray; uri: string }> {
+async function prepare(t: Parameters<typeof startArray>[0], nbd: Record<string, string | number>, wrapper?: string[]): Promise<{ array: RunningArray; uri: string }> {
   const entries = Object.entries(nbd);
   const extraConfig = entries.length === 0 ? '' : ['nbd:', ...entries.map(([key, value]) => `  ${key}: ${value}`)].join('\n');
-  const array = await startArray(t, { extraConfig });
+  const array = await startArray(t, { extraConfig, ...(wrapper ? { wrapper } : {}) });
   const uri = createVolume(array, 'rb', '64MiB');
   await writePattern(uri);
   return { array, uri };
@@ -267,11 +278,28 @@ test('1000 half-open handshakes: the per-address and total caps hold, the handsh
   t.diagnostic(`peak RSS ${mib(peakBytes)}`);
 });
 
+test('with an open-files limit of 512, 600 half-open connections from 12 addresses leave descriptors for the API and a good client', async (t) => {
+  const nofile = 512;
+  /** What the server may hold: the limit less the descriptors it keeps for the API, the link and the drives. */
+  const connectionsMax = nofile - descriptorsReserved;
+  const handshakeTimeoutMs = 2000;
+  const { array, uri } = await prepare(t, { handshakeTimeoutMs }, ['prlimit', `--nofile=${nofile}:${nofile}`, '--']);
+  assert.ok(logHas(array, 'NBD connection cap lowered to fit the open-files limit'), 'the lowered cap is logged at start');
+  const abusers = (await Promise.all(Array.from({ length: 12 }, (_, i) => openMany(t, array, `127.0.0.${10 + i}`, 50)))).flat();
+  await waitUntil(`the server to hold at most ${connectionsMax} of 600 connections`, () => openCount(abusers) <= connectionsMax,
+    20_000, () => `${openCount(abusers)} still open`);
+  const apiMs = await apiAnswers(array, `with ${openCount(abusers)} NBD connections held under nofile ${nofile}`);
+  t.diagnostic(`API answered in ${apiMs} ms with ${openCount(abusers)} NBD connections held`);
+  await waitUntil('the handshake timeout to close the held connections', () => openCount(abusers) === 0,
+    handshakeTimeoutMs + 20_000, () => `${openCount(abusers)} still open`);
+  await wellBehavedWorks(array, uri, 'after the held connections timed out');
+});
+
 test('40 WRITEs that announce 32 MiB, send 24 MiB and stall: RSS stays bounded, each is closed after payloadStallMs, a good client keeps reading', async (t) => {
   const payloadStallMs = 1500;
-  /** Peak RSS allowed: the budget (256 MiB) + the buffer pool's idle slabs (256 MiB) + the process itself. */
+  /** Peak RSS allowed: the budget's large share (288 MiB) + the buffer pool's idle slabs (256 MiB) + the process itself. */
   const rssBytesMax = 768 * MiB;
-  const { array, uri } = await prepare(t, { payloadStallMs, bufferedBytesMax: '256MiB' });
+  const { array, uri } = await prepare(t, { payloadStallMs, bufferedBytesMax: '384MiB' });
   const sent = Buffer.alloc(24 * MiB, 0xee);
   const writers = await openMany(t, array, '127.0.0.2', 40);
   await Promise.all(writers.map((w) => w.go('rb')));
