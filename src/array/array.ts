@@ -62,7 +62,7 @@ export class TwinstoreArray implements ArrayControl {
       const replication = new ArrayReplication(config, engine, log);
       const api = new ApiServer({ token, control: () => control!, replication: () => replication, log });
       const registry = new ExportRegistry();
-      const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros });
+      const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd });
       const array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, token, log);
       control = array;
       return { array, ready: await array.listen() };

@@ -8,6 +8,15 @@ import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import { TwinstoreError } from '../errors.js';
 import { configSchema, type HostPort } from './schema.js';
 
+/** The NBD server's bounds on what clients may hold (docs/config.md, `nbd.*`). */
+export interface NbdLimits {
+  connectionsMax: number;
+  connectionsPerAddressMax: number;
+  handshakeTimeoutMs: number;
+  payloadStallMs: number;
+  bufferedBytesMax: number;
+}
+
 /** What a P-VOL does while its link is down: keep writing (`never`) or refuse writes (`data`). */
 export type FencePolicy = 'never' | 'data';
 
@@ -24,6 +33,7 @@ export interface ArrayConfig {
   bitmapRegionBytes: number;
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
+  nbd: NbdLimits;
   takeover: { peerTimeoutMs: number };
   swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
 }
@@ -89,6 +99,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     bitmapRegionBytes: config.bitmap.regionBytes,
     apiToken: config.api.token,
     tuning: config.tuning,
+    nbd: config.nbd,
     takeover: config.takeover,
     swap: config.swap,
   };

@@ -10,9 +10,19 @@
 // land there straight from the kernel with no copy and no per-read allocation
 // (receiver.ts). `push(chunk)` copies a chunk in the same way, for streams that
 // hand out their own chunks.
+//
+// A WRITE's payload buffer is taken from the global budget (budget.ts) as its
+// bytes arrive, never whole at the header: the first bytes go into a buffer of
+// at most `payloadFirstBytes`, which doubles (copying what it holds) while the
+// payload is larger, so a client that announces 32 MiB and sends nothing holds
+// nothing, and one that stalls half way holds about what it sent. Payloads up to
+// `payloadFirstBytes` (the usual 4 KiB to 1 MiB) take one buffer and no copy.
+// When the budget is spent the decoder waits (`waitingForBudget`) and the
+// session stops reading.
 
 import { CMD, IHAVEOPT, OPTION_BYTES_MAX, PAYLOAD_MAX, REQUEST_MAGIC } from './protocol.js';
 import type { BufferPool } from '../util/buffer-pool.js';
+import { smallBytesMax, type ByteBudget } from './budget.js';
 
 export interface NbdRequest {
   flags: number;
@@ -37,9 +47,18 @@ type Phase = 'client-flags' | 'options' | 'transmission';
 const requestHeaderBytes = 28;
 const optionHeaderBytes = 16;
 export const STAGING_BYTES = 64 * 1024;
+/** The first buffer of a WRITE payload; larger payloads double from here as bytes arrive. */
+export const payloadFirstBytes = smallBytesMax;
 
 interface Pending {
   data: Buffer;
+  filled: number;
+}
+
+interface PendingWrite {
+  request: NbdRequest;
+  /** Holds the first `filled` bytes; undefined until the first byte arrives. */
+  data: Buffer | undefined;
   filled: number;
 }
 
@@ -50,11 +69,26 @@ export class NbdDecoder {
   private start = 0;
   private end = 0;
   private pendingOption: (Pending & { option: number }) | undefined;
-  private pendingWrite: (Pending & { request: NbdRequest }) | undefined;
+  private pendingWrite: PendingWrite | undefined;
   private targetIsPayload = false;
   private backlog: Buffer[] = [];
+  /** When the pending payload last grew (or its header came): the session times a stall from it. */
+  private payloadProgressAt = 0;
+  /** The pending payload needs a bigger buffer than the budget has left; next() yields nothing until it has. */
+  waitingForBudget = false;
 
-  constructor(private readonly pool: BufferPool) {}
+  constructor(private readonly pool: BufferPool, private readonly budget: ByteBudget) {}
+
+  /** Since when (Date.now()) a WRITE payload has waited for bytes, or undefined when none is pending. */
+  get payloadWaitingSince(): number | undefined {
+    return this.pendingWrite === undefined ? undefined : this.payloadProgressAt;
+  }
+
+  /** Gives a payload from a `request` message back to the pool and the budget. */
+  releasePayload(payload: Buffer): void {
+    this.pool.release(payload);
+    this.budget.give(payload.length);
+  }
 
   /** Bytes received but not yet taken into a message (a payload being filled does not count). */
   get buffered(): number {
@@ -68,7 +102,7 @@ export class NbdDecoder {
   /** The buffer the next received bytes belong in; empty when staging is full (stop reading). */
   readTarget(): Buffer {
     const write = this.pendingWrite;
-    if (write !== undefined && this.start === this.end) {
+    if (write?.data !== undefined && write.filled < write.data.length && this.start === this.end) {
       this.targetIsPayload = true;
       return write.data.subarray(write.filled);
     }
@@ -86,8 +120,10 @@ export class NbdDecoder {
 
   /** `count` bytes were written at the start of the last readTarget(). */
   received(count: number): void {
-    if (this.targetIsPayload) this.pendingWrite!.filled += count;
-    else this.end += count;
+    if (this.targetIsPayload) {
+      this.pendingWrite!.filled += count;
+      this.payloadProgressAt = Date.now();
+    } else this.end += count;
   }
 
   /** Queues a chunk (for sources that allocate their own chunks); next() copies it in as room allows. */
@@ -113,7 +149,7 @@ export class NbdDecoder {
     for (;;) {
       this.drainBacklog();
       const decoded = this.decodeStaged();
-      if (decoded !== undefined || this.backlog.length === 0) return decoded;
+      if (decoded !== undefined || this.backlog.length === 0 || this.waitingForBudget) return decoded;
     }
   }
 
@@ -186,19 +222,46 @@ export class NbdDecoder {
       if (request.length > PAYLOAD_MAX) {
         return { kind: 'fatal', reason: `WRITE payload of ${request.length} bytes exceeds the ${PAYLOAD_MAX}-byte maximum` };
       }
-      this.pendingWrite = { request, data: this.pool.acquire(request.length), filled: 0 };
+      this.pendingWrite = { request, data: undefined, filled: 0 };
+      this.payloadProgressAt = Date.now();
     }
     const pending = this.pendingWrite;
-    if (!this.fill(pending)) return undefined;
+    const length = pending.request.length;
+    while (pending.filled < length) {
+      if (this.available === 0) return undefined;
+      if ((pending.data === undefined || pending.filled === pending.data.length) && !this.grow(pending)) return undefined;
+      this.fill(pending as Pending);
+      this.payloadProgressAt = Date.now();
+    }
     this.pendingWrite = undefined;
-    pending.request.payload = pending.data;
+    pending.request.payload = pending.data ?? Buffer.alloc(0);
     return { kind: 'request', request: pending.request };
+  }
+
+  /** A payload buffer with room for more bytes, from the budget; false (and waitingForBudget) when it has too little. */
+  private grow(pending: PendingWrite): boolean {
+    const length = pending.request.length;
+    const old = pending.data;
+    const capacity = Math.min(length, old === undefined ? payloadFirstBytes : old.length * 2);
+    if (!this.budget.tryTake(capacity)) {
+      this.waitingForBudget = true;
+      return false;
+    }
+    this.waitingForBudget = false;
+    const data = this.pool.acquire(capacity);
+    if (old !== undefined) {
+      old.copy(data, 0, 0, pending.filled);
+      this.releasePayload(old);
+    }
+    pending.data = data;
+    return true;
   }
 
   /** Gives back a half-read payload when the connection ends. */
   dispose(): void {
-    if (this.pendingWrite) this.pool.release(this.pendingWrite.data);
+    if (this.pendingWrite?.data) this.releasePayload(this.pendingWrite.data);
     this.pendingWrite = undefined;
+    this.waitingForBudget = false;
     this.backlog = [];
     this.start = 0;
     this.end = 0;

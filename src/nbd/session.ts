@@ -1,8 +1,16 @@
 // One NBD client connection: greeting, option haggling (negotiation.ts), then
 // transmission. Requests run concurrently and are answered as they complete,
-// out of order; a per-connection bound on requests and bytes in flight pauses
-// the socket (back-pressure). A bad frame that desynchronises the stream closes
-// this connection only, after a log line; anything else gets the spec's error.
+// out of order. A request counts against the connection's bounds until its
+// reply has left the socket (the reply's write callback), and the bytes of
+// replies still queued on the socket count with the bytes running, so a client
+// that never reads its replies stops being read (back-pressure) instead of
+// growing the queue. READ buffers and WRITE payloads come from the server-wide
+// budget (budget.ts); a READ that does not fit waits there, parked, with reading
+// stopped. A handshake that takes longer than `handshakeTimeoutMs`, or a WRITE
+// payload that gets no byte for `payloadStallMs`, closes the connection with a
+// log line (the server's sweep calls checkDeadlines). A bad frame that
+// desynchronises the stream closes this connection only, after a log line;
+// anything else gets the spec's error.
 
 import type net from 'node:net';
 import { adoptSocket, type ByteSink, type Receiver } from './receiver.js';
@@ -18,9 +26,12 @@ import { Negotiation } from './negotiation.js';
 import { BASE_ALLOCATION_ID, CMD, CMD_FLAG, NBD_ERR, STATE_HOLE, STATE_ZERO } from './protocol.js';
 import { checkRequest } from './requests.js';
 import type { AdaptivePoller } from '../util/poller.js';
+import type { BudgetWaiter, ByteBudget } from './budget.js';
 
+/** Requests read and not yet answered on the wire, per connection. */
 const requestsInFlightMax = 128;
-const bytesInFlightMax = 256 * 2 ** 20;
+/** READ + WRITE bytes running plus reply bytes queued on the socket, per connection: past it, reading stops. */
+export const bytesInFlightMax = 128 * 2 ** 20;
 const readChunksMax = 1024;
 const blockStatusExtentsMax = 16384;
 
@@ -30,7 +41,17 @@ interface Transmission {
   allocationContext: boolean;
 }
 
-export class NbdSession implements ExportSession, ByteSink {
+export interface SessionOptions {
+  registry: ExportRegistry;
+  pool: BufferPool;
+  budget: ByteBudget;
+  poller: AdaptivePoller;
+  log: Logger;
+  handshakeTimeoutMs: number;
+  payloadStallMs: number;
+}
+
+export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
   private readonly decoder: NbdDecoder;
   private readonly negotiation: Negotiation;
   private transmission: Transmission | undefined;
@@ -44,18 +65,23 @@ export class NbdSession implements ExportSession, ByteSink {
   private readonly done: Promise<void>;
   private readonly receiver: Receiver;
   private readonly socket: net.Socket;
+  private readonly registry: ExportRegistry;
+  private readonly pool: BufferPool;
+  private readonly budget: ByteBudget;
+  private readonly poller: AdaptivePoller;
+  private readonly acceptedAt = Date.now();
+  /** A READ that waits for the budget; reading is stopped until it runs. */
+  private parked: NbdRequest | undefined;
 
   /** `raw` must have been accepted with pauseOnConnect, so no byte was read yet. */
-  constructor(
-    raw: net.Socket,
-    private readonly registry: ExportRegistry,
-    private readonly pool: BufferPool,
-    private readonly poller: AdaptivePoller,
-    log: Logger,
-  ) {
-    this.log = log.child({ client: `${raw.remoteAddress}:${raw.remotePort}` });
-    this.decoder = new NbdDecoder(pool);
-    this.negotiation = new Negotiation(registry);
+  constructor(raw: net.Socket, private readonly options: SessionOptions) {
+    this.registry = options.registry;
+    this.pool = options.pool;
+    this.budget = options.budget;
+    this.poller = options.poller;
+    this.log = options.log.child({ client: `${raw.remoteAddress}:${raw.remotePort}` });
+    this.decoder = new NbdDecoder(this.pool, this.budget);
+    this.negotiation = new Negotiation(this.registry);
     this.receiver = adoptSocket(raw, this);
     const socket = this.receiver.socket;
     this.socket = socket;
@@ -77,6 +103,38 @@ export class NbdSession implements ExportSession, ByteSink {
     this.stopping = true;
     if (this.transmission === undefined) this.socket.destroy();
     else this.endWhenIdle();
+  }
+
+  /** Closes a handshake past handshakeTimeoutMs, or a WRITE payload that got no byte for payloadStallMs. */
+  checkDeadlines(now: number): void {
+    if (this.closed) return;
+    if (this.transmission === undefined) {
+      if (now - this.acceptedAt <= this.options.handshakeTimeoutMs) return;
+      this.log.info({ handshakeTimeoutMs: this.options.handshakeTimeoutMs }, 'closing NBD connection: handshake not finished in time');
+      this.stopping = true;
+      this.socket.destroy();
+      return;
+    }
+    const since = this.decoder.payloadWaitingSince;
+    if (since === undefined || now - since <= this.options.payloadStallMs) return;
+    this.log.warn({ payloadStallMs: this.options.payloadStallMs, export: this.transmission.exported.name }, 'closing NBD connection: WRITE payload stalled');
+    this.stopping = true;
+    this.socket.destroy();
+  }
+
+  /** BudgetWaiter: buffers came back; run the parked READ or let the decoder grow its payload. */
+  budgetFreed(): void {
+    if (this.closed) return;
+    const parked = this.parked;
+    if (parked !== undefined) {
+      if (!this.budget.tryTake(parked.length)) {
+        this.budget.wait(this);
+        return;
+      }
+      this.parked = undefined;
+      this.dispatch(parked, parked.length);
+    }
+    this.resumeIfStopped();
   }
 
   // ByteSink: how the receiver hands us bytes.
@@ -103,9 +161,14 @@ export class NbdSession implements ExportSession, ByteSink {
   /** Decodes and dispatches what has arrived; returns whether reading may go on. */
   private pump(): boolean {
     while (!this.stopping && !this.closed) {
-      if (this.requestsInFlight >= requestsInFlightMax || this.bytesInFlight >= bytesInFlightMax) return false;
+      if (this.parked !== undefined || this.requestsInFlight >= requestsInFlightMax) return false;
+      if (this.bytesInFlight + this.socket.writableLength >= bytesInFlightMax) return false;
       const message = this.decoder.next();
-      if (message === undefined) break;
+      if (message === undefined) {
+        if (!this.decoder.waitingForBudget) break;
+        this.budget.wait(this);
+        return false;
+      }
       switch (message.kind) {
         case 'fatal':
           this.abort(message.reason);
@@ -171,18 +234,35 @@ export class NbdSession implements ExportSession, ByteSink {
     const verdict = checkRequest(request, transmission.exported, transmission.allocationContext, transmission.structured);
     const weight = request.type === CMD.READ || request.type === CMD.WRITE ? request.length : 0;
     this.requestsInFlight += 1;
+    if (verdict.error !== 0) {
+      this.replyError(request, verdict.error, verdict.message);
+      if (request.payload) this.decoder.releasePayload(request.payload);
+      return;
+    }
+    // A READ's buffer comes from the budget before it runs; one that does not fit waits, parked.
+    if (request.type === CMD.READ && request.length > 0 && !this.budget.tryTake(request.length)) {
+      this.parked = request;
+      this.budget.wait(this);
+      return;
+    }
+    this.dispatch(request, weight);
+  }
+
+  private dispatch(request: NbdRequest, weight: number): void {
     this.bytesInFlight += weight;
-    const run = verdict.error !== 0
-      ? Promise.resolve(this.replyError(request, verdict.error, verdict.message))
-      : this.execute(request, transmission).catch((error: unknown) => this.failed(request, error));
-    void run.then(() => {
-      if (request.payload) this.pool.release(request.payload);
-      this.requestsInFlight -= 1;
+    void this.execute(request, this.transmission!).catch((error: unknown) => this.failed(request, error)).then(() => {
+      if (request.payload) this.decoder.releasePayload(request.payload);
       this.bytesInFlight -= weight;
-      if (this.stopping) this.endWhenIdle();
-      else this.resumeIfStopped();
+      this.resumeIfStopped();
     });
   }
+
+  /** A reply has left the socket (or the socket is gone): the request stops counting. */
+  private readonly replyWritten = (): void => {
+    this.requestsInFlight -= 1;
+    if (this.stopping) this.endWhenIdle();
+    else this.resumeIfStopped();
+  };
 
   private async execute(request: NbdRequest, t: Transmission): Promise<void> {
     const { exported } = t;
@@ -223,12 +303,12 @@ export class NbdSession implements ExportSession, ByteSink {
     const buffer = this.pool.acquire(length);
     try {
       await t.exported.read(offset, buffer);
+      if ((request.flags & CMD_FLAG.FUA) !== 0) await t.exported.flush();
     } catch (error) {
-      this.pool.release(buffer);
+      this.releaseRead(buffer);
       throw error;
     }
-    if ((request.flags & CMD_FLAG.FUA) !== 0) await t.exported.flush();
-    if (!t.structured) return this.send([simpleReply(0, cookieHigh, cookieLow), buffer], buffer);
+    if (!t.structured) return this.reply([simpleReply(0, cookieHigh, cookieLow), buffer], buffer);
     const covered = runs.reduce((sum, run) => sum + run.lengthBytes, 0);
     if (covered < length) runs.push({ lengthBytes: length - covered, hole: false });
     const parts: Buffer[] = [];
@@ -239,14 +319,20 @@ export class NbdSession implements ExportSession, ByteSink {
       else parts.push(offsetDataHeader(cookieHigh, cookieLow, offset + at, run.lengthBytes, last), buffer.subarray(at, at + run.lengthBytes));
       at += run.lengthBytes;
     });
-    this.send(parts, buffer);
+    this.reply(parts, buffer);
+  }
+
+  /** A READ buffer goes back to the pool and the budget it was taken from. */
+  private releaseRead(buffer: Buffer): void {
+    this.pool.release(buffer);
+    this.budget.give(buffer.length);
   }
 
   private blockStatus(request: NbdRequest, exported: BlockExport): void {
     const requestOne = (request.flags & CMD_FLAG.REQ_ONE) !== 0;
     const extents = exported.blockStatus(request.offset, request.length, requestOne ? 1 : blockStatusExtentsMax);
     const encoded = extents.map((e) => ({ length: e.lengthBytes, flags: e.hole ? STATE_HOLE | STATE_ZERO : 0 }));
-    this.send([blockStatusChunk(request.cookieHigh, request.cookieLow, BASE_ALLOCATION_ID, encoded)]);
+    this.reply([blockStatusChunk(request.cookieHigh, request.cookieLow, BASE_ALLOCATION_ID, encoded)]);
   }
 
   private failed(request: NbdRequest, error: unknown): void {
@@ -264,27 +350,37 @@ export class NbdSession implements ExportSession, ByteSink {
 
   private replyOk(request: NbdRequest): void {
     const structuredRead = request.type === CMD.READ && this.transmission!.structured;
-    this.send([structuredRead ? noneChunk(request.cookieHigh, request.cookieLow) : simpleReply(0, request.cookieHigh, request.cookieLow)]);
+    this.reply([structuredRead ? noneChunk(request.cookieHigh, request.cookieLow) : simpleReply(0, request.cookieHigh, request.cookieLow)]);
   }
 
   private replyError(request: NbdRequest, error: number, message: string): void {
     this.log.debug({ type: request.type, offset: request.offset, length: request.length, error, message }, 'request refused');
     const structuredRead = request.type === CMD.READ && this.transmission!.structured;
-    this.send([structuredRead ? errorChunk(request.cookieHigh, request.cookieLow, error, message) : simpleReply(error, request.cookieHigh, request.cookieLow)]);
+    this.reply([structuredRead ? errorChunk(request.cookieHigh, request.cookieLow, error, message) : simpleReply(error, request.cookieHigh, request.cookieLow)]);
   }
 
-  /** Writes parts back to back; `borrowed` goes back to the pool once the socket is done with it. */
-  private send(parts: Buffer[], borrowed?: Buffer): void {
+  /** Handshake replies: written back to back. */
+  private send(parts: Buffer[]): void {
+    if (this.closed || this.socket.destroyed) return;
+    this.socket.cork();
+    for (const part of parts) this.socket.write(part);
+    this.socket.uncork();
+  }
+
+  /** A request's reply; the request counts until it has left the socket, and `borrowed` (a READ buffer) goes back then. */
+  private reply(parts: Buffer[], borrowed?: Buffer): void {
     if (this.closed || this.socket.destroyed) {
-      if (borrowed) this.pool.release(borrowed);
+      if (borrowed) this.releaseRead(borrowed);
+      this.replyWritten();
       return;
     }
     this.poller.kick();
     this.socket.cork();
-    parts.forEach((part, i) => {
-      const last = i === parts.length - 1;
-      if (last && borrowed) this.socket.write(part, () => this.pool.release(borrowed));
-      else this.socket.write(part);
+    const last = parts.length - 1;
+    for (let i = 0; i < last; i++) this.socket.write(parts[i]!);
+    this.socket.write(parts[last]!, borrowed === undefined ? this.replyWritten : () => {
+      this.releaseRead(borrowed);
+      this.replyWritten();
     });
     this.socket.uncork();
   }
@@ -300,6 +396,7 @@ export class NbdSession implements ExportSession, ByteSink {
 
   private onClosed(): void {
     this.closed = true;
+    this.budget.forget(this);
     this.decoder.dispose();
     if (this.transmission) this.registry.detach(this.transmission.exported.name, this);
   }

@@ -26,6 +26,8 @@ export interface ArrayOptions {
   pskFile?: string;
   /** link.suspendAfterMs (with pskFile). */
   suspendAfterMs?: number;
+  /** A command that execs `serve` (keeping its PID), e.g. ['prlimit', '--nofile=512:512', '--']. */
+  wrapper?: string[];
 }
 
 export interface Ready {
@@ -41,7 +43,7 @@ export class RunningArray {
   ready: Ready | undefined;
   stderr = '';
 
-  constructor(readonly dir: string, readonly configFile: string, readonly env: Record<string, string>) {}
+  constructor(readonly dir: string, readonly configFile: string, readonly env: Record<string, string>, readonly wrapper: string[] = []) {}
 
   get nbd(): string {
     return this.ready!.nbd;
@@ -52,7 +54,8 @@ export class RunningArray {
   }
 
   async start(): Promise<Ready> {
-    const child = spawn(process.execPath, [cliEntry, 'serve', '--config', this.configFile], {
+    const command = [...this.wrapper, process.execPath, cliEntry, 'serve', '--config', this.configFile];
+    const child = spawn(command[0]!, command.slice(1), {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -138,7 +141,7 @@ export function writeConfig(dir: string, options: ArrayOptions): string {
 export async function startArray(t: TestContext, options: ArrayOptions = {}): Promise<RunningArray> {
   const dir = options.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'twinstore-test-'));
   const configFile = writeConfig(dir, options);
-  const array = new RunningArray(dir, configFile, options.env ?? {});
+  const array = new RunningArray(dir, configFile, options.env ?? {}, options.wrapper);
   t.after(async () => {
     await array.stop('SIGKILL');
     if (!options.dir) fs.rmSync(dir, { recursive: true, force: true });

@@ -17,6 +17,8 @@ import {
 } from '../../src/nbd/protocol.js';
 import { checkRequest } from '../../src/nbd/requests.js';
 import { BufferPool } from '../../src/util/buffer-pool.js';
+import { ByteBudget } from '../../src/nbd/budget.js';
+import { softOpenFilesLimit } from '../../src/nbd/server.js';
 
 const MiB = 2 ** 20;
 
@@ -126,7 +128,7 @@ function plainRequest(request: NbdRequest): Plain {
  * with whatever bytes already follow it in the queue.
  */
 function decodePieces(pieces: Buffer[]): { messages: Plain[]; buffered: number } {
-  const decoder = new NbdDecoder(new BufferPool());
+  const decoder = new NbdDecoder(new BufferPool(), new ByteBudget(2 ** 30));
   const messages: Plain[] = [];
   for (const piece of pieces) {
     decoder.push(piece);
@@ -260,7 +262,7 @@ describe('NbdDecoder', () => {
 
   test('a message is returned exactly when its last byte arrives', () => {
     const stream = goSessionStream();
-    const decoder = new NbdDecoder(new BufferPool());
+    const decoder = new NbdDecoder(new BufferPool(), new ByteBudget(2 ** 30));
     let decoded = 0;
     for (let i = 0; i < stream.bytes.length; i++) {
       decoder.push(stream.bytes.subarray(i, i + 1));
@@ -302,7 +304,7 @@ describe('NbdDecoder', () => {
 
   test('a request with a bad magic is fatal, including the reserved old values', () => {
     for (const magic of [0x12560953, 0x25609514, 0x67446698, 0]) {
-      const decoder = new NbdDecoder(new BufferPool());
+      const decoder = new NbdDecoder(new BufferPool(), new ByteBudget(2 ** 30));
       decoder.enterTransmission();
       decoder.push(requestHeader({ magic, type: CMD.READ, cookie: 1n, offset: 0n, length: 512 }));
       assert.equal(decoder.next()?.kind, 'fatal', `magic 0x${magic.toString(16)}`);
@@ -310,14 +312,14 @@ describe('NbdDecoder', () => {
   });
 
   test('a WRITE payload above PAYLOAD_MAX is fatal at the header; PAYLOAD_MAX itself waits for its payload', () => {
-    const over = new NbdDecoder(new BufferPool());
+    const over = new NbdDecoder(new BufferPool(), new ByteBudget(2 ** 30));
     over.enterTransmission();
     over.push(requestHeader({ type: CMD.WRITE, cookie: 1n, offset: 0n, length: PAYLOAD_MAX + 1 }));
     const fatal = over.next();
     assert.equal(fatal?.kind, 'fatal');
     assert.match((fatal as { reason: string }).reason, /WRITE payload/);
 
-    const atMax = new NbdDecoder(new BufferPool());
+    const atMax = new NbdDecoder(new BufferPool(), new ByteBudget(2 ** 30));
     atMax.enterTransmission();
     atMax.push(requestHeader({ type: CMD.WRITE, cookie: 1n, offset: 0n, length: PAYLOAD_MAX }));
     atMax.push(Buffer.alloc(4096, 0xab));
@@ -326,8 +328,42 @@ describe('NbdDecoder', () => {
     atMax.dispose();
   });
 
+  test('a WRITE payload takes budget only as its bytes arrive, waits when the budget is spent, and gives it all back', () => {
+    const budget = new ByteBudget(8 * MiB);
+    const decoder = new NbdDecoder(new BufferPool(), budget);
+    decoder.enterTransmission();
+    decoder.push(requestHeader({ type: CMD.WRITE, cookie: 1n, offset: 0n, length: 3 * MiB }));
+    assert.equal(decoder.next(), undefined);
+    assert.equal(budget.used, 0, 'a header alone holds no payload buffer');
+    assert.notEqual(decoder.payloadWaitingSince, undefined, 'the payload is pending');
+    const data = pattern(3 * MiB, 9);
+    decoder.push(data.subarray(0, 4096));
+    assert.equal(decoder.next(), undefined);
+    assert.equal(budget.used, MiB, 'the first bytes take the first 1 MiB buffer');
+    assert.ok(budget.tryTake(4 * MiB), 'someone else takes most of what is left');
+    decoder.push(data.subarray(4096));
+    assert.equal(decoder.next(), undefined);
+    assert.equal(decoder.waitingForBudget, true, 'growing to 2 MiB would pass the large share (6 MiB)');
+    budget.give(4 * MiB);
+    const message = decoder.next();
+    assert.equal(message?.kind, 'request');
+    const payload = (message as { request: NbdRequest }).request.payload!;
+    assert.ok(payload.equals(data), 'the grown payload holds every byte in order');
+    assert.equal(budget.used, 3 * MiB, 'only the final buffer stays charged');
+    decoder.releasePayload(payload);
+    assert.equal(budget.used, 0);
+    assert.equal(decoder.payloadWaitingSince, undefined);
+  });
+
+  test('softOpenFilesLimit reads the soft limit from /proc/self/limits', () => {
+    const text = 'Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n';
+    assert.equal(softOpenFilesLimit(text), 1024);
+    assert.equal(softOpenFilesLimit('Max open files            unlimited            unlimited            files\n'), undefined);
+    assert.ok((softOpenFilesLimit() ?? 1) > 0);
+  });
+
   test('a READ longer than PAYLOAD_MAX decodes (it is refused later with EINVAL, not by dropping the stream)', () => {
-    const decoder = new NbdDecoder(new BufferPool());
+    const decoder = new NbdDecoder(new BufferPool(), new ByteBudget(2 ** 30));
     decoder.enterTransmission();
     decoder.push(requestHeader({ type: CMD.READ, cookie: 1n, offset: 0n, length: 0xffffffff }));
     const message = decoder.next();
