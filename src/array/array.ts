@@ -184,6 +184,8 @@ export class TwinstoreArray implements ArrayControl {
       return;
     }
     const volume = this.resolve(ref);
+    // Before the sessions: --force closes sessions, it never takes a volume from a group.
+    this.replication.assertVolumeFree(volume);
     const sessions = this.registry.sessionCount(volume.name);
     if (sessions > 0 && !force) {
       throw new TwinstoreError('VOLUME_BUSY', `volume ${volume.name} has ${sessions} open NBD session(s); close them or use --force`);

@@ -62,6 +62,7 @@ const routes: Record<string, Route> = {
   status: () => ({ method: 'GET', url: '/v1/status' }),
   'volume list': () => ({ method: 'GET', url: '/v1/volumes' }),
   'volume show': (a) => ({ method: 'GET', url: `/v1/volumes/${enc(text(a, 'name'))}` }),
+  'journal list': () => ({ method: 'GET', url: '/v1/journals' }),
   'journal show': (a) => ({ method: 'GET', url: `/v1/journals/${enc(text(a, 'name'))}` }),
   'peer list': () => ({ method: 'GET', url: '/v1/peers' }),
   'pair display': (a) => ({ method: 'GET', url: `/v1/pairs${query(a.group)}` }),
