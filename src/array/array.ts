@@ -153,11 +153,12 @@ export class TwinstoreArray implements ArrayControl {
     if (body.commandDevice && body.sizeBytes < 2 * commandBlockBytes) {
       throw new TwinstoreError('BAD_REQUEST', `size: a command device needs at least ${2 * commandBlockBytes} bytes (request and reply blocks)`, { field: 'size' });
     }
-    if (body.commandDevice) {
-      // The document first: the volume is exported as soon as it exists, and its export reads it.
-      await this.engine.persist([{ t: 'doc', kind: COMMAND_DEVICE_DOCUMENT, key: body.name, value: { remote: body.remote ?? null } satisfies CommandDeviceDocument }]);
-    }
-    const volume = await this.engine.createVolume({ name: body.name, sizeBytes: body.sizeBytes, lun: body.lun, ...(body.commandDevice ? { role: 'command-device' as const } : {}) });
+    // A command device's document goes in the volume's own commit: its export reads it as soon as
+    // the volume exists, and a create that is refused or fails writes neither.
+    const commandDevice = body.commandDevice
+      ? { role: 'command-device' as const, documents: [{ t: 'doc' as const, kind: COMMAND_DEVICE_DOCUMENT, key: body.name, value: { remote: body.remote ?? null } satisfies CommandDeviceDocument }] }
+      : {};
+    const volume = await this.engine.createVolume({ name: body.name, sizeBytes: body.sizeBytes, lun: body.lun, ...commandDevice });
     this.log.info({ volume: volume.name, lun: volume.meta.lun, sizeBytes: volume.sizeBytes, role: volume.meta.role, remote: body.remote }, 'volume created');
     return this.volumeJson(volume);
   }

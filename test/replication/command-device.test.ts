@@ -11,40 +11,8 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { command } from '../helpers/command-device.js';
 import { cliOk, display, startSite, waitFor } from '../helpers/replication.js';
-
-const exec = promisify(execFile);
-
-interface Reply {
-  magic: string;
-  status: number;
-  id: number;
-  answer: any;
-}
-
-/** One request through a command device, as a host does it; the reply block parsed. */
-async function command(uri: string, request: { id: number; token: string; verb: string; args?: Record<string, unknown>; magic?: string }): Promise<Reply> {
-  const script = [
-    'import json, struct, zlib',
-    `req = json.loads(${JSON.stringify(JSON.stringify(request))})`,
-    'body = json.dumps({"verb": req["verb"], "args": req.get("args", {})}).encode()',
-    'block = bytearray(4096)',
-    'struct.pack_into(">4sHHQII", block, 0, req.get("magic", "TWCQ").encode(), 1, 0, req["id"], len(body), zlib.crc32(body))',
-    'tok = req["token"].encode()',
-    'block[24:24 + len(tok)] = tok',
-    'block[88:88 + len(body)] = body',
-    'h.pwrite(bytes(block), 0)',
-    'reply = h.pread(65536, 4096)',
-    'magic, version, status, rid, length, crc = struct.unpack_from(">4sHHQII", reply, 0)',
-    'data = reply[24:24 + length]',
-    'assert zlib.crc32(data) == crc, "reply CRC"',
-    'print(json.dumps({"magic": magic.decode(), "status": status, "id": rid, "answer": json.loads(data)}))',
-  ].join('\n');
-  const { stdout } = await exec('/usr/bin/nbdsh', ['-u', uri, '-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } });
-  return JSON.parse(stdout) as Reply;
-}
 
 test('command devices: pair display on B, A\'s status through B\'s remote device, and error replies', { timeout: 180_000 }, async (t) => {
   const site = await startSite(t, { volumes: 1, volumeSize: '16MiB', envA: {}, envB: {} });
