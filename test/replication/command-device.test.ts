@@ -11,7 +11,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { runOk, startArray } from '../helpers/array.js';
 import { command } from '../helpers/command-device.js';
+import { readAll } from '../helpers/nbdsh.js';
 import { cliOk, display, startSite, waitFor } from '../helpers/replication.js';
 
 test('command devices: pair display on B, A\'s status through B\'s remote device, and error replies', { timeout: 180_000 }, async (t) => {
@@ -73,4 +77,32 @@ test('command devices: pair display on B, A\'s status through B\'s remote device
   assert.equal(down.answer.error.code, 'LINK_DOWN');
   const local = await command(site.b.uri('cmd'), { id: 15, token, verb: 'status' });
   assert.equal(local.answer.array, 'site-b', 'the local device still answers');
+});
+
+// Goal (issue 12): the API token a request carries is not readable on the device afterwards, by
+// any NBD client of it, nor on the drive; a write at 0 too short to be a request is stored
+// without the token field's bytes too. Method: one array, a command device, nbdsh sending a request and
+// reading offset 0 back, nbdcopy reading the whole device, and the drive file read whole.
+test('command device: no token is readable on the device or its drive after a request', { timeout: 60_000 }, async (t) => {
+  const array = await startArray(t, { drives: ['256MiB'] });
+  cliOk(array, ['volume', 'create', 'cmd', '--command-device']);
+  const token = array.token();
+  const reply = await command(array.uri('cmd'), { id: 21, token, verb: 'status' });
+  assert.equal(reply.status, 200, JSON.stringify(reply.answer));
+  assert.equal(reply.answer.array, 'site-a');
+  const block = Buffer.from(reply.requestBlockHex, 'hex');
+  t.diagnostic(`offset 0 after the request: ${block.subarray(0, 24).toString('hex')} | token field ${block.subarray(24, 88).toString('hex')} | ${block.subarray(88, 120).toString('utf8')}`);
+  assert.equal(block.subarray(0, 4).toString('latin1'), 'TWCQ', 'the rest of the request block is kept as written');
+  assert.match(block.subarray(88, 120).toString('utf8'), /^\{"verb": "status"/);
+  assert.ok(block.subarray(24, 88).equals(Buffer.alloc(64)), 'the token field reads as zeros');
+
+  // A 512-byte write at 0 (too short to be a request) with the token in the field is stored without it too.
+  runOk('nbdsh', ['-u', array.uri('cmd'), '-c', `b = bytearray(b"x" * 512)\nb[24:24 + ${token.length}] = ${JSON.stringify(token)}.encode()\nh.pwrite(bytes(b), 0)`]);
+  const device = readAll(array.uri('cmd'), array.dir);
+  assert.ok(device.subarray(24, 88).equals(Buffer.alloc(64)), 'the token field of a short write reads as zeros');
+  assert.equal(device.subarray(0, 24).toString('latin1') + device.subarray(88, 512).toString('latin1'), 'x'.repeat(24 + 424), 'the rest of the short write is stored');
+  assert.equal(device.indexOf(token.slice(0, 16)), -1, 'no part of the token on the device');
+  await array.stop();
+  const drive = fs.readFileSync(path.join(array.dir, 'data', 'drive0.img'));
+  assert.equal(drive.indexOf(token.slice(0, 16)), -1, 'no part of the token on the drive');
 });
