@@ -114,7 +114,8 @@ export class ApiServer {
     // Prometheus scrapes without a token; /metrics shows no secrets (metrics-routes.ts).
     if (request.routeOptions.url === METRICS_PATH) return;
     const header = request.headers.authorization ?? '';
-    const match = /^Bearer (.+)$/.exec(header);
+    // RFC 7235: the auth scheme is case-insensitive (`bearer`, `BEARER`), followed by one or more spaces.
+    const match = /^bearer[ \t]+(.+)$/i.exec(header);
     const given = Buffer.from(match?.[1] ?? '', 'utf8');
     if (given.length !== this.token.length || !crypto.timingSafeEqual(given, this.token)) {
       throw new TwinstoreError('UNAUTHORIZED', 'missing or wrong API token (Authorization: Bearer <token>)');

@@ -1,5 +1,6 @@
 // Goal (issue 12): idle, slow or many connections cannot stop the management API
 // from answering, and each is closed within a named bound (src/api/connection-bounds.ts);
+// the Authorization scheme is case-insensitive (RFC 7235).
 // Method: a real `twinstore serve` whose descriptor limit is lowered to 1024 with
 // prlimit (as on a host with `nofile` 1024). Raw TCP sockets from other loopback
 // addresses: 600 that connect and send nothing (127.0.0.2) and 600 slowloris ones
@@ -9,7 +10,8 @@
 // once; and every one it held is closed within the idle or header bound. Then
 // connections from many addresses: no more than the total cap are held. A
 // request that is answered after longer than the idle bound (pair split waiting
-// for a paused receiver) is not cut.
+// for a paused receiver) is not cut. Finally `Authorization: BEARER tok` and
+// `bearer tok` are accepted.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -116,6 +118,18 @@ test('connections from many addresses: at most the total cap is held, and the AP
   t.diagnostic(`${clients.length} connections from ${addresses} addresses: ${openCount(clients)} held`);
   await waitFor(`the server to close the idle connections (${openCount(clients)} open)`, () => openCount(clients) === 0, API_BOUNDS.idleMs + slackMs, 200);
   assert.equal((await status(array)).status, 200);
+});
+
+test('the Authorization scheme is case-insensitive; the token is not', { timeout: 60_000 }, async (t) => {
+  const array = await startArray(t);
+  const token = array.token();
+  for (const scheme of ['Bearer', 'BEARER', 'bearer', 'bEaReR']) {
+    assert.equal((await status(array, `${scheme} ${token}`)).status, 200, `${scheme} <token>`);
+  }
+  assert.equal((await status(array, `Bearer  ${token}`)).status, 200, 'two spaces after the scheme');
+  assert.equal((await status(array, `BEARER ${token.toUpperCase()}x`)).status, 401);
+  assert.equal((await status(array, `Basic ${token}`)).status, 401);
+  assert.equal((await status(array, token)).status, 401);
 });
 
 test('a request answered after longer than the idle bound is not cut', { timeout: 180_000 }, async (t) => {
