@@ -203,7 +203,7 @@ export class ArrayReplication implements ReplicationControl {
   assertVolumeFree(volume: Volume): void {
     const use = volumeUse(this.manager.groupMetas(), volume.meta.id);
     if (!use) return;
-    const what = use.as === 'journal' ? 'the journal' : `a ${use.as}`;
+    const what = { journal: 'the journal', 'P-VOL': 'a P-VOL', 'S-VOL': 'an S-VOL' }[use.as];
     throw new TwinstoreError('VOLUME_IN_USE', `volume ${volume.name} is ${what} of group ${use.group}; run pair delete --group ${use.group} first (--force only closes NBD sessions; it never deletes a volume a group uses)`, { field: 'name' });
   }
 
