@@ -10,7 +10,7 @@ import { ExportRegistry, NbdServer } from '../nbd/index.js';
 import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
 import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, type CommandDeviceDocument } from './command-device.js';
+import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, scrubStoredToken, type CommandDeviceDocument } from './command-device.js';
 import { VolumeExport, isExported } from './volume-export.js';
 import { ArrayReplication, errorFrom } from './replication-control.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
@@ -72,6 +72,7 @@ export class TwinstoreArray implements ArrayControl {
   private async listen(): Promise<ReadyInfo> {
     await this.replication.start();
     for (const volume of this.engine.volumes()) this.exportVolume(volume);
+    await this.scrubCommandDevices();
     this.engine.on('volume-created', (volume: Volume) => this.exportVolume(volume));
     this.engine.on('volume-deleted', (volume: Volume) => this.registry.remove(volume.name, `volume ${volume.name} deleted`));
     this.engine.on('volume-role', (volume: Volume) => this.reexport(volume));
@@ -83,6 +84,17 @@ export class TwinstoreArray implements ArrayControl {
     const link = this.replication.linkAddress;
     this.log.info({ nbd: this.nbdAddress, api: this.apiAddress, link, volatileCache: volatileCacheMode }, 'array ready');
     return { ready: true, array: this.config.arrayId, nbd: this.nbdAddress, api: this.apiAddress, ...(link ? { link } : {}) };
+  }
+
+  /** Before hosts connect: no command device keeps a token an earlier version stored in its request block. */
+  private async scrubCommandDevices(): Promise<void> {
+    let scrubbed = 0;
+    for (const volume of this.engine.volumes()) {
+      if (volume.meta.role !== 'command-device' || !(await scrubStoredToken(volume))) continue;
+      this.log.warn({ volume: volume.name }, 'command device: zeroed an API token stored in its request block (by an earlier version)');
+      scrubbed += 1;
+    }
+    if (scrubbed > 0) await this.engine.flush();
   }
 
   private exportVolume(volume: Volume): void {

@@ -148,6 +148,18 @@ export function withoutToken(offset: number, data: Buffer): Buffer {
   return stored;
 }
 
+/**
+ * Zeroes a token field found stored on the device: an earlier version stored request blocks
+ * whole. Returns whether there was one (the array runs it at start, before hosts connect).
+ */
+export async function scrubStoredToken(volume: Volume): Promise<boolean> {
+  const block = Buffer.alloc(commandBlockBytes);
+  await volume.read(0, block);
+  if (block.subarray(tokenField.at, tokenField.at + tokenField.bytes).every((byte) => byte === 0)) return false;
+  await volume.write(0, withoutToken(0, block));
+  return true;
+}
+
 export class CommandDevice {
   constructor(private readonly options: CommandDeviceOptions) {}
 

@@ -106,3 +106,32 @@ test('command device: no token is readable on the device or its drive after a re
   const drive = fs.readFileSync(path.join(array.dir, 'data', 'drive0.img'));
   assert.equal(drive.indexOf(token.slice(0, 16)), -1, 'no part of the token on the drive');
 });
+
+// Goal: a token an earlier version left stored in a device's request block (it stored the block
+// whole) is gone once the array has started. Method: a marker written through NBD locates the
+// device's block 0 on the stopped array's drive file; the token is put in its token field there,
+// as the earlier version left it; after the start, nbdsh reads offset 0 and the stopped drive is
+// searched again.
+test('command device: a token stored by an earlier version is zeroed at start', { timeout: 60_000 }, async (t) => {
+  const array = await startArray(t, { drives: ['256MiB'] });
+  cliOk(array, ['volume', 'create', 'cmd', '--command-device']);
+  const token = array.token();
+  const marker = `marker-${process.pid}-${Date.now()}`;
+  runOk('nbdsh', ['-u', array.uri('cmd'), '-c', `b = bytearray(512)\nb[88:88 + ${marker.length}] = ${JSON.stringify(marker)}.encode()\nh.pwrite(bytes(b), 0)\nh.flush()`]);
+  await array.stop();
+  const drivePath = path.join(array.dir, 'data', 'drive0.img');
+  const at = fs.readFileSync(drivePath).indexOf(marker);
+  assert.ok(at >= 88, 'the marker is on the drive');
+  const fd = fs.openSync(drivePath, 'r+');
+  fs.writeSync(fd, Buffer.from(token), 0, token.length, at - 88 + 24);
+  fs.closeSync(fd);
+
+  await array.start();
+  const block = Buffer.from(runOk('nbdsh', ['-u', array.uri('cmd'), '-c', 'print(h.pread(512, 0).hex())']).trim(), 'hex');
+  t.diagnostic(`token field after the start: ${block.subarray(24, 88).toString('hex')}`);
+  assert.ok(block.subarray(24, 88).equals(Buffer.alloc(64)), 'the token field reads as zeros after the start');
+  assert.equal(block.subarray(88, 88 + marker.length).toString('latin1'), marker, 'the rest of the block is kept');
+  assert.match(array.stderr, /zeroed an API token stored in its request block/);
+  await array.stop();
+  assert.equal(fs.readFileSync(drivePath).indexOf(token.slice(0, 16)), -1, 'no part of the token on the drive');
+});
