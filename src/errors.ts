@@ -34,6 +34,8 @@ export const ERROR_CODES = {
   GROUP_NOT_FOUND: { status: 404, summary: 'no journal group with that name on this array' },
   PAIR_INVALID: { status: 409, summary: 'the pair cannot be made or changed: a volume or journal has the wrong role, size or group' },
   VOLUME_FENCED: { status: 409, summary: 'the volume refuses host writes: a swap is freezing it, or the other array holds a newer epoch' },
+  VOLUME_IN_USE: { status: 409, summary: 'the volume is the journal, a P-VOL or an S-VOL of a journal group; end the group first (pair delete --group G)' },
+  PEER_IN_USE: { status: 409, summary: 'a journal group or a remote command device uses that peer; end or delete it first' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 

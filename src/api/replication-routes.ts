@@ -11,8 +11,13 @@ import { parseSize } from '../util/size.js';
 export interface ReplicationControl {
   listPeers(): Array<{ id: string; link: string; connected: boolean }>;
   addPeer(id: string, link: string): Promise<{ id: string; link: string }>;
+  /** Refused while a group or a remote command device uses the peer (PEER_IN_USE). */
+  removePeer(id: string): Promise<{ deleted: string }>;
   createJournal(name: string, sizeBytes: number): Promise<Record<string, unknown>>;
   showJournal(name: string): Record<string, unknown>;
+  listJournals(): Array<Record<string, unknown>>;
+  /** Refused for a journal a group uses (VOLUME_IN_USE). */
+  deleteJournal(name: string): Promise<{ deleted: string }>;
   createPair(body: {
     group: string; pvol: string; svol: string; journal: string; remoteJournal: string; overflow?: 'suspend' | 'throttle' | undefined; copyPaceBytesPerSecond?: number | undefined;
     fence?: 'never' | 'data' | undefined; fenceAfterMs?: number | undefined;
@@ -63,6 +68,9 @@ export function addReplicationRoutes(app: FastifyInstance, control: () => Replic
     const body = parseBody(peerSchema, request.body);
     return reply.code(201).send(await control().addPeer(body.id, body.link));
   });
+  app.delete<{ Params: { id: string } }>('/v1/peers/:id', async (request) => control().removePeer(request.params.id));
+  app.get('/v1/journals', async () => ({ journals: control().listJournals() }));
+  app.delete<{ Params: { name: string } }>('/v1/journals/:name', async (request) => control().deleteJournal(request.params.name));
   app.post('/v1/journals', async (request, reply) => {
     const body = parseBody(journalSchema, request.body);
     return reply.code(201).send(await control().createJournal(body.name, sizeField(body.size, 'size')));

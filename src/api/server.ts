@@ -1,5 +1,6 @@
 // The management API: HTTP + JSON under /v1/, bearer-token authenticated, and
-// Prometheus metrics at /metrics (no token: metrics-routes.ts says why).
+// Prometheus metrics at /metrics (no token: metrics-routes.ts says why). Its
+// connections and request times are bounded (connection-bounds.ts).
 // Bodies are validated with zod and a bad one gets 400 naming the field; every
 // error answers {"error": {"code", "message", "field"?}} with a code from the
 // catalogue in errors.ts.
@@ -14,6 +15,7 @@ import { commandDeviceDefaultBytes } from '../array/command-device.js';
 import { parseSize } from '../util/size.js';
 import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
 import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
+import { boundConnections, boundedServerOptions } from './connection-bounds.js';
 
 export interface VolumeJson {
   name: string;
@@ -88,7 +90,8 @@ export class ApiServer {
   constructor(options: { token: string; control: () => ArrayControl; replication: () => ReplicationControl; log: Logger }) {
     assert(options.token.length > 0, 'the API token is not empty');
     this.token = Buffer.from(options.token, 'utf8');
-    this.app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
+    this.app = Fastify({ logger: false, ...boundedServerOptions() });
+    boundConnections(this.app);
     this.app.addHook('onRequest', async (request) => this.authenticate(request));
     this.app.setErrorHandler((error, _request, reply) => sendError(reply, toTwinstoreError(error), options.log));
     this.app.setNotFoundHandler((request, reply) => sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log));
@@ -122,7 +125,8 @@ export class ApiServer {
     // Prometheus scrapes without a token; /metrics shows no secrets (metrics-routes.ts).
     if (request.routeOptions.url === METRICS_PATH) return;
     const header = request.headers.authorization ?? '';
-    const match = /^Bearer (.+)$/.exec(header);
+    // RFC 7235: the auth scheme is case-insensitive (`bearer`, `BEARER`), followed by one or more spaces.
+    const match = /^bearer[ \t]+(.+)$/i.exec(header);
     const given = Buffer.from(match?.[1] ?? '', 'utf8');
     if (given.length !== this.token.length || !crypto.timingSafeEqual(given, this.token)) {
       throw new TwinstoreError('UNAUTHORIZED', 'missing or wrong API token (Authorization: Bearer <token>)');

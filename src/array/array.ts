@@ -10,7 +10,7 @@ import { ExportRegistry, NbdServer } from '../nbd/index.js';
 import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
 import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, type CommandDeviceDocument } from './command-device.js';
+import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, scrubStoredToken, type CommandDeviceDocument } from './command-device.js';
 import { VolumeExport, isExported } from './volume-export.js';
 import { ArrayReplication, errorFrom } from './replication-control.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
@@ -75,6 +75,7 @@ export class TwinstoreArray implements ArrayControl {
   private async listen(): Promise<ReadyInfo> {
     await this.replication.start();
     for (const volume of this.engine.volumes()) this.exportVolume(volume);
+    await this.scrubCommandDevices();
     this.engine.on('volume-created', (volume: Volume) => this.exportVolume(volume));
     this.engine.on('volume-deleted', (volume: Volume) => this.registry.remove(volume.name, `volume ${volume.name} deleted`));
     this.engine.on('volume-role', (volume: Volume) => this.reexport(volume));
@@ -86,6 +87,17 @@ export class TwinstoreArray implements ArrayControl {
     const link = this.replication.linkAddress;
     this.log.info({ nbd: this.nbdAddress, api: this.apiAddress, link, volatileCache: volatileCacheMode }, 'array ready');
     return { ready: true, array: this.config.arrayId, nbd: this.nbdAddress, api: this.apiAddress, ...(link ? { link } : {}) };
+  }
+
+  /** Before hosts connect: no command device keeps a token an earlier version stored in its request block. */
+  private async scrubCommandDevices(): Promise<void> {
+    let scrubbed = 0;
+    for (const volume of this.engine.volumes()) {
+      if (volume.meta.role !== 'command-device' || !(await scrubStoredToken(volume))) continue;
+      this.log.warn({ volume: volume.name }, 'command device: zeroed an API token stored in its request block (by an earlier version)');
+      scrubbed += 1;
+    }
+    if (scrubbed > 0) await this.engine.flush();
   }
 
   private exportVolume(volume: Volume): void {
@@ -156,11 +168,12 @@ export class TwinstoreArray implements ArrayControl {
     if (body.commandDevice && body.sizeBytes < 2 * commandBlockBytes) {
       throw new TwinstoreError('BAD_REQUEST', `size: a command device needs at least ${2 * commandBlockBytes} bytes (request and reply blocks)`, { field: 'size' });
     }
-    if (body.commandDevice) {
-      // The document first: the volume is exported as soon as it exists, and its export reads it.
-      await this.engine.persist([{ t: 'doc', kind: COMMAND_DEVICE_DOCUMENT, key: body.name, value: { remote: body.remote ?? null } satisfies CommandDeviceDocument }]);
-    }
-    const volume = await this.engine.createVolume({ name: body.name, sizeBytes: body.sizeBytes, lun: body.lun, ...(body.commandDevice ? { role: 'command-device' as const } : {}) });
+    // A command device's document goes in the volume's own commit: its export reads it as soon as
+    // the volume exists, and a create that is refused or fails writes neither.
+    const commandDevice = body.commandDevice
+      ? { role: 'command-device' as const, documents: [{ t: 'doc' as const, kind: COMMAND_DEVICE_DOCUMENT, key: body.name, value: { remote: body.remote ?? null } satisfies CommandDeviceDocument }] }
+      : {};
+    const volume = await this.engine.createVolume({ name: body.name, sizeBytes: body.sizeBytes, lun: body.lun, ...commandDevice });
     this.log.info({ volume: volume.name, lun: volume.meta.lun, sizeBytes: volume.sizeBytes, role: volume.meta.role, remote: body.remote }, 'volume created');
     return this.volumeJson(volume);
   }
@@ -187,6 +200,8 @@ export class TwinstoreArray implements ArrayControl {
       return;
     }
     const volume = this.resolve(ref);
+    // Before the sessions: --force closes sessions, it never takes a volume from a group.
+    this.replication.assertVolumeFree(volume);
     const sessions = this.registry.sessionCount(volume.name);
     if (sessions > 0 && !force) {
       throw new TwinstoreError('VOLUME_BUSY', `volume ${volume.name} has ${sessions} open NBD session(s); close them or use --force`);

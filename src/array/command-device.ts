@@ -3,8 +3,10 @@
 // request block at offset 0; the array runs it while that WRITE is in flight
 // and writes the reply at offset 4096 before acknowledging it, so the host
 // then reads the answer. A remote command device forwards every request over
-// the link to the peer array it names and writes the peer's answer. The block
-// layouts are in docs/command-device.md.
+// the link to the peer array it names and writes the peer's answer. The token
+// field of the request is never stored (the bytes a host wrote there are kept
+// as zeros), so the token is not readable on the device. The block layouts are
+// in docs/command-device.md.
 
 import { crc32 } from '@node-rs/crc32';
 import crypto from 'node:crypto';
@@ -62,6 +64,7 @@ const routes: Record<string, Route> = {
   status: () => ({ method: 'GET', url: '/v1/status' }),
   'volume list': () => ({ method: 'GET', url: '/v1/volumes' }),
   'volume show': (a) => ({ method: 'GET', url: `/v1/volumes/${enc(text(a, 'name'))}` }),
+  'journal list': () => ({ method: 'GET', url: '/v1/journals' }),
   'journal show': (a) => ({ method: 'GET', url: `/v1/journals/${enc(text(a, 'name'))}` }),
   'peer list': () => ({ method: 'GET', url: '/v1/peers' }),
   'pair display': (a) => ({ method: 'GET', url: `/v1/pairs${query(a.group)}` }),
@@ -135,12 +138,38 @@ function errorAnswer(error: unknown): { status: number; json: unknown } {
   return { status: ERROR_CODES[code].status, json: { error: { code, message: (error as Error).message } } };
 }
 
+/** `data` as stored at `offset`: a copy with the bytes of the token field (24-87) zeroed, when it covers any. */
+export function withoutToken(offset: number, data: Buffer): Buffer {
+  const from = Math.max(offset, tokenField.at);
+  const to = Math.min(offset + data.length, tokenField.at + tokenField.bytes);
+  if (from >= to) return data;
+  const stored = Buffer.from(data);
+  stored.fill(0, from - offset, to - offset);
+  return stored;
+}
+
+/**
+ * Zeroes a token field found stored on the device: an earlier version stored request blocks
+ * whole. Returns whether there was one (the array runs it at start, before hosts connect).
+ */
+export async function scrubStoredToken(volume: Volume): Promise<boolean> {
+  const block = Buffer.alloc(commandBlockBytes);
+  await volume.read(0, block);
+  if (block.subarray(tokenField.at, tokenField.at + tokenField.bytes).every((byte) => byte === 0)) return false;
+  await volume.write(0, withoutToken(0, block));
+  return true;
+}
+
 export class CommandDevice {
   constructor(private readonly options: CommandDeviceOptions) {}
 
-  /** A host write: stored like any other; one that covers the request block runs it first. */
+  /**
+   * A host write: stored like any other, but with the token field zeroed, so no NBD client of the
+   * device ever reads a token back and none reaches the drive (nor survives a crash); one that
+   * covers the request block then runs it, with the token as the host sent it.
+   */
   async write(offset: number, data: Buffer): Promise<void> {
-    await this.options.volume.write(offset, data);
+    await this.options.volume.write(offset, withoutToken(offset, data));
     if (offset === 0 && data.length >= commandBlockBytes) await this.run(data.subarray(0, commandBlockBytes));
   }
 

@@ -6,9 +6,10 @@ import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { parseHostPort } from '../config/index.js';
 import { LinkServer, PeerLink, readPskFile, type LinkIdentity, type LinkRequest, type LinkResponse, type LinkTransport } from '../link/index.js';
-import { ReplicationManager, PEER_DOCUMENT, type GroupStats, type JournalDeviceFactory, type PeerMeta } from '../replication/index.js';
+import { ReplicationManager, PEER_DOCUMENT, groupsOfPeer, volumeUse, type GroupStats, type JournalDeviceFactory, type PeerMeta } from '../replication/index.js';
 import type { ReplicationControl } from '../api/index.js';
-import type { StorageEngine } from '../storage/index.js';
+import type { StorageEngine, Volume } from '../storage/index.js';
+import { COMMAND_DEVICE_DOCUMENT, type CommandDeviceDocument } from './command-device.js';
 import type { Logger } from '../util/log.js';
 
 export type ApiInjector = (method: string, url: string, body: unknown) => Promise<{ status: number; json: unknown }>;
@@ -153,6 +154,71 @@ export class ArrayReplication implements ReplicationControl {
     this.connectPeer(id, link);
     await this.engine.persist([{ t: 'doc', kind: PEER_DOCUMENT, key: id, value: { id, link } }]);
     return { id, link };
+  }
+
+  /**
+   * peer remove: refused while a group or a remote command device uses the peer (its pairs would
+   * lose their link, and the group could not be opened at the next start), and for a peer from the
+   * config file (it would come back at the next start). Removed from memory first, so nothing
+   * starts using it while the removal is persisted.
+   */
+  async removePeer(id: string): Promise<{ deleted: string }> {
+    const peer = this.peers.get(id);
+    if (!peer) throw new TwinstoreError('PEER_UNKNOWN', `no peer ${id} on ${this.config.arrayId}`, { field: 'id' });
+    if (this.config.peers.some((p) => p.id === id)) {
+      throw new TwinstoreError('BAD_REQUEST', `peer ${id} is in the config file ${this.config.file} (peers[]); remove it there and restart the array`, { field: 'id' });
+    }
+    const groups = groupsOfPeer(this.manager.groupMetas(), id);
+    if (groups.length > 0) {
+      const commands = groups.map((g) => `pair delete --group ${g}`).join(', ');
+      throw new TwinstoreError('PEER_IN_USE', `peer ${id} is the peer of group ${groups.join(', ')}; run ${commands} first (with --force if ${id} is gone for good)`, { field: 'id' });
+    }
+    const devices = this.remoteCommandDevices(id);
+    if (devices.length > 0) {
+      throw new TwinstoreError('PEER_IN_USE', `command device ${devices.join(', ')} forwards to peer ${id}; delete it first (volume delete ${devices[0]})`, { field: 'id' });
+    }
+    this.peers.delete(id);
+    try {
+      await this.engine.persist([{ t: 'doc', kind: PEER_DOCUMENT, key: id }]);
+    } catch (error) {
+      this.peers.set(id, peer);
+      throw error;
+    }
+    await peer.close();
+    this.log.info({ peer: id }, 'peer removed');
+    return { deleted: id };
+  }
+
+  /** Command-device volumes whose requests go to peer `id`. */
+  private remoteCommandDevices(id: string): string[] {
+    const documents = this.engine.documents<CommandDeviceDocument>(COMMAND_DEVICE_DOCUMENT);
+    return this.engine.volumes().filter((v) => v.meta.role === 'command-device' && documents.get(v.name)?.remote === id).map((v) => v.name);
+  }
+
+  /**
+   * Refuses deleting a volume a journal group uses (its journal, a P-VOL, an S-VOL): the group
+   * would lose it and the next start could not open the group. Run synchronously right before
+   * the delete, so no group can take the volume in between.
+   */
+  assertVolumeFree(volume: Volume): void {
+    const use = volumeUse(this.manager.groupMetas(), volume.meta.id);
+    if (!use) return;
+    const what = { journal: 'the journal', 'P-VOL': 'a P-VOL', 'S-VOL': 'an S-VOL' }[use.as];
+    throw new TwinstoreError('VOLUME_IN_USE', `volume ${volume.name} is ${what} of group ${use.group}; run pair delete --group ${use.group} first (--force only closes NBD sessions; it never deletes a volume a group uses)`, { field: 'name' });
+  }
+
+  listJournals(): Array<Record<string, unknown>> {
+    return this.engine.volumes().filter((v) => v.meta.role.startsWith('journal')).map((v) => this.manager.journalInfo(v.name));
+  }
+
+  /** journal delete: a journal no group uses (a journal-free one, or one a lost group left behind). */
+  async deleteJournal(name: string): Promise<{ deleted: string }> {
+    const volume = this.engine.volume(name);
+    if (!volume || !volume.meta.role.startsWith('journal')) throw new TwinstoreError('VOLUME_NOT_FOUND', `no journal named ${name} on ${this.config.arrayId}`, { field: 'name' });
+    this.assertVolumeFree(volume);
+    await this.engine.deleteVolume(name);
+    this.log.info({ journal: name }, 'journal deleted');
+    return { deleted: name };
   }
 
   async createJournal(name: string, sizeBytes: number): Promise<Record<string, unknown>> {

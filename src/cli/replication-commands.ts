@@ -20,6 +20,20 @@ export function pairTable(pairs: PairDisplay[]): string {
   );
 }
 
+/** A row of journal list (GET /v1/journals): usage only for a journal a group has open. */
+interface JournalRow {
+  name: string;
+  role: string;
+  sizeBytes: number;
+  group: string | null;
+  usedPercent?: number;
+}
+
+function journalTable(journals: JournalRow[]): string {
+  if (journals.length === 0) return 'no journals';
+  return table(['NAME', 'ROLE', 'SIZE', 'GROUP', 'USED%'], journals.map((j) => [j.name, j.role, formatSize(j.sizeBytes), j.group ?? '-', j.usedPercent === undefined ? '-' : String(j.usedPercent)]));
+}
+
 export function addReplicationCommands(program: Command, globals: () => GlobalOptions): void {
   const peer = program.command('peer').description('the other array of a pair');
   peer.command('add <id>')
@@ -37,8 +51,29 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
       const { peers } = await connect(globals()).request<{ peers: Array<{ id: string; link: string; connected: boolean }> }>('GET', '/v1/peers');
       print(opts.json ?? globals().json, { peers }, () => table(['PEER', 'LINK', 'STATE'], peers.map((p) => [p.id, p.link, p.connected ? 'up' : 'down'])));
     });
+  peer.command('remove <id>')
+    .description('forget a peer added with peer add and close its link (refused while a group or a remote command device uses it)')
+    .option('--json', 'print JSON')
+    .action(async (id: string, opts: { json?: boolean }) => {
+      const result = await connect(globals()).request<{ deleted: string }>('DELETE', `/v1/peers/${encodeURIComponent(id)}`);
+      print(opts.json ?? globals().json, result, () => `removed peer ${result.deleted}`);
+    });
 
   const journal = program.command('journal').description('journal volumes');
+  journal.command('list')
+    .description('list the journal volumes: role, size, group and usage')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const { journals } = await connect(globals()).request<{ journals: JournalRow[] }>('GET', '/v1/journals');
+      print(opts.json ?? globals().json, { journals }, () => journalTable(journals));
+    });
+  journal.command('delete <name>')
+    .description('delete a journal no group uses (pair delete the group first)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { json?: boolean }) => {
+      const result = await connect(globals()).request<{ deleted: string }>('DELETE', `/v1/journals/${encodeURIComponent(name)}`);
+      print(opts.json ?? globals().json, result, () => `deleted journal ${result.deleted}`);
+    });
   journal.command('create <name>')
     .description('create a journal volume (journal-free until a group uses it)')
     .requiredOption('--size <size>', 'size, e.g. 1GiB (at least 4x the largest write)')

@@ -2,3 +2,4 @@
 export { ReplicationManager, splitRef, type GroupStats, type JournalDeviceFactory, type PairCreateRequest, type TakeoverResult } from './manager.js';
 export type { PeerChannel } from './restore-group.js';
 export { GROUP_DOCUMENT, PAIR_STATUSES, PEER_DOCUMENT, type PairDisplay, type PairStatus, type PeerMeta } from './model.js';
+export { groupsOfPeer, volumeUse, type VolumeUse } from './usage.js';

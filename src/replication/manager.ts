@@ -857,6 +857,12 @@ export class ReplicationManager {
     return undefined;
   }
 
+  /** Every group this array holds: the open ones, then the persisted documents (what a start opens). */
+  groupMetas(): GroupMeta[] {
+    const open = [...this.masters.values(), ...this.restores.values()].map((group) => group.meta);
+    return [...open, ...this.engine.documents<GroupMeta>(GROUP_DOCUMENT).values()];
+  }
+
   /** Whether this array sends (master), receives (restore) or does not hold the group. */
   groupRole(name: string): 'master' | 'restore' | undefined {
     return this.masters.has(name) ? 'master' : this.restores.has(name) ? 'restore' : undefined;

@@ -31,6 +31,8 @@ export interface CreateVolumeRequest {
   sizeBytes: number;
   lun?: number | undefined;
   role?: VolumeRole | undefined;
+  /** Document records committed in the same metadata commit as the volume (a command device's). */
+  documents?: MetaRecord[] | undefined;
 }
 
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -57,6 +59,8 @@ export interface SyncStateJson {
 export class StorageEngine extends EventEmitter implements VolumeHost {
   readonly extentBytes: number;
   private readonly volumesByName = new Map<string, Volume>();
+  /** Volumes being created: name to LUN, held from the check until their record is committed. */
+  private readonly creating = new Map<string, number>();
   private pendingRecords: MetaRecord[] = [];
   private pendingMaps = new Map<number, number[]>();
   /** Volumes whose map entries the running flush round is committing. */
@@ -140,13 +144,20 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     return this.volumes().find((v) => v.meta.lun === lun);
   }
 
+  /**
+   * Check, then persist, then show: the name and LUN are checked and held (so a concurrent
+   * create of either is refused), the volume record is committed with `request.documents` in
+   * one metadata commit, and only then does the volume exist (listed, exported). A refused or
+   * failed create leaves nothing behind, in memory or on disk. A new volume maps no extent, so
+   * its record needs no drive sync before it (the group commit's ordering is for map entries).
+   */
   async createVolume(request: CreateVolumeRequest): Promise<Volume> {
     this.checkOpen();
     const lun = request.lun ?? this.freeLun();
     checkVolumeRequest(request, lun);
-    if (this.volumesByName.has(request.name)) throw new TwinstoreError('VOLUME_EXISTS', `volume ${request.name} already exists`, { field: 'name' });
-    const holder = this.volumeByLun(lun);
-    if (holder) throw new TwinstoreError('LUN_IN_USE', `LUN ${lun} is already used by volume ${holder.name}`, { field: 'lun' });
+    if (this.volumesByName.has(request.name) || this.creating.has(request.name)) throw new TwinstoreError('VOLUME_EXISTS', `volume ${request.name} already exists`, { field: 'name' });
+    const holder = this.volumeByLun(lun)?.name ?? [...this.creating].find(([, held]) => held === lun)?.[0];
+    if (holder !== undefined) throw new TwinstoreError('LUN_IN_USE', `LUN ${lun} is already used by volume ${holder}`, { field: 'lun' });
     const meta: VolumeMeta = {
       id: this.live.nextVolumeId,
       name: request.name,
@@ -155,12 +166,19 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
       role: request.role ?? 'simplex',
       createdAt: new Date().toISOString(),
     };
+    // Never reused, even when this create fails: a record that reached the log unsynced must name no later volume.
     this.live.nextVolumeId += 1;
+    this.creating.set(meta.name, lun);
+    try {
+      // The documents first: a torn commit then leaves at most a document of no volume, never a volume without its document.
+      await this.meta.commit([...(request.documents ?? []), { t: 'volume', volume: meta }]);
+    } finally {
+      this.creating.delete(meta.name);
+    }
+    assert(!this.volumesByName.has(meta.name) && !this.live.volumes.has(meta.id), 'a held name and a new id are free when their create commits');
     this.live.volumes.set(meta.id, { meta, map: new Map() });
     const volume = new Volume(this, this.live.volumes.get(meta.id)!);
     this.volumesByName.set(meta.name, volume);
-    this.pendingRecords.push({ t: 'volume', volume: meta });
-    await this.flush();
     this.emit('volume-created', volume);
     return volume;
   }
@@ -211,7 +229,7 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
   }
 
   private freeLun(): number {
-    const used = new Set(this.volumes().map((v) => v.meta.lun));
+    const used = new Set([...this.volumes().map((v) => v.meta.lun), ...this.creating.values()]);
     let lun = 0;
     while (used.has(lun)) lun += 1;
     return lun;

@@ -11,40 +11,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import fs from 'node:fs';
+import path from 'node:path';
+import { runOk, startArray } from '../helpers/array.js';
+import { command } from '../helpers/command-device.js';
+import { readAll } from '../helpers/nbdsh.js';
 import { cliOk, display, startSite, waitFor } from '../helpers/replication.js';
-
-const exec = promisify(execFile);
-
-interface Reply {
-  magic: string;
-  status: number;
-  id: number;
-  answer: any;
-}
-
-/** One request through a command device, as a host does it; the reply block parsed. */
-async function command(uri: string, request: { id: number; token: string; verb: string; args?: Record<string, unknown>; magic?: string }): Promise<Reply> {
-  const script = [
-    'import json, struct, zlib',
-    `req = json.loads(${JSON.stringify(JSON.stringify(request))})`,
-    'body = json.dumps({"verb": req["verb"], "args": req.get("args", {})}).encode()',
-    'block = bytearray(4096)',
-    'struct.pack_into(">4sHHQII", block, 0, req.get("magic", "TWCQ").encode(), 1, 0, req["id"], len(body), zlib.crc32(body))',
-    'tok = req["token"].encode()',
-    'block[24:24 + len(tok)] = tok',
-    'block[88:88 + len(body)] = body',
-    'h.pwrite(bytes(block), 0)',
-    'reply = h.pread(65536, 4096)',
-    'magic, version, status, rid, length, crc = struct.unpack_from(">4sHHQII", reply, 0)',
-    'data = reply[24:24 + length]',
-    'assert zlib.crc32(data) == crc, "reply CRC"',
-    'print(json.dumps({"magic": magic.decode(), "status": status, "id": rid, "answer": json.loads(data)}))',
-  ].join('\n');
-  const { stdout } = await exec('/usr/bin/nbdsh', ['-u', uri, '-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } });
-  return JSON.parse(stdout) as Reply;
-}
 
 test('command devices: pair display on B, A\'s status through B\'s remote device, and error replies', { timeout: 180_000 }, async (t) => {
   const site = await startSite(t, { volumes: 1, volumeSize: '16MiB', envA: {}, envB: {} });
@@ -105,4 +77,61 @@ test('command devices: pair display on B, A\'s status through B\'s remote device
   assert.equal(down.answer.error.code, 'LINK_DOWN');
   const local = await command(site.b.uri('cmd'), { id: 15, token, verb: 'status' });
   assert.equal(local.answer.array, 'site-b', 'the local device still answers');
+});
+
+// Goal (issue 12): the API token a request carries is not readable on the device afterwards, by
+// any NBD client of it, nor on the drive; a write at 0 too short to be a request is stored
+// without the token field's bytes too. Method: one array, a command device, nbdsh sending a request and
+// reading offset 0 back, nbdcopy reading the whole device, and the drive file read whole.
+test('command device: no token is readable on the device or its drive after a request', { timeout: 60_000 }, async (t) => {
+  const array = await startArray(t, { drives: ['256MiB'] });
+  cliOk(array, ['volume', 'create', 'cmd', '--command-device']);
+  const token = array.token();
+  const reply = await command(array.uri('cmd'), { id: 21, token, verb: 'status' });
+  assert.equal(reply.status, 200, JSON.stringify(reply.answer));
+  assert.equal(reply.answer.array, 'site-a');
+  const block = Buffer.from(reply.requestBlockHex, 'hex');
+  t.diagnostic(`offset 0 after the request: ${block.subarray(0, 24).toString('hex')} | token field ${block.subarray(24, 88).toString('hex')} | ${block.subarray(88, 120).toString('utf8')}`);
+  assert.equal(block.subarray(0, 4).toString('latin1'), 'TWCQ', 'the rest of the request block is kept as written');
+  assert.match(block.subarray(88, 120).toString('utf8'), /^\{"verb": "status"/);
+  assert.ok(block.subarray(24, 88).equals(Buffer.alloc(64)), 'the token field reads as zeros');
+
+  // A 512-byte write at 0 (too short to be a request) with the token in the field is stored without it too.
+  runOk('nbdsh', ['-u', array.uri('cmd'), '-c', `b = bytearray(b"x" * 512)\nb[24:24 + ${token.length}] = ${JSON.stringify(token)}.encode()\nh.pwrite(bytes(b), 0)`]);
+  const device = readAll(array.uri('cmd'), array.dir);
+  assert.ok(device.subarray(24, 88).equals(Buffer.alloc(64)), 'the token field of a short write reads as zeros');
+  assert.equal(device.subarray(0, 24).toString('latin1') + device.subarray(88, 512).toString('latin1'), 'x'.repeat(24 + 424), 'the rest of the short write is stored');
+  assert.equal(device.indexOf(token.slice(0, 16)), -1, 'no part of the token on the device');
+  await array.stop();
+  const drive = fs.readFileSync(path.join(array.dir, 'data', 'drive0.img'));
+  assert.equal(drive.indexOf(token.slice(0, 16)), -1, 'no part of the token on the drive');
+});
+
+// Goal: a token an earlier version left stored in a device's request block (it stored the block
+// whole) is gone once the array has started. Method: a marker written through NBD locates the
+// device's block 0 on the stopped array's drive file; the token is put in its token field there,
+// as the earlier version left it; after the start, nbdsh reads offset 0 and the stopped drive is
+// searched again.
+test('command device: a token stored by an earlier version is zeroed at start', { timeout: 60_000 }, async (t) => {
+  const array = await startArray(t, { drives: ['256MiB'] });
+  cliOk(array, ['volume', 'create', 'cmd', '--command-device']);
+  const token = array.token();
+  const marker = `marker-${process.pid}-${Date.now()}`;
+  runOk('nbdsh', ['-u', array.uri('cmd'), '-c', `b = bytearray(512)\nb[88:88 + ${marker.length}] = ${JSON.stringify(marker)}.encode()\nh.pwrite(bytes(b), 0)\nh.flush()`]);
+  await array.stop();
+  const drivePath = path.join(array.dir, 'data', 'drive0.img');
+  const at = fs.readFileSync(drivePath).indexOf(marker);
+  assert.ok(at >= 88, 'the marker is on the drive');
+  const fd = fs.openSync(drivePath, 'r+');
+  fs.writeSync(fd, Buffer.from(token), 0, token.length, at - 88 + 24);
+  fs.closeSync(fd);
+
+  await array.start();
+  const block = Buffer.from(runOk('nbdsh', ['-u', array.uri('cmd'), '-c', 'print(h.pread(512, 0).hex())']).trim(), 'hex');
+  t.diagnostic(`token field after the start: ${block.subarray(24, 88).toString('hex')}`);
+  assert.ok(block.subarray(24, 88).equals(Buffer.alloc(64)), 'the token field reads as zeros after the start');
+  assert.equal(block.subarray(88, 88 + marker.length).toString('latin1'), marker, 'the rest of the block is kept');
+  assert.match(array.stderr, /zeroed an API token stored in its request block/);
+  await array.stop();
+  assert.equal(fs.readFileSync(drivePath).indexOf(token.slice(0, 16)), -1, 'no part of the token on the drive');
 });
