@@ -153,6 +153,8 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
    */
   async createVolume(request: CreateVolumeRequest): Promise<Volume> {
     this.checkOpen();
+    // The create commits its own metadata record (no flush round): after a failed sync it must fail as a FLUSH does.
+    this.checkSynced();
     const lun = request.lun ?? this.freeLun();
     checkVolumeRequest(request, lun);
     if (this.volumesByName.has(request.name) || this.creating.has(request.name)) throw new TwinstoreError('VOLUME_EXISTS', `volume ${request.name} already exists`, { field: 'name' });
