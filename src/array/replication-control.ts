@@ -35,6 +35,7 @@ export class ArrayReplication implements ReplicationControl {
       peerChannel: (id) => this.peers.get(id),
       defaults: { ...config.groupDefaults, regionBytes: config.bitmapRegionBytes },
       suspendAfterMs: config.link.suspendAfterMs,
+      startHoldMs: config.takeover.startHoldMs,
     });
   }
 
@@ -63,7 +64,10 @@ export class ArrayReplication implements ReplicationControl {
     const existing = this.peers.get(id);
     if (existing) return existing.setAddress(address);
     const peer = new PeerLink({ identity: this.identity, peerId: id, address, log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
-    peer.on('up', () => this.log.info({ peer: id }, 'link up'));
+    peer.on('up', () => {
+      this.log.info({ peer: id }, 'link up');
+      this.manager.peerUp(id);
+    });
     peer.on('down', (reason: unknown) => this.log.warn({ peer: id, reason: String(reason) }, 'link down'));
     this.peers.set(id, peer);
     peer.start();

@@ -24,7 +24,7 @@ export interface ArrayConfig {
   bitmapRegionBytes: number;
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
-  takeover: { peerTimeoutMs: number };
+  takeover: { peerTimeoutMs: number; startHoldMs: number };
   swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
 }
 
