@@ -35,6 +35,7 @@ export const ERROR_CODES = {
   PAIR_INVALID: { status: 409, summary: 'the pair cannot be made or changed: a volume or journal has the wrong role, size or group' },
   VOLUME_FENCED: { status: 409, summary: 'the volume refuses host writes: a swap is freezing it, or the other array holds a newer epoch' },
   ARRAY_STARTING: { status: 503, summary: 'the array is still opening its journal groups; ask again' },
+  LISTEN_FAILED: { status: 500, summary: 'a listener (NBD, API or link) could not bind its address' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 
