@@ -36,6 +36,7 @@ export class ArrayReplication implements ReplicationControl {
       peerChannel: (id) => this.peers.get(id),
       defaults: { ...config.groupDefaults, regionBytes: config.bitmapRegionBytes },
       suspendAfterMs: config.link.suspendAfterMs,
+      startHoldMs: config.takeover.startHoldMs,
     });
   }
 
@@ -48,7 +49,7 @@ export class ArrayReplication implements ReplicationControl {
     }
     if (this.config.listen.link && this.identity) {
       this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), onPeer: (id) => this.peers.get(id)?.retryNow(), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
-      const address = await this.server.listen(this.config.listen.link.host, this.config.listen.link.port);
+      const address = await listening('listen.link', this.config.listen.link, this.server.listen(this.config.listen.link.host, this.config.listen.link.port));
       this.linkAddress = address.address.includes(':') ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
     }
     const stored = this.engine.documents<PeerMeta>(PEER_DOCUMENT);
@@ -64,7 +65,10 @@ export class ArrayReplication implements ReplicationControl {
     const existing = this.peers.get(id);
     if (existing) return existing.setAddress(address);
     const peer = new PeerLink({ identity: this.identity, peerId: id, address, log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
-    peer.on('up', () => this.log.info({ peer: id }, 'link up'));
+    peer.on('up', () => {
+      this.log.info({ peer: id }, 'link up');
+      this.manager.peerUp(id);
+    });
     peer.on('down', (reason: unknown) => this.log.warn({ peer: id, reason: String(reason) }, 'link down'));
     this.peers.set(id, peer);
     peer.start();
@@ -306,10 +310,25 @@ export class ArrayReplication implements ReplicationControl {
     return { deleted: group };
   }
 
+  /** The groups, then the links; the links close even when a group's stop fails (its error is thrown after). */
   async stop(): Promise<void> {
-    await this.manager.stop();
-    await Promise.all([...this.peers.values()].map((p) => p.close()));
-    await this.server?.close();
+    try {
+      await this.manager.stop();
+    } finally {
+      await Promise.all([...this.peers.values()].map((p) => p.close()));
+      await this.server?.close();
+    }
+  }
+}
+
+/** A listener's bind, its failure (an address in use, not on this machine) as LISTEN_FAILED naming the config key. */
+export async function listening<T>(key: string, address: { host: string; port: number }, bind: Promise<T>): Promise<T> {
+  try {
+    return await bind;
+  } catch (error) {
+    if (isTwinstoreError(error)) throw error;
+    const reason = (error as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the address is in use (another process listens there)' : (error as Error).message;
+    throw new TwinstoreError('LISTEN_FAILED', `${key} ${address.host}:${address.port}: ${reason}`, { field: key, cause: error });
   }
 }
 
