@@ -11,6 +11,8 @@ import type { ReplicationControl } from '../api/index.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import { COMMAND_DEVICE_DOCUMENT, type CommandDeviceDocument } from './command-device.js';
 import type { Logger } from '../util/log.js';
+import { tokenPath } from './run-files.js';
+import { warnExposedSecrets, type SecretFile } from './secret-files.js';
 
 export type ApiInjector = (method: string, url: string, body: unknown) => Promise<{ status: number; json: unknown }>;
 
@@ -42,13 +44,14 @@ export class ArrayReplication implements ReplicationControl {
 
   async start(): Promise<void> {
     const pskFile = this.config.link.pskFile;
+    warnExposedSecrets(this.secretFiles(), this.log);
     const wanted = this.config.listen.link !== undefined || this.config.peers.length > 0 || this.engine.documents(PEER_DOCUMENT).size > 0;
     if (wanted) {
       if (pskFile === undefined) throw new TwinstoreError('CONFIG_INVALID', `${this.config.file}: link.pskFile is required when listen.link or peers are set (make one with twinstore keys)`, { field: 'link.pskFile' });
       this.identity = { arrayId: this.config.arrayId, psk: readPskFile(pskFile) };
     }
     if (this.config.listen.link && this.identity) {
-      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), onPeer: (id) => this.peers.get(id)?.retryNow(), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
+      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), isPeer: (id) => this.isPeer(id), onPeer: (id) => this.peers.get(id)?.retryNow(), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
       const address = await listening('listen.link', this.config.listen.link, this.server.listen(this.config.listen.link.host, this.config.listen.link.port));
       this.linkAddress = address.address.includes(':') ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
     }
@@ -56,6 +59,24 @@ export class ArrayReplication implements ReplicationControl {
     for (const peer of this.config.peers) this.connectPeer(peer.id, `${peer.link.host}:${peer.link.port}`);
     for (const peer of stored.values()) if (!this.config.peers.some((p) => p.id === peer.id)) this.connectPeer(peer.id, peer.link);
     await this.manager.start();
+  }
+
+  /**
+   * The secrets this array reads: the link key, and the API token file (when the config sets no
+   * token). Checked here because this is the first step of start-up that has the logger and the
+   * config; the token file exists by now (ensureToken ran before).
+   */
+  private secretFiles(): SecretFile[] {
+    const files: SecretFile[] = [];
+    if (this.config.link.pskFile !== undefined) files.push({ what: 'the link key file (link.pskFile)', path: this.config.link.pskFile });
+    if (this.config.apiToken === undefined) files.push({ what: 'the API token file', path: tokenPath(this.config.dataDir) });
+    return files;
+  }
+
+  /** Arrays the link listener serves: the config's peers and those added with `peer add` (persisted), never this one. */
+  private isPeer(id: string): boolean {
+    if (id === this.config.arrayId) return false;
+    return this.peers.has(id) || this.config.peers.some((peer) => peer.id === id) || this.engine.documents(PEER_DOCUMENT).has(id);
   }
 
   private connectPeer(id: string, link: string): void {
