@@ -1,4 +1,4 @@
-// `npm run faults`: a real-process fault campaign (DESIGN.md §10, issue 5).
+// `npm run faults`: a real-process fault campaign (docs/architecture.md §10, issue 5).
 // Two `twinstore serve` arrays on loopback (volatile-cache drives, 132 MiB
 // journals), the libnbd write-order hosts on A's two P-VOLs, and an in-process
 // TCP fault proxy on the link B pulls over; seeded rounds kill either array

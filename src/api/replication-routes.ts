@@ -1,4 +1,4 @@
-// API routes for replication: peers, journals, pairs (DESIGN.md §7, §8).
+// API routes for replication: peers, journals, pairs (docs/architecture.md §7, §8).
 // Bodies are validated here and a bad one gets 400 naming the field, like the
 // volume routes.
 

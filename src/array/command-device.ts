@@ -1,4 +1,4 @@
-// The command device (claim 44; DESIGN.md §7): a small volume through which a
+// The command device (claim 44; docs/architecture.md §7): a small volume through which a
 // host that can only do block I/O runs array commands. The host writes a
 // request block at offset 0; the array runs it while that WRITE is in flight
 // and writes the reply at offset 4096 before acknowledging it, so the host

@@ -302,7 +302,7 @@ export class ArrayReplication implements ReplicationControl {
     return this.manager.resync(group);
   }
 
-  /** takeover: run on the receiving array (DESIGN.md §6). */
+  /** takeover: run on the receiving array (docs/architecture.md §6). */
   async takeover(group: string, force: boolean): Promise<unknown> {
     return this.manager.takeover(group, { force, peerTimeoutMs: this.config.takeover.peerTimeoutMs, swap: this.config.swap });
   }

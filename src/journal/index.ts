@@ -1,4 +1,4 @@
-// The journal part's public surface (DESIGN.md §4): the Journal, the device
+// The journal part's public surface (docs/architecture.md §4): the Journal, the device
 // interface it runs on, an in-memory device for tests and simulators, and the
 // record and recovery types. The on-disk format is in docs/journal-format.md.
 export { Journal } from './journal.js';

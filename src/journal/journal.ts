@@ -1,4 +1,4 @@
-// A journal volume (DESIGN.md §4): a ring of checksummed records behind two
+// A journal volume (docs/architecture.md §4): a ring of checksummed records behind two
 // alternating header slots. reserve() assigns seq and ring space in one
 // synchronous step; write() puts the record on the device; sync() group-commits
 // (one flush for every record whose write completed before the round began)

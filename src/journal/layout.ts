@@ -15,7 +15,7 @@ export const ringStartBytes = 2 * headerSlotBytes;
 export const recordHeaderBytes = blockBytes;
 export const recordDataBytesMax = 32 * 2 ** 20;
 export const recordBytesMax = recordHeaderBytes + recordDataBytesMax;
-/** A journal must hold four of the largest records (DESIGN.md §3). */
+/** A journal must hold four of the largest records (docs/architecture.md §3). */
 export const journalBytesMin = ringStartBytes + 4 * recordBytesMax;
 export const journalBytesMax = 2 ** 50;
 /** Header slots list the current instance and the older ones whose records are still kept. */

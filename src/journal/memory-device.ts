@@ -1,5 +1,5 @@
 // An in-memory JournalDevice for tests and the seeded simulator, with a
-// volatile write cache as DESIGN.md §10 asks of crash tests: a write is visible
+// volatile write cache as docs/architecture.md §10 asks of crash tests: a write is visible
 // at once but durable only after a flush that follows its completion. crash()
 // returns the device a power cut would leave: every write not yet flushed is
 // dropped, lands whole, or tears at 512-byte sectors, as a seeded PRNG decides.

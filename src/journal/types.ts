@@ -16,7 +16,7 @@ export interface JournalDevice {
   flush(): Promise<void>;
 }
 
-/** An epoch of a journal group (DESIGN.md §6). `nonce` is 16 lower-case hex characters. */
+/** An epoch of a journal group (docs/architecture.md §6). `nonce` is 16 lower-case hex characters. */
 export interface Epoch {
   counter: number;
   arrayId: string;

@@ -303,7 +303,7 @@ export class ReplicationManager {
   /** NBD sessions of a volume are closed (its read-only flag changed); set by the array. */
   closeSessions: (volumeName: string, reason: string) => void = () => undefined;
 
-  // ---- split and resync (DESIGN.md §6) ------------------------------------------------
+  // ---- split and resync (docs/architecture.md §6) ------------------------------------------------
 
   /**
    * pair split on the master: PSUS from a split point; waits (up to `waitMs`) until the
@@ -358,7 +358,7 @@ export class ReplicationManager {
     await this.restoreGroupOrThrow(body.group).resyncStarted(body.resyncFromSeq);
   }
 
-  // ---- swap and takeover (DESIGN.md §6) ---------------------------------------------------
+  // ---- swap and takeover (docs/architecture.md §6) ---------------------------------------------------
 
   /**
    * takeover, run on the receiving array. With the primary reachable: a planned swap (freeze
@@ -453,7 +453,7 @@ export class ReplicationManager {
     return undefined;
   }
 
-  /** Takeover without the primary (DESIGN.md §6): apply every stored record, then promote (SSWS). */
+  /** Takeover without the primary (docs/architecture.md §6): apply every stored record, then promote (SSWS). */
   private async takeoverWithoutPeer(restore: RestoreGroup, started: number): Promise<TakeoverResult> {
     const name = restore.meta.name;
     this.swapDecisions.set(name, 'promoting');

@@ -1,4 +1,4 @@
-// The sending side of a journal group (DESIGN.md §3, §5, §6): the P-VOL write
+// The sending side of a journal group (docs/architecture.md §3, §5, §6): the P-VOL write
 // path, the initial copy, and serving the receiver's journal reads.
 //
 // Write path, per host write: take the range lock (overlapping writes then
@@ -226,7 +226,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   /**
-   * Activity mark, record, then the P-VOL write (DESIGN.md §3). A drive I/O error on the way
+   * Activity mark, record, then the P-VOL write (docs/architecture.md §3). A drive I/O error on the way
    * fails this host write, and its regions go into the bitmap before the host hears of it: the
    * record may reach the S-VOL while the P-VOL write did not happen, so a resync must copy them.
    * Then the group suspends (PSUE `drive-error: …`).
@@ -264,7 +264,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   /**
-   * A drive I/O error on this array's write path (DESIGN.md §6): the range concerned goes into its
+   * A drive I/O error on this array's write path (docs/architecture.md §6): the range concerned goes into its
    * bitmap durably, then a replicating group goes PSUE with reason `drive-error: <what failed>`.
    */
   private async driveError(error: Error, what: string, range?: { pvol: Pvol; offset: number; length: number }): Promise<void> {
@@ -672,7 +672,7 @@ export class MasterGroup extends EventEmitter {
     this.checkCopyDone();
   }
 
-  // ---- split and resync (DESIGN.md §6) ----------------------------------------
+  // ---- split and resync (docs/architecture.md §6) ----------------------------------------
 
   /**
    * pair split: from now on host writes are not journaled but marked in the bitmaps (PSUS);
@@ -784,7 +784,7 @@ export class MasterGroup extends EventEmitter {
     this.servedTo = to;
   }
 
-  // ---- planned swap and fencing (DESIGN.md §6) ------------------------------------
+  // ---- planned swap and fencing (docs/architecture.md §6) ------------------------------------
 
   /**
    * The first step of a planned swap, on the old primary: the group shows SWAP (persisted, so
@@ -991,7 +991,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   /**
-   * Fence `data` (DESIGN.md §6): the link has been down fenceAfterMs, so the P-VOLs refuse host
+   * Fence `data` (docs/architecture.md §6): the link has been down fenceAfterMs, so the P-VOLs refuse host
    * writes from now on (none is accepted that the other site cannot get) until a resync; the
    * group suspends (PSUE) so the unapplied records are folded into the bitmaps.
    */
@@ -1061,7 +1061,7 @@ export class MasterGroup extends EventEmitter {
 
   // ---- serving the receiver ------------------------------------------------
 
-  /** The receiver's pull (DESIGN.md §5): durable records from `fromSeq`, and its cursors. */
+  /** The receiver's pull (docs/architecture.md §5): durable records from `fromSeq`, and its cursors. */
   async readJournal(request: {
     fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number;
     damaged?: { seq: number; lun: number; offset: number; length: number };
@@ -1345,7 +1345,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   /**
-   * After an unclean stop (DESIGN.md §3.5): re-applies to the P-VOLs every record still
+   * After an unclean stop (docs/architecture.md §3.5): re-applies to the P-VOLs every record still
    * in the journal, since a record may be durable while its P-VOL write was lost. In order,
    * before any host write; records are idempotent, so repeating one already on disk is harmless.
    * Except over regions marked in the bitmap: a host write taken the bitmap way (the group

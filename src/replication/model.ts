@@ -1,4 +1,4 @@
-// The persisted shape of journal groups and pairs (DESIGN.md §6, §8), kept in
+// The persisted shape of journal groups and pairs (docs/architecture.md §6, §8), kept in
 // the array metadata as one document per group so that a group's state always
 // changes in one atomic record. Both arrays keep their own copy: the master
 // (sending) side and the restore (receiving) side.
@@ -10,7 +10,7 @@ export type PairStatus = (typeof PAIR_STATUSES)[number];
 
 export type GroupRole = 'master' | 'restore';
 export type OverflowPolicy = 'suspend' | 'throttle';
-/** DESIGN.md §6: with the link down, the P-VOL keeps taking writes (`never`) or refuses them after fenceAfterMs (`data`). */
+/** docs/architecture.md §6: with the link down, the P-VOL keeps taking writes (`never`) or refuses them after fenceAfterMs (`data`). */
 export type FencePolicy = 'never' | 'data';
 
 export interface PairMeta {
@@ -105,7 +105,7 @@ export interface PeerMeta {
   link: string;
 }
 
-/** What `pair display --json` prints per pair (DESIGN.md §8): a stable contract for scripts. */
+/** What `pair display --json` prints per pair (docs/architecture.md §8): a stable contract for scripts. */
 export interface PairDisplay {
   group: string;
   direction: string;

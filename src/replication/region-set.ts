@@ -1,4 +1,4 @@
-// A durable set of regions (DESIGN.md §3.4 activity log, §6 region bitmaps):
+// A durable set of regions (docs/architecture.md §3.4 activity log, §6 region bitmaps):
 // marking a region that is not yet in the set commits it to the array
 // metadata before the caller goes on, so the mark is durable before the data
 // write it covers is issued. Concurrent marks share one commit.

@@ -1,4 +1,4 @@
-// The receiving side of a journal group (DESIGN.md §5): pull durable records
+// The receiving side of a journal group (docs/architecture.md §5): pull durable records
 // from the master over the link (each request carries our storedSeq and
 // appliedSeq), append them to the restore journal and make them durable, then
 // apply them to the S-VOLs strictly in sequence order, make the S-VOLs durable,
@@ -101,7 +101,7 @@ export class RestoreGroup extends EventEmitter {
   private readonly regionBytes: number;
   private readonly bitmaps = new Map<number, DurableRegionSet>();
 
-  /** The S-VOL bitmap of a pair: S-VOL writes while split --rw (DESIGN.md §6). */
+  /** The S-VOL bitmap of a pair: S-VOL writes while split --rw (docs/architecture.md §6). */
   private bitmapOf(lun: number): DurableRegionSet {
     let set = this.bitmaps.get(lun);
     if (!set) {
@@ -218,7 +218,7 @@ export class RestoreGroup extends EventEmitter {
   private applyStep = 'restore journal read';
 
   /**
-   * A drive I/O error (DESIGN.md §6): restore stops before the record at the applied cursor (the
+   * A drive I/O error (docs/architecture.md §6): restore stops before the record at the applied cursor (the
    * cursor moves only after a whole batch is applied and synced) and retries; the master hears of
    * it with the next journal.read and suspends the group.
    */

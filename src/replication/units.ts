@@ -1,7 +1,7 @@
 // Atomic units: a run of records the receiver applies all or nothing.
 //
 // After an unclean stop the primary re-sends its active regions as base records
-// (DESIGN.md §3): a power cut can leave P-VOL blocks newer than the journal, and
+// (docs/architecture.md §3): a power cut can leave P-VOL blocks newer than the journal, and
 // the re-send is what carries them over. Applied region by region, those base
 // records would show the S-VOLs a mix of the state before the crash and after it
 // — a state no host ever saw — for as long as the re-send takes. So the primary

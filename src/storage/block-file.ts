@@ -1,7 +1,7 @@
 // Positional I/O on a drive or metadata file, behind one small interface so the
 // engine never touches `fs` directly: the real implementation issues pread/pwrite/
 // fdatasync on a descriptor (libuv's thread pool), the volatile one (test only,
-// DESIGN.md §10) holds writes in the process until sync, and a simulator can
+// docs/architecture.md §10) holds writes in the process until sync, and a simulator can
 // supply its own later.
 
 import fs from 'node:fs';
@@ -19,7 +19,7 @@ export interface BlockFile {
   close(): Promise<void>;
 }
 
-/** Test-only switch (DESIGN.md §10): a planted "skip fdatasync" bug the crash tests must catch. */
+/** Test-only switch (docs/architecture.md §10): a planted "skip fdatasync" bug the crash tests must catch. */
 export const skipFdatasyncPlanted = process.env.TWINSTORE_TEST_SKIP_FDATASYNC === '1';
 
 export class DescriptorFile implements BlockFile {
@@ -122,7 +122,7 @@ export function ioError(op: string, path: string, cause: unknown): TwinstoreErro
   return new TwinstoreError('IO_ERROR', `${op} failed on ${path}: ${message}`, { cause });
 }
 
-/** A drive read, write or sync failed (an operating error: a pair suspends with a drive error, DESIGN.md §6). */
+/** A drive read, write or sync failed (an operating error: a pair suspends with a drive error, docs/architecture.md §6). */
 export function isIoError(error: unknown): error is TwinstoreError {
   return error instanceof TwinstoreError && error.code === 'IO_ERROR';
 }

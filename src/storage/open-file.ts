@@ -1,5 +1,5 @@
 // Chooses how drive and metadata files are opened: plain descriptors, or the
-// volatile cache of DESIGN.md §10 when the test-only switch
+// volatile cache of docs/architecture.md §10 when the test-only switch
 // TWINSTORE_TEST_VOLATILE_CACHE=1 is set (TWINSTORE_TEST_SEED seeds its write-back);
 // drives and metadata files also go behind the test-only fault switch (fault-file.ts) when
 // TWINSTORE_TEST_IO_ERROR_FILE is set, outermost, so a failed write never reaches the cache;

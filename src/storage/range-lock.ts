@@ -1,5 +1,5 @@
 // Byte-range locks for one volume, granted strictly in arrival order among
-// overlapping ranges (DESIGN.md §3.2): the second of two overlapping writes
+// overlapping ranges (docs/architecture.md §3.2): the second of two overlapping writes
 // waits until the first has reached the volume, so writes reach a P-VOL in
 // the order of the sequence numbers they take once granted, and a P-VOL and
 // its S-VOL never diverge. Non-overlapping ranges never wait for each other.

@@ -1,4 +1,4 @@
-// Volatile-cache drive mode (test only, DESIGN.md §10). kill -9 on an ordinary
+// Volatile-cache drive mode (test only, docs/architecture.md §10). kill -9 on an ordinary
 // file keeps the kernel's page cache, so it proves nothing about fdatasync. Here
 // every write stays in this process, in 4 KiB blocks, until sync() copies it to
 // the file and fdatasyncs; when the process dies, unsynced writes are gone. A

@@ -1,4 +1,4 @@
-// Test-only crash points (issue 4; DESIGN.md §6 "swap and takeover as persisted
+// Test-only crash points (issue 4; docs/architecture.md §6 "swap and takeover as persisted
 // steps"): TWINSTORE_CRASH_AT=<step>.<before|after> kills this process with
 // SIGKILL when it reaches that named step of a role change, so a test can show
 // that running the command again from that point completes it. Never set in

@@ -1,4 +1,4 @@
-// Test-only planted bugs (DESIGN.md §10, issues 3 and 5): each switch breaks one
+// Test-only planted bugs (docs/architecture.md §10, issues 3 and 5): each switch breaks one
 // rule of the replication protocol so that a test, or the seeded simulator, can
 // show the checks catch it. Set TWINSTORE_TEST_PLANT to a comma-separated list
 // (or, in the simulator's own process, call setPlanted); never in production.

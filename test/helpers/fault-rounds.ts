@@ -1,4 +1,4 @@
-// Randomized fault rounds for a journal group (DESIGN.md §10), shared by
+// Randomized fault rounds for a journal group (docs/architecture.md §10), shared by
 // test/faults/write-order-rounds.test.ts (20 rounds in `npm test`),
 // scripts/faults.ts (`npm run faults`, a campaign with a summary table) and
 // scripts/soak.mjs (as many rounds as asked). Everything random (the schedule,

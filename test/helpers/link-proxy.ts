@@ -1,4 +1,4 @@
-// A TCP proxy standing in for the network between two arrays (DESIGN.md §10:
+// A TCP proxy standing in for the network between two arrays (docs/architecture.md §10:
 // delays, splits, drops, cuts). The receiving array is given the proxy's
 // address as its peer's link (`peer add site-a --link PROXY`), so everything
 // it pulls passes through here. Modes (setMode(mode, options)):

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# The hosts of the write-order tests (DESIGN.md §10), written against libnbd,
+# The hosts of the write-order tests (docs/architecture.md §10), written against libnbd,
 # not our code. One process drives every volume over several NBD connections
 # each, from one thread with a select() loop, at a bounded queue depth per
 # connection. Each write covers 1-16 blocks of 4 KiB at a random place in a

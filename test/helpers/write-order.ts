@@ -1,4 +1,4 @@
-// The write-order checker of DESIGN.md §10, built from what the hosts saw (the
+// The write-order checker of docs/architecture.md §10, built from what the hosts saw (the
 // log of test/helpers/write-order-hosts.py), never from our sequence numbers.
 //
 // Every 4 KiB block the hosts write carries a stamp naming its volume, block

@@ -20,7 +20,7 @@ import { createVolume, projectRoot, runOk, startArray, startPairOfArrays, tempDi
 
 const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
 
-/** DESIGN.md §8: the `pair display --json` contract. */
+/** docs/architecture.md §8: the `pair display --json` contract. */
 const displayFields = ['group', 'direction', 'epoch', 'pvol', 'svol', 'status', 'statusReason', 'copyPercent', 'journalUsedPercent', 'lagRecords', 'lagBytes', 'lagSeconds', 'consistencySeq', 'consistencyTime', 'restoring', 'copyBytes'];
 
 interface PairRow {
@@ -195,7 +195,7 @@ test('pair create refusals, two P-VOLs in one group, journal show and pair displ
   assert.notEqual(master.instanceId, restore.instanceId, 'each journal has its own instance id');
   assert.equal(restore.cursors!.appliedSeq, master.cursors!.nextSeq);
 
-  // pair display --json: exactly the DESIGN.md §8 fields, on both arrays.
+  // pair display --json: exactly the docs/architecture.md §8 fields, on both arrays.
   for (const array of [a, b]) {
     const rows = json<{ pairs: Array<Record<string, unknown>> }>(array, ['pair', 'display']).pairs;
     assert.equal(rows.length, 2);

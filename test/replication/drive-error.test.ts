@@ -1,4 +1,4 @@
-// Goal: a drive I/O error suspends a pair (PSUE, DESIGN.md §6) with a reason
+// Goal: a drive I/O error suspends a pair (PSUE, docs/architecture.md §6) with a reason
 // naming it on both arrays, fails the host write it hit (NBD EIO) without
 // losing track of the regions concerned, and `pair resync` recovers once the
 // drive works again: afterwards every S-VOL equals its P-VOL byte for byte.

@@ -1,4 +1,4 @@
-// Goal: the per-group fence policy (DESIGN.md §6). With `fence: data` a P-VOL
+// Goal: the per-group fence policy (docs/architecture.md §6). With `fence: data` a P-VOL
 // whose link has been down `fenceAfterMs` refuses host writes (EPERM), so it
 // never accepts a write the other site cannot get; it keeps refusing when the
 // link is back, until `pair resync`, after which it writes and replicates

@@ -12,13 +12,13 @@
 //     one batch applied; A restarts. A must not claim a consistency point past
 //     what B applied, and when A shows lag 0 the S-VOL must equal the P-VOL.
 // (a) pvol-before-journal on A: end to end it is masked, by design: after an
-//     unclean stop A re-sends every active region as base records (DESIGN.md
+//     unclean stop A re-sends every active region as base records (docs/architecture.md
 //     §3), which also heals a P-VOL write whose record was lost. So the check
 //     is made on the crash image itself, before any restart: restore paused
 //     on B (A's journal tail cannot move), the hosts write at QD 16, kill -9 of
 //     A (page cache kept, as after a process crash), and the data folder is
 //     opened in this process: every P-VOL block holding a host write must find
-//     that write's record in the master journal ring (DESIGN.md §3.5: "a crash
+//     that write's record in the master journal ring (docs/architecture.md §3.5: "a crash
 //     can leave a record without its P-VOL write, never the reverse").
 
 import { test, type TestContext } from 'node:test';

@@ -1,6 +1,6 @@
 // Goal: after an unclean stop of A, the S-VOLs stay at a consistency point
-// while A re-sends its active regions as base records (DESIGN.md §3 last
-// paragraph, §5 "every S-VOL shows its P-VOL as of one sequence number").
+// while A re-sends its active regions as base records (docs/architecture.md
+// §3.8, the re-send after an unclean stop; §5 "every S-VOL shows its P-VOL as of one sequence number").
 // Regression test for a bug the write-order fault rounds found (seed 1, round
 // 12): a crash can leave P-VOL blocks newer than the recovered journal (records
 // dropped after a gap, or lost while their P-VOL blocks reached the disk); B

@@ -1,5 +1,5 @@
 // Goal: after any takeover, the new primary holds a state that the old
-// primary's hosts could have seen at one instant (DESIGN.md §10's write-order
+// primary's hosts could have seen at one instant (docs/architecture.md §10's write-order
 // check, across role changes). After a planned swap it is more: nothing the
 // old primary acknowledged is missing.
 // Method: two real arrays in volatile-cache mode, two P-VOLs in one journal

@@ -579,7 +579,7 @@ class World {
     const applied = this.headerDamaged.has(restore) ? appliedHigh : rs.appliedRecords;
     const skipped = Math.max(applied, ms.skipToRecords);
     const trueLag = Math.max(0, ms.journaledRecords - skipped);
-    // The master frees its journal only up to what the receiver applied (DESIGN.md §5), or a skip point.
+    // The master frees its journal only up to what the receiver applied (docs/architecture.md §5), or a skip point.
     if (ms.tailRecords > skipped) this.violation(`${master} freed its journal up to seq ${ms.tailRecords - 1} but ${restore} has applied only up to ${applied - 1}`);
     if (md.lagRecords < trueLag) this.violation(`${master} reports a lag of ${md.lagRecords} records but ${restore} has applied ${applied} of ${ms.journaledRecords} (true lag ${trueLag})`);
   }
@@ -626,7 +626,7 @@ class World {
   /**
    * Every journal write is tapped: a record stored by a receiver fixes what its (epoch, seq) means;
    * a header slot that names an epoch must name one the group's durable document holds (a role
-   * change persists the document, with its epoch, before the journal turns: DESIGN.md §6).
+   * change persists the document, with its epoch, before the journal turns: docs/architecture.md §6).
    */
   private tapWrite(array: string, offset: number, data: Buffer): void {
     if (offset < 8192) return this.tapHeader(array, offset, data);
