@@ -48,7 +48,7 @@ import { Prng } from '../../src/util/prng.js';
 import { Hosts, nowUs } from './hosts.js';
 import type { ProxyModeOptions, ProxyStats } from './link-proxy.js';
 import {
-  appliedSeq, compareAll, display, displayCli, group, journalShow, linkUp, readSvols, readVolume, setRestorePaused, sleep, stableNextSeq, startSite,
+  appliedSeq, compareAll, display, displayCli, group, journalShow, linkUp, readSvols, readVolume, setRestorePaused, sleep, stableNextSeq, startSite, waitForProgress,
   startWithin, volatileEnv, waitFor, type Site,
 } from './replication.js';
 import { checkFlushed, checkWriteOrder, type Recovery } from './write-order.js';
@@ -486,7 +486,7 @@ async function checkRound(run: Run, label: string): Promise<string[]> {
   const suspended = status.filter((p) => p.status !== 'PAIR');
   if (suspended.length > 0) violations.push(`${label}: pair ${suspended[0]!.pvol} is ${suspended[0]!.status} (${suspended[0]!.statusReason ?? ''})`);
   const need = run.needApplied;
-  await waitFor(`B to apply up to seq ${need} (redo / re-sent regions)`, async () => (await appliedSeq(site.b)) >= need, 120_000, 100);
+  await waitForProgress(`B to apply up to seq ${need} (redo / re-sent regions)`, () => appliedSeq(site.b), need);
   run.report.violations.push(...violations);
   for (const v of violations) run.print(`  ${v}`);
   return [...violations, ...(await checkSvols(run, label, status[0]!.lagRecords))];
@@ -533,7 +533,7 @@ async function converge(run: Run): Promise<number> {
   countWrites(run);
   const initial = run.initial === undefined ? {} : { initial: run.initial };
   try {
-    await waitFor('lag 0 on A (pair display --json)', () => displayCli(site.a).every((p) => p.lagRecords === 0), 120_000, 500);
+    await waitForProgress('lag 0 on A (pair display --json; the count is the records B has yet to apply, negated)', async () => -displayCli(site.a).reduce((sum, p) => sum + p.lagRecords, 0), 0, { intervalMs: 500 });
     const final = await readSvols(site);
     const svolCheck = checkWriteOrder({ log, images: final.images, recoveries: run.recoveries, takenUs: final.takenUs, ...initial });
     report.counts.checks += 2;

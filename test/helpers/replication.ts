@@ -37,6 +37,26 @@ export async function waitFor(what: string, check: () => boolean | Promise<boole
   }
 }
 
+/**
+ * Waits until `read()` reaches `target` (a count that only grows: an applied seq, records done).
+ * On a busy machine progress can be slow but steady, so the failure is a stall: no progress for
+ * `stallMs`, or `timeoutMs` in all. The message says what was awaited and the last value seen.
+ */
+export async function waitForProgress(what: string, read: () => Promise<number>, target: number, options: { stallMs?: number; timeoutMs?: number; intervalMs?: number } = {}): Promise<void> {
+  const { stallMs = 60_000, timeoutMs = 600_000, intervalMs = 200 } = options;
+  const started = Date.now();
+  let best = await read();
+  let movedAt = started;
+  while (best < target) {
+    const now = Date.now();
+    if (now - movedAt > stallMs) throw new Error(`no progress for ${stallMs} ms waiting for ${what} (at ${best} of ${target})`);
+    if (now - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (at ${best} of ${target})`);
+    await sleep(intervalMs);
+    const value = await read();
+    if (value > best) [best, movedAt] = [value, Date.now()];
+  }
+}
+
 /** One API call, bounded: a hung array fails the test instead of stalling it. */
 async function api(array: RunningArray, method: string, route: string, body?: unknown): Promise<{ status: number; json: unknown }> {
   const response = await fetch(`http://${array.ready!.api}${route}`, {
