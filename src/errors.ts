@@ -36,6 +36,8 @@ export const ERROR_CODES = {
   VOLUME_FENCED: { status: 409, summary: 'the volume refuses host writes: a swap is freezing it, or the other array holds a newer epoch' },
   VOLUME_IN_USE: { status: 409, summary: 'the volume is the journal, a P-VOL or an S-VOL of a journal group; end the group first (pair delete --group G)' },
   PEER_IN_USE: { status: 409, summary: 'a journal group or a remote command device uses that peer; end or delete it first' },
+  ARRAY_STARTING: { status: 503, summary: 'the array is still opening its journal groups; ask again' },
+  LISTEN_FAILED: { status: 500, summary: 'a listener (NBD, API or link) could not bind its address' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 

@@ -12,7 +12,7 @@ import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, scrubStoredToken, type CommandDeviceDocument } from './command-device.js';
 import { VolumeExport, isExported } from './volume-export.js';
-import { ArrayReplication, errorFrom } from './replication-control.js';
+import { ArrayReplication, errorFrom, listening } from './replication-control.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
 
 export const VERSION = '0.1.0';
@@ -51,22 +51,31 @@ export class TwinstoreArray implements ArrayControl {
     });
   }
 
+  /**
+   * Opens the drives, the groups and the listeners. A start that fails closes what it opened
+   * (listeners, links, groups, drives), then releases the data folder's lock, then throws: the
+   * lock is never free while this process still holds the folder's files.
+   */
   static async start(config: ArrayConfig): Promise<{ array: TwinstoreArray; ready: ReadyInfo }> {
     const log = createLogger({ array: config.arrayId });
     const releaseLock = acquireLock(config.dataDir);
+    let engine: StorageEngine | undefined;
+    let array: TwinstoreArray | undefined;
     try {
       const drives = config.drives.map((d) => ({ ...d, syncReadBytesMax: config.tuning.syncReadBytesMax, syncWriteBytesMax: config.tuning.syncWriteBytesMax }));
-      const engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
+      engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
       const token = ensureToken(config.dataDir, config.apiToken);
       let control: TwinstoreArray | undefined;
       const replication = new ArrayReplication(config, engine, log);
       const api = new ApiServer({ token, control: () => control!, replication: () => replication, log });
       const registry = new ExportRegistry();
       const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd });
-      const array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, token, log);
+      array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, token, log);
       control = array;
       return { array, ready: await array.listen() };
     } catch (error) {
+      log.error({ err: (error as Error).message, code: (error as { code?: unknown }).code }, 'start failed; closing what it opened');
+      await (array ? array.close() : engine?.close())?.catch((e: unknown) => log.error({ err: (e as Error).message }, 'closing after a failed start failed'));
       releaseLock();
       throw error;
     }
@@ -79,8 +88,8 @@ export class TwinstoreArray implements ArrayControl {
     this.engine.on('volume-created', (volume: Volume) => this.exportVolume(volume));
     this.engine.on('volume-deleted', (volume: Volume) => this.registry.remove(volume.name, `volume ${volume.name} deleted`));
     this.engine.on('volume-role', (volume: Volume) => this.reexport(volume));
-    const nbd = await this.nbd.listen(this.config.listen.nbd.host, this.config.listen.nbd.port);
-    const api = await this.api.listen(this.config.listen.api.host, this.config.listen.api.port);
+    const nbd = await listening('listen.nbd', this.config.listen.nbd, this.nbd.listen(this.config.listen.nbd.host, this.config.listen.nbd.port));
+    const api = await listening('listen.api', this.config.listen.api, this.api.listen(this.config.listen.api.host, this.config.listen.api.port));
     this.nbdAddress = formatAddress(nbd.address, nbd.port);
     this.apiAddress = formatAddress(api.address, api.port);
     writeRunInfo(this.config.dataDir, { array: this.config.arrayId, pid: process.pid, nbd: this.nbdAddress, api: this.apiAddress });
@@ -241,18 +250,25 @@ export class TwinstoreArray implements ArrayControl {
   /** Stops in order; after a failed sync the files are still closed and the lock released, and the stop fails (unclean). */
   async stop(): Promise<void> {
     this.log.info('shutting down');
-    await this.api.close();
-    await this.nbd.close();
     try {
-      await this.replication.stop();
+      await this.close();
     } finally {
-      try {
-        await this.engine.close();
-      } finally {
-        this.releaseLock();
-      }
+      this.releaseLock();
     }
     this.log.info('stopped cleanly');
+  }
+
+  /** Listeners first (no new request), then links and groups, then the drives; each step runs even if one before failed. */
+  private async close(): Promise<void> {
+    let failed: unknown;
+    for (const step of [() => this.api.close(), () => this.nbd.close(), () => this.replication.stop(), () => this.engine.close()]) {
+      try {
+        await step();
+      } catch (error) {
+        failed ??= error;
+      }
+    }
+    if (failed !== undefined) throw failed;
   }
 }
 

@@ -11,6 +11,8 @@ import type { ReplicationControl } from '../api/index.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import { COMMAND_DEVICE_DOCUMENT, type CommandDeviceDocument } from './command-device.js';
 import type { Logger } from '../util/log.js';
+import { tokenPath } from './run-files.js';
+import { warnExposedSecrets, type SecretFile } from './secret-files.js';
 
 export type ApiInjector = (method: string, url: string, body: unknown) => Promise<{ status: number; json: unknown }>;
 
@@ -36,25 +38,45 @@ export class ArrayReplication implements ReplicationControl {
       peerChannel: (id) => this.peers.get(id),
       defaults: { ...config.groupDefaults, regionBytes: config.bitmapRegionBytes },
       suspendAfterMs: config.link.suspendAfterMs,
+      startHoldMs: config.takeover.startHoldMs,
     });
   }
 
   async start(): Promise<void> {
     const pskFile = this.config.link.pskFile;
+    warnExposedSecrets(this.secretFiles(), this.log);
     const wanted = this.config.listen.link !== undefined || this.config.peers.length > 0 || this.engine.documents(PEER_DOCUMENT).size > 0;
     if (wanted) {
       if (pskFile === undefined) throw new TwinstoreError('CONFIG_INVALID', `${this.config.file}: link.pskFile is required when listen.link or peers are set (make one with twinstore keys)`, { field: 'link.pskFile' });
       this.identity = { arrayId: this.config.arrayId, psk: readPskFile(pskFile) };
     }
     if (this.config.listen.link && this.identity) {
-      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), onPeer: (id) => this.peers.get(id)?.retryNow(), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
-      const address = await this.server.listen(this.config.listen.link.host, this.config.listen.link.port);
+      this.server = new LinkServer({ identity: this.identity, handler: (peer, request) => this.handle(peer, request), isPeer: (id) => this.isPeer(id), onPeer: (id) => this.peers.get(id)?.retryNow(), log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
+      const address = await listening('listen.link', this.config.listen.link, this.server.listen(this.config.listen.link.host, this.config.listen.link.port));
       this.linkAddress = address.address.includes(':') ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
     }
     const stored = this.engine.documents<PeerMeta>(PEER_DOCUMENT);
     for (const peer of this.config.peers) this.connectPeer(peer.id, `${peer.link.host}:${peer.link.port}`);
     for (const peer of stored.values()) if (!this.config.peers.some((p) => p.id === peer.id)) this.connectPeer(peer.id, peer.link);
     await this.manager.start();
+  }
+
+  /**
+   * The secrets this array reads: the link key, and the API token file (when the config sets no
+   * token). Checked here because this is the first step of start-up that has the logger and the
+   * config; the token file exists by now (ensureToken ran before).
+   */
+  private secretFiles(): SecretFile[] {
+    const files: SecretFile[] = [];
+    if (this.config.link.pskFile !== undefined) files.push({ what: 'the link key file (link.pskFile)', path: this.config.link.pskFile });
+    if (this.config.apiToken === undefined) files.push({ what: 'the API token file', path: tokenPath(this.config.dataDir) });
+    return files;
+  }
+
+  /** Arrays the link listener serves: the config's peers and those added with `peer add` (persisted), never this one. */
+  private isPeer(id: string): boolean {
+    if (id === this.config.arrayId) return false;
+    return this.peers.has(id) || this.config.peers.some((peer) => peer.id === id) || this.engine.documents(PEER_DOCUMENT).has(id);
   }
 
   private connectPeer(id: string, link: string): void {
@@ -64,7 +86,10 @@ export class ArrayReplication implements ReplicationControl {
     const existing = this.peers.get(id);
     if (existing) return existing.setAddress(address);
     const peer = new PeerLink({ identity: this.identity, peerId: id, address, log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
-    peer.on('up', () => this.log.info({ peer: id }, 'link up'));
+    peer.on('up', () => {
+      this.log.info({ peer: id }, 'link up');
+      this.manager.peerUp(id);
+    });
     peer.on('down', (reason: unknown) => this.log.warn({ peer: id, reason: String(reason) }, 'link down'));
     this.peers.set(id, peer);
     peer.start();
@@ -306,10 +331,25 @@ export class ArrayReplication implements ReplicationControl {
     return { deleted: group };
   }
 
+  /** The groups, then the links; the links close even when a group's stop fails (its error is thrown after). */
   async stop(): Promise<void> {
-    await this.manager.stop();
-    await Promise.all([...this.peers.values()].map((p) => p.close()));
-    await this.server?.close();
+    try {
+      await this.manager.stop();
+    } finally {
+      await Promise.all([...this.peers.values()].map((p) => p.close()));
+      await this.server?.close();
+    }
+  }
+}
+
+/** A listener's bind, its failure (an address in use, not on this machine) as LISTEN_FAILED naming the config key. */
+export async function listening<T>(key: string, address: { host: string; port: number }, bind: Promise<T>): Promise<T> {
+  try {
+    return await bind;
+  } catch (error) {
+    if (isTwinstoreError(error)) throw error;
+    const reason = (error as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the address is in use (another process listens there)' : (error as Error).message;
+    throw new TwinstoreError('LISTEN_FAILED', `${key} ${address.host}:${address.port}: ${reason}`, { field: key, cause: error });
   }
 }
 

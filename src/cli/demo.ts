@@ -4,7 +4,9 @@
 // finds the same arrays and data), starts each as its own `twinstore serve`
 // process, and pairs a P-VOL on site-a with an S-VOL on site-b in journal group
 // "demo". It prints how to reach everything, then one JSON line for scripts.
-// Ctrl-C stops both arrays cleanly.
+// Ctrl-C stops both arrays whatever state they are in (starting, hung: killed
+// after a bound), and an array that dies under it is named on stderr; the
+// demo then stops the other and exits 1.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -65,16 +67,23 @@ function writeConfigs(dir: string): { sites: Site[]; firstRun: boolean } {
 export async function demo(dir: string): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   const { sites, firstRun } = writeConfigs(dir);
-  const started: Array<{ child: ChildProcess; ready: ReadyInfo }> = [];
-  const stop = (): void => {
-    for (const s of started) s.child.kill('SIGTERM');
+  const arrays = new DemoArrays();
+  const stopOn = (signal: NodeJS.Signals): void => {
+    if (arrays.stopping) return;
+    say(`${signal}: stopping ${arrays.list() || 'nothing started yet'}`);
+    void arrays.stopAll().then((clean) => process.exit(clean ? 0 : 1));
   };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  process.on('SIGINT', () => stopOn('SIGINT'));
+  process.on('SIGTERM', () => stopOn('SIGTERM'));
+  const started: Array<{ child: ChildProcess; ready: ReadyInfo }> = [];
   let pvol: VolumeJson;
   let svol: VolumeJson;
   try {
-    for (const site of sites) started.push(await startServe(site.config));
+    for (const site of sites) {
+      if (arrays.stopping) break;
+      started.push(await arrays.start(site));
+    }
+    if (arrays.stopping) return await forever();
     if (firstRun) {
       for (const [i, site] of sites.entries()) {
         const ready = started[i]!.ready;
@@ -90,7 +99,9 @@ export async function demo(dir: string): Promise<void> {
     await ensureJournal(b!);
     await ensurePair(a!);
   } catch (error) {
-    stop(); // never leave an array running behind a demo that failed
+    // A signal's stop is under way (it exits when done), or the setup failed: never leave an array running.
+    if (arrays.stopping) return await forever();
+    await arrays.stopAll();
     throw error;
   }
   const [ra, rb] = started.map((s) => s.ready);
@@ -107,10 +118,83 @@ export async function demo(dir: string): Promise<void> {
     'Ctrl-C stops both arrays cleanly; running the demo again reuses everything.',
     '',
   ].join('\n'));
-  const arrays = started.map((s, i) => ({ id: s.ready.array, pid: s.child.pid, config: sites[i]!.config, nbd: s.ready.nbd, api: s.ready.api, link: s.ready.link }));
-  process.stdout.write(JSON.stringify({ ready: true, group, arrays, pvol: pvol.nbdUri, svol: svol.nbdUri }) + '\n');
-  const codes = await Promise.all(started.map((s) => new Promise<number | null>((resolve) => s.child.once('exit', (c) => resolve(c)))));
-  process.exit(codes.every((c) => c === 0) ? 0 : 1);
+  const json = started.map((s, i) => ({ id: s.ready.array, pid: s.child.pid, config: sites[i]!.config, nbd: s.ready.nbd, api: s.ready.api, link: s.ready.link }));
+  process.stdout.write(JSON.stringify({ ready: true, group, arrays: json, pvol: pvol.nbdUri, svol: svol.nbdUri }) + '\n');
+  const died = await arrays.firstExit();
+  if (arrays.stopping) return await forever();
+  // An array died under the demo: say so, stop the other, and exit non-zero.
+  say(`${died.id} (pid ${died.pid}) died (${describeExit(died.exit)}); stopping ${arrays.list() || 'the other array'}`);
+  await arrays.stopAll();
+  process.exit(1);
+}
+
+/** The demo's lines for the person at the terminal (stderr: stdout carries the ready text and JSON line). */
+function say(text: string): void {
+  process.stderr.write(`twinstore demo: ${text}\n`);
+}
+
+/** Until the signal handler's stop exits the process. */
+function forever(): Promise<never> {
+  return new Promise<never>(() => undefined);
+}
+
+interface ChildExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+function describeExit(exit: ChildExit): string {
+  return exit.signal !== null ? `killed by ${exit.signal}` : `exit code ${exit.code}`;
+}
+
+/** How long the demo waits for its arrays to stop after SIGTERM before it kills them with SIGKILL. */
+const stopMsMax = 20_000;
+
+/**
+ * Every `twinstore serve` the demo spawned, from the moment it is spawned (a Ctrl-C while one is
+ * starting stops it too). stopAll sends SIGTERM to each array still running, SIGKILL to any still
+ * running `stopMsMax` later (a hung array), and resolves once every one has exited.
+ */
+class DemoArrays {
+  private readonly arrays: Array<{ id: string; child: ChildProcess; exit: Promise<ChildExit> }> = [];
+  stopping = false;
+
+  async start(site: Site): Promise<{ child: ChildProcess; ready: ReadyInfo }> {
+    const { child, ready } = startServe(site.config);
+    const exit = new Promise<ChildExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    this.arrays.push({ id: site.id, child, exit });
+    say(`starting ${site.id} (pid ${child.pid})`);
+    return { child, ready: await ready };
+  }
+
+  /** The arrays still running, for a message: `site-a (pid N), site-b (pid M)`. */
+  list(): string {
+    return this.running().map((a) => `${a.id} (pid ${a.child.pid})`).join(', ');
+  }
+
+  /** The first array to exit, and how. */
+  firstExit(): Promise<{ id: string; pid: number | undefined; exit: ChildExit }> {
+    return Promise.race(this.arrays.map((a) => a.exit.then((exit) => ({ id: a.id, pid: a.child.pid, exit }))));
+  }
+
+  /** True when every array stopped by itself (exit 0) or by the SIGTERM sent to it. */
+  async stopAll(): Promise<boolean> {
+    this.stopping = true;
+    for (const a of this.running()) a.child.kill('SIGTERM');
+    const timer = setTimeout(() => {
+      for (const a of this.running()) {
+        say(`${a.id} (pid ${a.child.pid}) did not stop within ${stopMsMax} ms of SIGTERM: killing it (SIGKILL)`);
+        a.child.kill('SIGKILL');
+      }
+    }, stopMsMax);
+    const exits = await Promise.all(this.arrays.map((a) => a.exit));
+    clearTimeout(timer);
+    return exits.every((e) => e.code === 0 || e.signal === 'SIGTERM');
+  }
+
+  private running(): Array<{ id: string; child: ChildProcess }> {
+    return this.arrays.filter((a) => a.child.exitCode === null && a.child.signalCode === null);
+  }
 }
 
 async function ensureVolume(client: ReturnType<typeof connect>, name: string): Promise<VolumeJson> {
@@ -146,19 +230,20 @@ async function ensurePair(client: ReturnType<typeof connect>): Promise<void> {
   }
 }
 
-/** Starts `twinstore serve` as a child process and waits for its ready line. */
-export function startServe(configFile: string): Promise<{ child: ChildProcess; ready: ReadyInfo }> {
+/** Starts `twinstore serve` as a child process; `ready` resolves with its ready line. */
+function startServe(configFile: string): { child: ChildProcess; ready: Promise<ReadyInfo> } {
   const entry = process.argv[1]!;
   const child = spawn(process.execPath, [entry, '--config', configFile, 'serve'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
+  const ready = new Promise<ReadyInfo>((resolve, reject) => {
     const lines = readline.createInterface({ input: child.stdout! });
     lines.once('line', (line) => {
       try {
-        resolve({ child, ready: JSON.parse(line) as ReadyInfo });
+        resolve(JSON.parse(line) as ReadyInfo);
       } catch (error) {
         reject(error);
       }
     });
-    child.once('exit', (code) => reject(new TwinstoreError('INTERNAL', `twinstore serve --config ${configFile} exited with code ${code} before it was ready`)));
+    child.once('exit', (code, signal) => reject(new TwinstoreError('INTERNAL', `twinstore serve --config ${configFile} exited (${describeExit({ code, signal })}) before it was ready`)));
   });
+  return { child, ready };
 }

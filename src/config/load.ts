@@ -34,7 +34,7 @@ export interface ArrayConfig {
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
   nbd: NbdLimits;
-  takeover: { peerTimeoutMs: number };
+  takeover: { peerTimeoutMs: number; startHoldMs: number };
   swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
 }
 

@@ -84,8 +84,9 @@ export const configSchema = z.strictObject({
   takeover: z
     .strictObject({
       peerTimeoutMs: z.number().int().min(100).max(600_000).default(5000),
+      startHoldMs: z.number().int().min(0).max(600_000).default(10_000),
     })
-    .default({ peerTimeoutMs: 5000 }),
+    .default({ peerTimeoutMs: 5000, startHoldMs: 10_000 }),
   swap: z
     .strictObject({
       lagBytesMax: sizeBytes.default(64 * 2 ** 20),

@@ -3,7 +3,8 @@
 // heartbeats, and closing with a reason.
 //
 // - Each side sends its HELLO first; the first frame received must be the
-//   peer's HELLO and no other frame may be one.
+//   peer's HELLO (or an error frame with id 0: a listening array refusing the
+//   connecting one's identity) and no other frame may be one.
 // - Pings and pongs are answered here and never reach the owner.
 // - Heartbeat: a timer ticks every heartbeatMs/4. It sends a ping when nothing
 //   was sent for heartbeatMs, and closes the connection (LINK_TIMEOUT) when
@@ -27,7 +28,7 @@ import { encodeFrame, type Frame } from './frame.js';
 import { CONNECTION_ID, FRAME_TYPE, REQUEST_ID_MAX, type HelloBody } from './protocol.js';
 
 /** Closing politely: how long the peer gets to read our last frame before the socket is destroyed. */
-const CLOSE_GRACE_MS = 1000;
+export const CLOSE_GRACE_MS = 1000;
 export const SILENT_HEARTBEATS_MAX = 3;
 
 /** A ping's request id: 1 + the frames its side sent before it, kept within the request-id range (never CONNECTION_ID). */
@@ -41,7 +42,7 @@ export interface ConnectionOptions {
   /** Who is on the other side, for log lines ("site-b at 10.0.0.2:7800"). */
   readonly label: string;
   hello: HelloBody;
-  /** Every frame but hello, ping and pong; the first call is the peer's hello. */
+  /** Every frame but ping and pong; the first call is the peer's hello, or its error frame (id 0) refusing us. */
   onFrame: (frame: Frame) => void;
   /** Called once, when the connection closes for any reason. */
   onClose: (reason: string, code: ErrorCode) => void;
@@ -174,6 +175,11 @@ export class FrameConnection {
     const before = this.framesReceived;
     this.framesReceived += 1;
     if (this.peerHeartbeatMs === undefined) {
+      // A listening array that refuses this array's identity answers with an error frame instead of its hello.
+      if (frame.type === FRAME_TYPE.ERROR && frame.requestId === CONNECTION_ID) {
+        this.options.onFrame(frame);
+        return;
+      }
       if (frame.type !== FRAME_TYPE.HELLO) {
         this.protocolError(`the first frame was not a hello (type ${frame.type})`);
         return;

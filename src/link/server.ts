@@ -7,13 +7,19 @@
 // answers wait in the socket for a peer that reads slowly; it reads again when
 // both are below. A handshake that fails is logged once (warn, with the remote
 // address) and the socket destroyed: the peer gets nothing.
+//
+// Holding the key is not enough: the identity a client authenticated as must be
+// one of this array's peers (isPeer, asked at each connection, so a `peer add`
+// counts at once) and never this array's own id. Such a client is refused after
+// TLS, before any hello or handler: one warn line here, and in place of the
+// hello one LINK_AUTH error frame telling its operator why.
 
 import tls from 'node:tls';
 import type { AddressInfo, Socket } from 'node:net';
 import { ERROR_CODES, TwinstoreError, isTwinstoreError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../util/log.js';
-import { FrameConnection } from './connection.js';
-import type { Frame } from './frame.js';
+import { CLOSE_GRACE_MS, FrameConnection } from './connection.js';
+import { encodeFrame, type Frame } from './frame.js';
 import { CONNECTION_ID, FRAME_TYPE, PROTOCOL_VERSION } from './protocol.js';
 import { checkIdentity, describeHandshakeError, serverTlsOptions, type LinkIdentity } from './tls.js';
 import type { LinkListener, LinkSocket, LinkTransport } from './transport.js';
@@ -44,6 +50,8 @@ export const HEARTBEAT_MS_DEFAULT = 1000;
 export interface LinkServerOptions {
   identity: LinkIdentity;
   handler: LinkHandler;
+  /** Whether an array id is one of this array's peers; asked for each connection after TLS. Others are refused. */
+  isPeer: (arrayId: string) => boolean;
   log: Logger;
   heartbeatMs?: number;
   /** Per connection; defaults to REQUESTS_IN_FLIGHT_MAX. */
@@ -128,6 +136,11 @@ export class LinkServer {
       socket.destroy();
       return;
     }
+    const refusal = this.identityRefusal(authenticatedAs);
+    if (refusal !== undefined) {
+      this.refuse(socket, authenticatedAs, refusal);
+      return;
+    }
     const session = new InboundSession({
       socket,
       authenticatedAs,
@@ -140,6 +153,27 @@ export class LinkServer {
       ...(this.options.onPeer === undefined ? {} : { onPeer: this.options.onPeer }),
     });
     this.sessions.add(session);
+  }
+
+  /** Why a client that holds the key may still not use the link, or undefined when it may. */
+  private identityRefusal(authenticatedAs: string): string | undefined {
+    const own = this.options.identity.arrayId;
+    if (authenticatedAs === own) return `it authenticated as "${own}", this array's own id`;
+    if (!this.options.isPeer(authenticatedAs)) {
+      return `array "${authenticatedAs}" is not a peer of ${own} (add it there first: twinstore peer add ${authenticatedAs} --link HOST:PORT)`;
+    }
+    return undefined;
+  }
+
+  /** One warn line here; the client gets one LINK_AUTH error frame in place of our hello, then the connection ends. */
+  private refuse(socket: LinkSocket, authenticatedAs: string, refusal: string): void {
+    const remote = remoteLabel(socket);
+    this.options.log.warn({ remote, authenticatedAs }, `link: refused ${remote}: ${refusal}`);
+    const message = `refused by ${this.options.identity.arrayId}: ${refusal}`;
+    socket.on('error', () => undefined);
+    for (const buffer of encodeFrame({ type: FRAME_TYPE.ERROR, requestId: CONNECTION_ID, error: { code: 'LINK_AUTH', message } })) socket.write(buffer);
+    socket.end();
+    setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
   }
 }
 

@@ -11,6 +11,7 @@ import { crashPoint } from '../util/crash-at.js';
 import { isPlanted } from '../util/planted.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
+import { startHoldFor } from './start-hold.js';
 import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
 import { GROUP_DOCUMENT, bitmapSetName, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
 
@@ -112,6 +113,8 @@ export interface ReplicationOptions {
   defaults: { overflow: OverflowPolicy; throttleMsMax: number; regionBytes: number; fence: FencePolicy; fenceAfterMs: number };
   /** A sending group whose receiver is silent this long suspends (PSUE link-down); default 30 s. */
   suspendAfterMs?: number;
+  /** At start, host writes of a sending group wait at most this long for the peer's epoch (start-hold.ts); default 10 s, 0: no hold. */
+  startHoldMs?: number;
 }
 
 /** How many times a planned swap sends one step to a primary whose link drops under it. */
@@ -213,6 +216,8 @@ export class ReplicationManager {
         await this.openedRestore(meta, journal);
       }
     }
+    // No host can write before start() returns (the NBD server listens after it): the hold is on in time.
+    for (const group of this.masters.values()) group.startHold = startHoldFor(group.meta, this.options.startHoldMs ?? 10_000, this.log);
     this.opened = true;
     this.startHellos();
   }
@@ -768,11 +773,15 @@ export class ReplicationManager {
 
   /** group.hello: a primary tells its peer its epoch; the side with the older one fences itself. */
   async hello(body: { group: string; epoch: Epoch; epochs: GroupMeta['epochs'] }): Promise<HelloReply> {
+    // Not every group is open yet: an answer without one would tell a restarting primary it holds the newest epoch.
+    if (!this.opened) throw new TwinstoreError('ARRAY_STARTING', `${this.engine.arrayId} is still opening its journal groups; the next hello asks again`);
     if (!this.masters.has(body.group) && !this.restores.has(body.group)) {
       await this.reopenGroup(body.group).catch((error: unknown) => this.log.warn({ group: body.group, err: (error as Error).message }, 'opening the group again failed; the next hello tries again'));
     }
     const ours = this.masters.get(body.group);
     if (ours && newer(body.epoch, ours.meta.epoch)) await ours.fence(formatEpoch(body.epoch), divergencePoint(ours.meta.epochs, body.epochs));
+    // The peer's epoch is known here now (and any fence it called for persisted).
+    ours?.startHold?.settle();
     const group = ours ?? this.restores.get(body.group);
     return { epoch: group?.meta.epoch ?? null, role: group?.meta.role ?? null, epochs: group?.meta.epochs ?? [], divergence: group?.meta.divergence ?? null };
   }
@@ -805,24 +814,35 @@ export class ReplicationManager {
   private helloTimer: NodeJS.Timeout | undefined;
 
   private startHellos(): void {
-    this.helloTimer = setInterval(() => {
-      for (const group of this.masters.values()) {
-        const peer = this.options.peerChannel(group.meta.peer);
-        if (!peer?.connected || group.meta.pairs.every((p) => p.status === 'FENCED')) continue;
-        void peer.request('group.hello', { group: group.meta.name, epoch: group.meta.epoch, epochs: group.meta.epochs })
-          .then(async (response) => {
-            const theirs = response.body as HelloReply;
-            if (this.masters.get(group.meta.name) !== group) return;
-            if (theirs.role === 'master' && theirs.epoch && newer(theirs.epoch, group.meta.epoch)) {
-              await group.fence(formatEpoch(theirs.epoch), divergencePoint(group.meta.epochs, theirs.epochs));
-            } else {
-              await this.noteDivergence(group, theirs);
-            }
-          })
-          .catch(() => undefined);
-      }
-    }, 1000);
+    // At once too, not only on the first tick: a start hold waits for the answer.
+    this.sayHellos();
+    this.helloTimer = setInterval(() => this.sayHellos(), 1000);
     this.helloTimer.unref();
+  }
+
+  /** The link to `peerId` came up: its groups say hello now (a restarted primary's held writes wait for it). */
+  peerUp(peerId: string): void {
+    if (this.opened) this.sayHellos(peerId);
+  }
+
+  private sayHellos(peerId?: string): void {
+    for (const group of this.masters.values()) {
+      if (peerId !== undefined && group.meta.peer !== peerId) continue;
+      const peer = this.options.peerChannel(group.meta.peer);
+      if (!peer?.connected || group.meta.pairs.every((p) => p.status === 'FENCED')) continue;
+      void peer.request('group.hello', { group: group.meta.name, epoch: group.meta.epoch, epochs: group.meta.epochs })
+        .then(async (response) => {
+          const theirs = response.body as HelloReply;
+          if (this.masters.get(group.meta.name) !== group) return;
+          if (theirs.role === 'master' && theirs.epoch && newer(theirs.epoch, group.meta.epoch)) {
+            await group.fence(formatEpoch(theirs.epoch), divergencePoint(group.meta.epochs, theirs.epochs));
+          } else {
+            await this.noteDivergence(group, theirs);
+          }
+          group.startHold?.settle();
+        })
+        .catch(() => undefined);
+    }
   }
 
   private masterGroup(name: string): MasterGroup {

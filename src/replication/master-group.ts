@@ -18,6 +18,7 @@ import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
+import type { StartHold } from './start-hold.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { isUnitBegin, isUnitEnd, unitMarker } from './units.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
@@ -116,6 +117,8 @@ export class MasterGroup extends EventEmitter {
   private folding: Promise<void> = Promise.resolve();
   /** The seq the latest resync started at: a receiver's drive-error report from before it is stale. */
   private resyncFromSeq = 0;
+  /** Set by the manager at start: host writes wait there until the peer's epoch is known (start-hold.ts). */
+  startHold: StartHold | undefined;
 
   constructor(options: MasterGroupOptions) {
     super();
@@ -173,6 +176,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   private async hostWrite(lun: number, kind: RecordKind, offset: number, length: number, data: Buffer | undefined, apply: (v: Volume) => Promise<void>): Promise<void> {
+    if (this.startHold?.active) await this.startHold.admit();
     if (this.gate) await this.holdAtGate(this.gate);
     this.checkWritable();
     this.hostWritesInFlight += 1;
@@ -1270,6 +1274,7 @@ export class MasterGroup extends EventEmitter {
   /** Clean stop: make everything durable, clear the activity logs (no unclean-stop resend needed). */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.startHold?.release();
     this.thawGate();
     clearTimeout(this.syncTimer);
     clearInterval(this.linkWatch);

@@ -63,7 +63,7 @@ test('a valid config parses: sizes, defaults and paths relative to the config fo
   assert.deepEqual(config.peers, []);
   assert.deepEqual(config.link, { pskFile: undefined, heartbeatMs: 1000, suspendAfterMs: 30000 });
   assert.deepEqual(config.groupDefaults, { overflow: 'suspend', throttleMsMax: 5000, fence: 'never', fenceAfterMs: 30_000 });
-  assert.deepEqual(config.takeover, { peerTimeoutMs: 5000 });
+  assert.deepEqual(config.takeover, { peerTimeoutMs: 5000, startHoldMs: 10_000 });
   assert.deepEqual(config.swap, { lagBytesMax: 64 * 2 ** 20, drainMsMax: 60_000, freezeMsMax: 10_000 });
   assert.equal(config.bitmapRegionBytes, 65536);
   assert.equal(config.apiToken, undefined);
@@ -121,10 +121,10 @@ test('an unknown key (a typo) is named with the line of the key itself', () => {
 });
 
 test('fence, takeover and swap keys: values read, a bad fence policy and a bad swap size named with their lines', () => {
-  const text = configText() + 'groups:\n  defaults:\n    fence: data\n    fenceAfterMs: 2000\ntakeover:\n  peerTimeoutMs: 1500\nswap:\n  lagBytesMax: 8MiB\n  freezeMsMax: 3000\n';
+  const text = configText() + 'groups:\n  defaults:\n    fence: data\n    fenceAfterMs: 2000\ntakeover:\n  peerTimeoutMs: 1500\n  startHoldMs: 2500\nswap:\n  lagBytesMax: 8MiB\n  freezeMsMax: 3000\n';
   const config = parseConfig(text, 'site.yaml');
   assert.deepEqual(config.groupDefaults, { overflow: 'suspend', throttleMsMax: 5000, fence: 'data', fenceAfterMs: 2000 });
-  assert.deepEqual(config.takeover, { peerTimeoutMs: 1500 });
+  assert.deepEqual(config.takeover, { peerTimeoutMs: 1500, startHoldMs: 2500 });
   assert.deepEqual(config.swap, { lagBytesMax: 8 * 2 ** 20, drainMsMax: 60_000, freezeMsMax: 3000 });
   assert.match(invalid(configText() + 'groups:\n  defaults:\n    fence: sometimes\n'), /line 14: groups\.defaults\.fence: /);
   assert.match(invalid(configText() + 'swap:\n  lagBytesMax: lots\n'), /line 13: swap\.lagBytesMax: "lots" is not a size/);

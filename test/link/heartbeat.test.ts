@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { TwinstoreError } from '../../src/errors.js';
 import { LinkServer, PeerLink } from '../../src/link/index.js';
-import { HOST, TYPE, WARN, captureLog, delay, echoHandler, frameTypes, identity, once, rawFrame, rawHello, rawTlsClient, startPair, startProxy, waitFor } from './helpers.js';
+import { HOST, TYPE, WARN, captureLog, delay, echoHandler, frameTypes, identity, once, TEST_PEERS, rawFrame, rawHello, rawTlsClient, startPair, startProxy, waitFor } from './helpers.js';
 
 const heartbeatMs = 100;
 
@@ -43,7 +43,7 @@ test('sides with different heartbeats use the larger one for silence', async (t)
 
 test('a stalled peer is detected within ~3 heartbeats on both sides, then the link recovers', async (t) => {
   const serverLogs = captureLog();
-  const server = new LinkServer({ identity: identity('site-b'), handler: echoHandler, log: serverLogs.log, heartbeatMs });
+  const server = new LinkServer({ identity: identity('site-b'), handler: echoHandler, isPeer: TEST_PEERS, log: serverLogs.log, heartbeatMs });
   t.after(() => server.close());
   const { port } = await server.listen(HOST, 0);
   const proxy = await startProxy(t, port);
@@ -75,7 +75,7 @@ test('a stalled peer is detected within ~3 heartbeats on both sides, then the li
 
 test('the server closes a connection that sends its HELLO and then nothing', async (t) => {
   const { log, lines } = captureLog();
-  const server = new LinkServer({ identity: identity('site-b'), handler: echoHandler, log, heartbeatMs });
+  const server = new LinkServer({ identity: identity('site-b'), handler: echoHandler, isPeer: TEST_PEERS, log, heartbeatMs });
   t.after(() => server.close());
   const { port } = await server.listen(HOST, 0);
   const raw = await rawTlsClient(t, port, { arrayId: 'site-z' });

@@ -33,6 +33,14 @@ export function identity(arrayId: string, psk: Buffer = KEY_A): LinkIdentity {
   return { arrayId, psk };
 }
 
+/** The peers a test's LinkServer serves (its isPeer option): the ids the link tests dial it with. */
+export function peersOf(...ids: string[]): (arrayId: string) => boolean {
+  return (arrayId) => ids.includes(arrayId);
+}
+
+/** Every id the link tests' clients use for a server 'site-b' (raw clients among them). */
+export const TEST_PEERS = peersOf('site-a', 'site-y', 'site-z');
+
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -70,6 +78,7 @@ export async function startPair(t: TestContext, options: {
   const server = new LinkServer({
     identity: identity('site-b', options.serverIdentityPsk),
     handler: options.handler ?? echoHandler,
+    isPeer: TEST_PEERS,
     log: serverLogs.log,
     ...(options.serverHeartbeatMs === undefined ? {} : { heartbeatMs: options.serverHeartbeatMs }),
     ...(options.requestsInFlightMax === undefined ? {} : { requestsInFlightMax: options.requestsInFlightMax }),

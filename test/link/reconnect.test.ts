@@ -14,7 +14,7 @@ import { describe, test } from 'node:test';
 import { TwinstoreError } from '../../src/errors.js';
 import { Backoff } from '../../src/link/backoff.js';
 import { LinkServer, PeerLink } from '../../src/link/index.js';
-import { HOST, captureLog, echoHandler, identity, once, startProxy, waitFor } from './helpers.js';
+import { HOST, captureLog, echoHandler, identity, once, peersOf, TEST_PEERS, startProxy, waitFor } from './helpers.js';
 
 async function freePort(): Promise<number> {
   const server = net.createServer();
@@ -74,7 +74,7 @@ describe('back-off', () => {
 describe('reconnects', () => {
   test('after the server restarts on the same port', async (t) => {
     const serverLog = captureLog();
-    const first = new LinkServer({ identity: identity('site-b'), handler: echoHandler, log: serverLog.log });
+    const first = new LinkServer({ identity: identity('site-b'), isPeer: TEST_PEERS, handler: echoHandler, log: serverLog.log });
     t.after(() => first.close());
     const { port } = await first.listen(HOST, 0);
     const { log } = captureLog();
@@ -92,7 +92,7 @@ describe('reconnects', () => {
     assert.ok((firstDelay as number) <= 10, 'back-off starts again from min after a connection was up');
     await assert.rejects(peer.request('m', 'while down'), (error: unknown) => error instanceof TwinstoreError && error.code === 'LINK_DOWN');
 
-    const second = new LinkServer({ identity: identity('site-b'), handler: echoHandler, log: serverLog.log });
+    const second = new LinkServer({ identity: identity('site-b'), isPeer: TEST_PEERS, handler: echoHandler, log: serverLog.log });
     t.after(() => second.close());
     const up = once(peer, 'up');
     assert.equal((await second.listen(HOST, port)).port, port);
@@ -102,7 +102,7 @@ describe('reconnects', () => {
   });
 
   test('after the connection is cut (sockets destroyed); requests in flight fail with LINK_DOWN', async (t) => {
-    const server = new LinkServer({ identity: identity('site-b'), handler: async (peerId, request) => {
+    const server = new LinkServer({ identity: identity('site-b'), isPeer: TEST_PEERS, handler: async (peerId, request) => {
       if (request.method === 'slow') await new Promise((resolve) => setTimeout(resolve, 200));
       return echoHandler(peerId, request);
     }, log: captureLog().log });
@@ -131,7 +131,7 @@ describe('reconnects', () => {
 
   test('setAddress moves the link to a new address at once, without waiting for the back-off', async (t) => {
     const deadPort = await freePort();
-    const server = new LinkServer({ identity: identity('site-b'), handler: echoHandler, log: captureLog().log });
+    const server = new LinkServer({ identity: identity('site-b'), isPeer: TEST_PEERS, handler: echoHandler, log: captureLog().log });
     t.after(() => server.close());
     const { port } = await server.listen(HOST, 0);
     const peer = new PeerLink({ identity: identity('site-a'), peerId: 'site-b', address: { host: HOST, port: deadPort }, log: captureLog().log, backoffMsMin: 2000, backoffMsMax: 4000 });
@@ -153,13 +153,13 @@ describe('reconnects', () => {
     const portA = await freePort();
     const toA = new PeerLink({ identity: identity('site-b'), peerId: 'site-a', address: { host: HOST, port: portA }, log: captureLog().log, backoffMsMin: 4000, backoffMsMax: 8000 });
     t.after(() => toA.close());
-    const serverB = new LinkServer({ identity: identity('site-b'), handler: echoHandler, log: captureLog().log, onPeer: (id) => { if (id === 'site-a') toA.retryNow(); } });
+    const serverB = new LinkServer({ identity: identity('site-b'), isPeer: TEST_PEERS, handler: echoHandler, log: captureLog().log, onPeer: (id) => { if (id === 'site-a') toA.retryNow(); } });
     t.after(() => serverB.close());
     const { port: portB } = await serverB.listen(HOST, 0);
     toA.start();
     const [waitMs] = await once(toA, 'retry');
     assert.ok((waitMs as number) >= 4000, `the back-off waits ${String(waitMs)} ms`);
-    const serverA = new LinkServer({ identity: identity('site-a'), handler: echoHandler, log: captureLog().log });
+    const serverA = new LinkServer({ identity: identity('site-a'), isPeer: peersOf('site-b'), handler: echoHandler, log: captureLog().log });
     t.after(() => serverA.close());
     assert.equal((await serverA.listen(HOST, portA)).port, portA);
     const toB = new PeerLink({ identity: identity('site-a'), peerId: 'site-b', address: { host: HOST, port: portB }, log: captureLog().log });
