@@ -1432,7 +1432,9 @@ export class MasterGroup extends EventEmitter {
       if (hasRoom()) {
         try {
           const reservation = this.journal.reserve(meta, data?.length ?? 0);
-          this.unapplied.push({ seq: reservation.seq, timestampMs: meta.timestampMs, bytes: reservation.recordBytes });
+          // Its region too (none for a marker): a fold from memory (the journal failed) must re-copy a base record's.
+          const region = meta.kind === 'marker' ? undefined : { lun: meta.lun, offset: meta.offset, length: meta.length };
+          this.unapplied.push({ seq: reservation.seq, timestampMs: meta.timestampMs, bytes: reservation.recordBytes, region });
           await this.journal.write(reservation, meta, data);
           this.recordWritten(reservation.seq);
           return reservation.seq;

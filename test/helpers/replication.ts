@@ -172,6 +172,20 @@ export async function healAndResync(site: Site): Promise<void> {
   compareAll(site);
 }
 
+/**
+ * `pair resync` on A once the link is up both ways; sent again while it fails with LINK_DOWN (the
+ * link dropped on heartbeats under load before the resync changed anything), for 60 s at most.
+ */
+export async function resyncWhenLinked(site: Site): Promise<void> {
+  await waitFor('pair resync to be accepted (link up)', async () => {
+    if (!(await linkUp(site))) return false;
+    const result = site.a.cli(['pair', 'resync', '--group', group]);
+    const output = result.stderr + result.stdout;
+    if (result.code !== 0 && !/LINK_DOWN/.test(output)) throw new Error(`pair resync failed: ${output}`);
+    return result.code === 0;
+  }, 60_000, 200);
+}
+
 /** Runs the CLI against an array; throws with its output when it fails. */
 export function cliOk(array: RunningArray, args: string[]): string {
   const result = array.cli(args);

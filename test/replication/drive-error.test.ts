@@ -9,7 +9,10 @@
 // failed); (b) B's data drive fails while B applies a stored record; (c) A's
 // only drive fails, journal included (the journal is opened again by the
 // resync). Then fault off, `pair resync`, lag 0, qemu-img compare, and the
-// bytes read back.
+// bytes read back. (d) As (c), while B holds a resync's base records
+// unapplied (restore paused) whose regions already left A's bitmap: the
+// suspension folds them from A's in-memory list (the journal cannot be read
+// back), so the next resync copies them again.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { run, runOk, type RunningArray } from '../helpers/array.js';
 import {
-  cliOk, compareAll, display, journalShow, readVolume, setRestorePaused, sleep, startSite, waitFor, waitForPairAndLag0, type Site,
+  cliOk, compareAll, display, journalShow, readVolume, resyncWhenLinked, setRestorePaused, sleep, startSite, waitFor, waitForPairAndLag0, type Site,
 } from '../helpers/replication.js';
 
 const mib = 2 ** 20;
@@ -64,7 +67,7 @@ async function waitForReason(site: Site, pattern: RegExp): Promise<void> {
 }
 
 async function resyncAndCompare(site: Site): Promise<void> {
-  cliOk(site.a, ['pair', 'resync', '--group', 'g1']);
+  await resyncWhenLinked(site);
   await waitForPairAndLag0(site, 60_000);
   compareAll(site);
 }
@@ -149,4 +152,25 @@ test('(c) A\'s only drive fails, journal included: EIO, PSUE drive-error, resync
   runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x55 10M 1M', '-c', 'flush']);
   await waitForPairAndLag0(site, 30_000);
   compareAll(site);
+});
+
+test('(d) A\'s only drive fails while B holds a resync\'s base records unapplied: the fold from memory keeps their regions', { timeout: 180_000 }, async (t) => {
+  const f = fault(t);
+  const site = await startSite(t, { volumes: 1, volumeSize: '64MiB', envA: f.env, envB: {} });
+  cliOk(site.a, ['pair', 'split', '--group', 'g1']);
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x66 16M 32M', '-c', 'flush']);
+  await setRestorePaused(site.b, true);
+  await resyncWhenLinked(site);
+  // Every marked region is journaled and has left the bitmap; B stores the records, applies none.
+  await waitFor('the resync to queue every marked region', () => site.a.stderr.includes('resync: every marked region queued'), 60_000, 100);
+
+  await f.on(site.a);
+  const failed = qemuIo(site.a, 'pvol0', ['write -P 0x22 1M 1M', 'flush']);
+  assert.match(failed.output, /Input\/output error/, 'the host write gets EIO');
+  await waitForReason(site, /^drive-error: journal (write|sync): .*drive0\.img/);
+  await f.off();
+  await setRestorePaused(site.b, false);
+  await resyncAndCompare(site);
+  const svol = readVolume(site.b, 'svol0', site.dir);
+  assert.ok(holds(svol, 0x66, 16, 32), 'the S-VOL holds the writes made while split');
 });
