@@ -16,6 +16,7 @@ import { RangeLock } from '../storage/range-lock.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
+import { markCopyRemainder, unmarkedRanges } from './bitmap-marks.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
 import { VolumeJournalDevice } from './journal-device.js';
@@ -573,7 +574,11 @@ export class MasterGroup extends EventEmitter {
         this.log.error({ err: (error as Error).message, lun }, 'initial copy failed');
         return this.suspend(`copy-error: ${(error as Error).message}`);
       })
-      .finally(() => this.copying.delete(lun));
+      .finally(() => {
+        this.copying.delete(lun);
+        // A resync that began while this copy was ending (startCopy above returned) starts its own.
+        if (!this.stopped) this.startCopy(lun);
+      });
   }
 
   private async copyVolume(pvol: Pvol): Promise<void> {
@@ -585,7 +590,8 @@ export class MasterGroup extends EventEmitter {
       const chunks: Array<[number, number]> = [];
       for (let at = offset; at < size && chunks.length < copyChunksInFlightMax; at += copyChunkBytes) chunks.push([at, Math.min(copyChunkBytes, size - at)]);
       const seq = await this.copyChunks(pvol, chunks);
-      if (seq < 0) return;
+      // Suspended meanwhile: a record may have missed the fold, so [offset, end) stays owed (resync marks it).
+      if (seq < 0 || pvol.pair.status !== 'COPY' || pvol.pair.copyKind === 'resync') return;
       lastSeq = seq;
       const length = chunks.reduce((n, [, l]) => n + l, 0);
       pvol.pair.copyOffset = offset + length;
@@ -712,6 +718,7 @@ export class MasterGroup extends EventEmitter {
       const regions = inside.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
       await pvol.bitmap.addAll(regions);
     }
+    for (const pvol of this.pvols.values()) await markCopyRemainder(pvol.pair, pvol.volume.sizeBytes, pvol.bitmap);
     for (const pair of this.meta.pairs) {
       pair.status = 'COPY';
       pair.statusReason = null;
@@ -1446,20 +1453,4 @@ export class MasterGroup extends EventEmitter {
       await this.waitForSpace(20);
     }
   }
-}
-
-/** The parts of [offset, offset + length) whose bitmap regions are not marked, as [offset, length] ranges. */
-function unmarkedRanges(bitmap: DurableRegionSet, offset: number, length: number): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  const end = offset + length;
-  for (const region of bitmap.regionsOf(offset, length)) {
-    if (bitmap.has(region)) continue;
-    const from = Math.max(offset, region * bitmap.regionBytes);
-    const to = Math.min(end, (region + 1) * bitmap.regionBytes);
-    if (to <= from) continue;
-    const last = out[out.length - 1];
-    if (last && last[0] + last[1] === from) last[1] += to - from;
-    else out.push([from, to - from]);
-  }
-  return out;
 }
