@@ -34,6 +34,7 @@ export const ERROR_CODES = {
   GROUP_NOT_FOUND: { status: 404, summary: 'no journal group with that name on this array' },
   PAIR_INVALID: { status: 409, summary: 'the pair cannot be made or changed: a volume or journal has the wrong role, size or group' },
   VOLUME_FENCED: { status: 409, summary: 'the volume refuses host writes: a swap is freezing it, or the other array holds a newer epoch' },
+  SWAP_DRAIN_TIMEOUT: { status: 504, summary: 'a planned swap was aborted, nothing changed: the primary\'s drain did not bring the lag under swap.lagBytesMax within swap.drainMsMax' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 

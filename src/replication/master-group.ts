@@ -832,10 +832,11 @@ export class MasterGroup extends EventEmitter {
     const deadline = this.now() + drainMsMax;
     this.drainUntilMs = Math.max(this.drainUntilMs, deadline);
     while (this.unapplied.bytes > lagBytesMax) {
-      if (this.now() >= deadline || this.stopped || this.meta.pairs.some((p) => p.status !== 'PAIR' && p.status !== 'SWAP')) {
-        this.drainUntilMs = 0;
-        throw new TwinstoreError('LINK_TIMEOUT', `swap of ${this.meta.name} aborted: the lag is still ${this.unapplied.bytes} bytes (swap.lagBytesMax ${lagBytesMax}) after ${drainMsMax} ms of drain, or the pairs left PAIR`);
-      }
+      // An answer, not a silence: the receiver must abort the swap, not take over without this array.
+      const left = this.stopped ? 'stopped' : this.meta.pairs.find((p) => p.status !== 'PAIR' && p.status !== 'SWAP')?.status;
+      if (left !== undefined || this.now() >= deadline) this.drainUntilMs = 0;
+      if (left !== undefined) throw new TwinstoreError('PAIR_INVALID', `swap of ${this.meta.name} aborted: the group is ${left} here, a planned swap needs PAIR`, { field: 'group' });
+      if (this.now() >= deadline) throw new TwinstoreError('SWAP_DRAIN_TIMEOUT', `swap of ${this.meta.name} aborted: the lag is still ${this.unapplied.bytes} bytes (swap.lagBytesMax ${lagBytesMax}) after ${drainMsMax} ms of drain (swap.drainMsMax); nothing changed`);
       await new Promise((r) => setTimeout(r, 20));
     }
   }

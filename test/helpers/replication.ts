@@ -107,6 +107,8 @@ export interface SiteOptions {
   suspendAfterMs?: number;
   /** More config for A (YAML text appended to its config). */
   extraConfigA?: string;
+  /** More config for B (YAML text appended to its config). */
+  extraConfigB?: string;
   /** More `pair create` options (e.g. --fence data). */
   pairArgs?: string[];
 }
@@ -118,7 +120,7 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
   const drives = options.drives ?? ['2GiB'];
   const link = { pskFile: psk, ...(options.suspendAfterMs === undefined ? {} : { suspendAfterMs: options.suspendAfterMs }) };
   const a = await startArray(t, { id: 'site-a', ...link, drives, ...(options.extraConfigA === undefined ? {} : { extraConfig: options.extraConfigA }), env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
-  const b = await startArray(t, { id: 'site-b', ...link, drives, env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
+  const b = await startArray(t, { id: 'site-b', ...link, drives, ...(options.extraConfigB === undefined ? {} : { extraConfig: options.extraConfigB }), env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
   a.pinPorts();
   b.pinPorts();
   const proxy = await LinkProxy.start(t, a.ready!.link!, options.seed ?? 1);
