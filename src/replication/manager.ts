@@ -436,6 +436,8 @@ export class ReplicationManager {
           reply = (await peer.request(step.method, step.body, [], { timeoutMs: step.timeoutMs })).body;
           break;
         } catch (error) {
+          // No answer came (the primary never answers a swap step with these): an answer such as
+          // SWAP_DRAIN_TIMEOUT means it is alive, and the swap aborts.
           const unreachable = isTwinstoreError(error) && (error.code === 'LINK_DOWN' || error.code === 'LINK_TIMEOUT');
           if (unreachable && attempt < swapAttemptsMax) continue;
           if (unreachable) return this.peerSilent(name, (error as Error).message);

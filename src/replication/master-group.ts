@@ -16,6 +16,7 @@ import { RangeLock } from '../storage/range-lock.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
+import { markCopyRemainder, unmarkedRanges } from './bitmap-marks.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
 import type { StartHold } from './start-hold.js';
@@ -588,7 +589,11 @@ export class MasterGroup extends EventEmitter {
         this.log.error({ err: (error as Error).message, lun }, 'initial copy failed');
         return this.suspend(`copy-error: ${(error as Error).message}`);
       })
-      .finally(() => this.copying.delete(lun));
+      .finally(() => {
+        this.copying.delete(lun);
+        // A resync that began while this copy was ending (startCopy above returned) starts its own.
+        if (!this.stopped) this.startCopy(lun);
+      });
   }
 
   private async copyVolume(pvol: Pvol): Promise<void> {
@@ -600,7 +605,8 @@ export class MasterGroup extends EventEmitter {
       const chunks: Array<[number, number]> = [];
       for (let at = offset; at < size && chunks.length < copyChunksInFlightMax; at += copyChunkBytes) chunks.push([at, Math.min(copyChunkBytes, size - at)]);
       const seq = await this.copyChunks(pvol, chunks);
-      if (seq < 0) return;
+      // Suspended meanwhile: a record may have missed the fold, so [offset, end) stays owed (resync marks it).
+      if (seq < 0 || pvol.pair.status !== 'COPY' || pvol.pair.copyKind === 'resync') return;
       lastSeq = seq;
       const length = chunks.reduce((n, [, l]) => n + l, 0);
       pvol.pair.copyOffset = offset + length;
@@ -727,6 +733,7 @@ export class MasterGroup extends EventEmitter {
       const regions = inside.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
       await pvol.bitmap.addAll(regions);
     }
+    for (const pvol of this.pvols.values()) await markCopyRemainder(pvol.pair, pvol.volume.sizeBytes, pvol.bitmap);
     for (const pair of this.meta.pairs) {
       pair.status = 'COPY';
       pair.statusReason = null;
@@ -840,10 +847,11 @@ export class MasterGroup extends EventEmitter {
     const deadline = this.now() + drainMsMax;
     this.drainUntilMs = Math.max(this.drainUntilMs, deadline);
     while (this.unapplied.bytes > lagBytesMax) {
-      if (this.now() >= deadline || this.stopped || this.meta.pairs.some((p) => p.status !== 'PAIR' && p.status !== 'SWAP')) {
-        this.drainUntilMs = 0;
-        throw new TwinstoreError('LINK_TIMEOUT', `swap of ${this.meta.name} aborted: the lag is still ${this.unapplied.bytes} bytes (swap.lagBytesMax ${lagBytesMax}) after ${drainMsMax} ms of drain, or the pairs left PAIR`);
-      }
+      // An answer, not a silence: the receiver must abort the swap, not take over without this array.
+      const left = this.stopped ? 'stopped' : this.meta.pairs.find((p) => p.status !== 'PAIR' && p.status !== 'SWAP')?.status;
+      if (left !== undefined || this.now() >= deadline) this.drainUntilMs = 0;
+      if (left !== undefined) throw new TwinstoreError('PAIR_INVALID', `swap of ${this.meta.name} aborted: the group is ${left} here, a planned swap needs PAIR`, { field: 'group' });
+      if (this.now() >= deadline) throw new TwinstoreError('SWAP_DRAIN_TIMEOUT', `swap of ${this.meta.name} aborted: the lag is still ${this.unapplied.bytes} bytes (swap.lagBytesMax ${lagBytesMax}) after ${drainMsMax} ms of drain (swap.drainMsMax); nothing changed`);
       await new Promise((r) => setTimeout(r, 20));
     }
   }
@@ -1448,7 +1456,9 @@ export class MasterGroup extends EventEmitter {
       if (hasRoom()) {
         try {
           const reservation = this.journal.reserve(meta, data?.length ?? 0);
-          this.unapplied.push({ seq: reservation.seq, timestampMs: meta.timestampMs, bytes: reservation.recordBytes });
+          // Its region too (none for a marker): a fold from memory (the journal failed) must re-copy a base record's.
+          const region = meta.kind === 'marker' ? undefined : { lun: meta.lun, offset: meta.offset, length: meta.length };
+          this.unapplied.push({ seq: reservation.seq, timestampMs: meta.timestampMs, bytes: reservation.recordBytes, region });
           await this.journal.write(reservation, meta, data);
           this.recordWritten(reservation.seq);
           return reservation.seq;
@@ -1460,20 +1470,4 @@ export class MasterGroup extends EventEmitter {
       await this.waitForSpace(20);
     }
   }
-}
-
-/** The parts of [offset, offset + length) whose bitmap regions are not marked, as [offset, length] ranges. */
-function unmarkedRanges(bitmap: DurableRegionSet, offset: number, length: number): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  const end = offset + length;
-  for (const region of bitmap.regionsOf(offset, length)) {
-    if (bitmap.has(region)) continue;
-    const from = Math.max(offset, region * bitmap.regionBytes);
-    const to = Math.min(end, (region + 1) * bitmap.regionBytes);
-    if (to <= from) continue;
-    const last = out[out.length - 1];
-    if (last && last[0] + last[1] === from) last[1] += to - from;
-    else out.push([from, to - from]);
-  }
-  return out;
 }

@@ -127,6 +127,8 @@ export interface SiteOptions {
   suspendAfterMs?: number;
   /** More config for A (YAML text appended to its config). */
   extraConfigA?: string;
+  /** More config for B (YAML text appended to its config). */
+  extraConfigB?: string;
   /** More `pair create` options (e.g. --fence data). */
   pairArgs?: string[];
 }
@@ -138,7 +140,7 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
   const drives = options.drives ?? ['2GiB'];
   const link = { pskFile: psk, ...(options.suspendAfterMs === undefined ? {} : { suspendAfterMs: options.suspendAfterMs }) };
   const a = await startArray(t, { id: 'site-a', ...link, drives, ...(options.extraConfigA === undefined ? {} : { extraConfig: options.extraConfigA }), env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
-  const b = await startArray(t, { id: 'site-b', ...link, drives, env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
+  const b = await startArray(t, { id: 'site-b', ...link, drives, ...(options.extraConfigB === undefined ? {} : { extraConfig: options.extraConfigB }), env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
   a.pinPorts();
   b.pinPorts();
   const proxy = await LinkProxy.start(t, a.ready!.link!, options.seed ?? 1);
@@ -190,6 +192,20 @@ export async function healAndResync(site: Site): Promise<void> {
   assert.equal(status, 200, JSON.stringify(json));
   await waitFor('PAIR, lag 0', async () => (await display(site.a)).every((p) => p.status === 'PAIR' && p.lagRecords === 0), 60_000, 100);
   compareAll(site);
+}
+
+/**
+ * `pair resync` on A once the link is up both ways; sent again while it fails with LINK_DOWN (the
+ * link dropped on heartbeats under load before the resync changed anything), for 60 s at most.
+ */
+export async function resyncWhenLinked(site: Site): Promise<void> {
+  await waitFor('pair resync to be accepted (link up)', async () => {
+    if (!(await linkUp(site))) return false;
+    const result = site.a.cli(['pair', 'resync', '--group', group]);
+    const output = result.stderr + result.stdout;
+    if (result.code !== 0 && !/LINK_DOWN/.test(output)) throw new Error(`pair resync failed: ${output}`);
+    return result.code === 0;
+  }, 60_000, 200);
 }
 
 /** Runs the CLI against an array; throws with its output when it fails. */

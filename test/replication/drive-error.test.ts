@@ -9,8 +9,12 @@
 // failed); (b) B's data drive fails while B applies a stored record; (c) A's
 // only drive fails, journal included (the journal is opened again by the
 // resync). Then fault off, `pair resync`, lag 0, qemu-img compare, and the
-// bytes read back. A sync that failed in the fault window is never forgotten
-// (test/storage/sync-failure.test.ts): that array is restarted before the resync.
+// bytes read back. (d) As (c), while B holds a resync's base records
+// unapplied (restore paused) whose regions already left A's bitmap: the
+// suspension folds them from A's in-memory list (the journal cannot be read
+// back), so the next resync copies them again. A sync that failed in the
+// fault window is never forgotten (test/storage/sync-failure.test.ts): that
+// array is restarted before the resync.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,7 +22,7 @@ import path from 'node:path';
 import { run, runOk, type RunningArray } from '../helpers/array.js';
 import { faultTrigger } from '../helpers/fault-trigger.js';
 import {
-  cliOk, compareAll, display, journalShow, readVolume, setRestorePaused, startSite, startWithin, waitFor, waitForPairAndLag0, type Site,
+  cliOk, compareAll, display, journalShow, readVolume, resyncWhenLinked, setRestorePaused, startSite, startWithin, waitFor, waitForPairAndLag0, type Site,
 } from '../helpers/replication.js';
 
 const mib = 2 ** 20;
@@ -163,4 +167,26 @@ test('(c) A\'s only drive fails, journal included: EIO, PSUE drive-error, resync
   runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x55 10M 1M', '-c', 'flush']);
   await waitForPairAndLag0(site, 30_000);
   compareAll(site);
+});
+
+test('(d) A\'s only drive fails while B holds a resync\'s base records unapplied: the fold from memory keeps their regions', { timeout: 180_000 }, async (t) => {
+  const f = fault(t);
+  const site = await startSite(t, { volumes: 1, volumeSize: '64MiB', envA: f.env, envB: {} });
+  cliOk(site.a, ['pair', 'split', '--group', 'g1']);
+  runOk('qemu-io', ['-f', 'raw', site.a.uri('pvol0'), '-c', 'write -P 0x66 16M 32M', '-c', 'flush']);
+  await setRestorePaused(site.b, true);
+  await resyncWhenLinked(site);
+  // Every marked region is journaled and has left the bitmap; B stores the records, applies none.
+  await waitFor('the resync to queue every marked region', () => site.a.stderr.includes('resync: every marked region queued'), 60_000, 100);
+
+  await f.on(site.a);
+  const failed = qemuIo(site.a, 'pvol0', ['write -P 0x22 1M 1M', 'flush']);
+  assert.match(failed.output, /Input\/output error/, 'the host write gets EIO');
+  await waitForReason(site, /^drive-error: journal (write|sync): .*drive0\.img/);
+  await f.off();
+  await restartIfSyncFailed(t, site.a, 'A');
+  await setRestorePaused(site.b, false);
+  await resyncAndCompare(site);
+  const svol = readVolume(site.b, 'svol0', site.dir);
+  assert.ok(holds(svol, 0x66, 16, 32), 'the S-VOL holds the writes made while split');
 });
