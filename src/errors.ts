@@ -38,6 +38,7 @@ export const ERROR_CODES = {
   PEER_IN_USE: { status: 409, summary: 'a journal group or a remote command device uses that peer; end or delete it first' },
   ARRAY_STARTING: { status: 503, summary: 'the array is still opening its journal groups; ask again' },
   LISTEN_FAILED: { status: 500, summary: 'a listener (NBD, API or link) could not bind its address' },
+  DRIVE_OWNED: { status: 409, summary: 'a drive belongs to another array or data folder, or another process holds it; the message names the path and the owner' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 
