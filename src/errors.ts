@@ -39,6 +39,7 @@ export const ERROR_CODES = {
   ARRAY_STARTING: { status: 503, summary: 'the array is still opening its journal groups; ask again' },
   LISTEN_FAILED: { status: 500, summary: 'a listener (NBD, API or link) could not bind its address' },
   SWAP_DRAIN_TIMEOUT: { status: 504, summary: 'a planned swap was aborted, nothing changed: the primary\'s drain did not bring the lag under swap.lagBytesMax within swap.drainMsMax' },
+  DRIVE_OWNED: { status: 409, summary: 'a drive belongs to another array or data folder, or another process holds it; the message names the path and the owner' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 

@@ -149,12 +149,30 @@ export interface OpenOptions {
   syncWriteBytesMax?: number;
 }
 
+/**
+ * A block device is opened O_EXCL: Linux then gives it to one opener at a time (EBUSY for a second
+ * array, or while it is mounted), and the kernel drops the claim when the process dies, even by
+ * kill -9. A regular file has no such claim; its label names its owner (drives.ts).
+ */
+function openFlags(path: string): string | number {
+  let blockDevice = false;
+  try {
+    blockDevice = fs.statSync(path).isBlockDevice();
+  } catch {
+    // Missing: created below when a size is given, else refused there.
+  }
+  return blockDevice ? fs.constants.O_RDWR | fs.constants.O_EXCL : 'r+';
+}
+
 /** Opens (creating sparse when asked) the file behind a drive or metadata file: its descriptor and size. */
 export function openFileDescriptor(path: string, options: OpenOptions): { fd: number; sizeBytes: number } {
   let fd: number;
   try {
-    fd = fs.openSync(path, 'r+');
+    fd = fs.openSync(path, openFlags(path));
   } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EBUSY') {
+      throw new TwinstoreError('DRIVE_OWNED', `drive ${path} is a block device that another process holds open exclusively (another array) or that is mounted`, { cause: error });
+    }
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || options.createSizeBytes === undefined) {
       throw new TwinstoreError('DRIVE_INVALID', `cannot open ${path}: ${(error as Error).message}`, { cause: error });
     }

@@ -114,7 +114,7 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     for (const volume of durable.volumes.values()) for (const ref of volume.map.values()) used.add(refDrive(ref));
     let opened: OpenDrive[] = [];
     try {
-      const { drives, records } = await openDrives(options.drives, durable, used, (drive) => opened.push(drive));
+      const { drives, records } = await openDrives(options.drives, durable, used, { dataDir: options.dataDir }, (drive) => opened.push(drive));
       opened = drives;
       await meta.commit(records);
     } catch (error) {

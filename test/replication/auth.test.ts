@@ -107,3 +107,24 @@ function splitAddress(address: string): [string, number] {
   const at = address.lastIndexOf(':');
   return [address.slice(0, at), Number(address.slice(at + 1))];
 }
+
+test('a link key file and an API token file open to group or others are named in a warning at start', { timeout: 120_000 }, async (t) => {
+  const keyFile = writePsk(tempDir(t));
+  fs.chmodSync(keyFile, 0o644);
+  const first = await startArray(t, { id: 'site-a', pskFile: keyFile });
+  const tokenFile = path.join(first.dir, 'data', 'api-token');
+  const warnings = (stderr: string): string[] => logLines(stderr).filter((l) => l.level === 40 && /has mode \d{4}: group or others can read or change it/.test(l.msg)).map((l) => l.msg);
+  assert.deepEqual(warnings(first.stderr).length, 1, `only the key file is open at first start: ${first.stderr}`);
+  assert.match(warnings(first.stderr)[0]!, new RegExp(`${keyFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} has mode 0644.*chmod 600`));
+  await first.stop('SIGTERM');
+  fs.chmodSync(tokenFile, 0o640);
+  await first.start();
+  const both = warnings(first.stderr);
+  assert.equal(both.length, 2, `the key file and the token file: ${both.join(' | ')}`);
+  assert.ok(both.some((m) => m.includes(`${tokenFile} has mode 0640`)), 'the token file is named with its mode');
+  fs.chmodSync(keyFile, 0o600);
+  fs.chmodSync(tokenFile, 0o600);
+  await first.stop('SIGTERM');
+  await first.start();
+  assert.deepEqual(warnings(first.stderr), [], 'no warning once both are private');
+});

@@ -307,7 +307,7 @@ test('engine: volumes, data and extent maps survive close and reopen', async (t)
   assert.equal(reopened.stats().allocatedBytes, 3 * extentBytes);
 });
 
-test('engine: a drive labelled by another array is refused with DRIVE_INVALID and left as it was', async (t) => {
+test('engine: a drive labelled by another array is refused with DRIVE_OWNED and left as it was', async (t) => {
   const dir = tempDir(t);
   const other = await StorageEngine.open(engineOptions(dir, ['shared.img'], 'site-b'));
   await (await other.createVolume({ name: 'theirs', sizeBytes: 2 ** 20 })).write(0, pattern(4096, 1));
@@ -317,7 +317,7 @@ test('engine: a drive labelled by another array is refused with DRIVE_INVALID an
   const options = engineOptions(path.join(dir, 'mine'), ['mine.img']);
   fs.mkdirSync(path.join(dir, 'mine'));
   options.drives.push({ path: path.join(dir, 'shared.img') });
-  await rejectsWith(StorageEngine.open(options), 'DRIVE_INVALID', /shared\.img belongs to array site-b, not site-a/);
+  await rejectsWith(StorageEngine.open(options), 'DRIVE_OWNED', /shared\.img belongs to array site-b \(data folder .*\), not to site-a/);
   assert.equal(sha256(path.join(dir, 'shared.img')), before);
 
   const owner = await StorageEngine.open(engineOptions(dir, ['shared.img'], 'site-b'));
