@@ -1034,9 +1034,12 @@ export class MasterGroup extends EventEmitter {
 
   /**
    * One chunk under the range lock: a base record with its data, or a trim record for a hole.
-   * Waits for journal space while `keepGoing()` holds; -1 when it gave up.
+   * Waits for journal space while `keepGoing()` holds; -1 when it gave up. A copy leaves the
+   * journal's last copyReserveFraction to host writes; a re-send unit's chunks (`leaveReserve`
+   * false) do not: the receiver frees nothing of the unit before its end, so a unit waiting below
+   * the reserve while host writes inside it filled the journal past it would wait for ever.
    */
-  private async copyChunk(pvol: Pvol, offset: number, length: number, keepGoing: () => boolean): Promise<number> {
+  private async copyChunk(pvol: Pvol, offset: number, length: number, keepGoing: () => boolean, leaveReserve = true): Promise<number> {
     const unlock = await pvol.locks.acquire(offset, length);
     try {
       const hole = pvol.volume.blockStatus(offset, length, 2).every((e) => e.hole);
@@ -1045,7 +1048,7 @@ export class MasterGroup extends EventEmitter {
       if (data) await pvol.volume.read(offset, data);
       const meta = { kind, epoch: this.meta.epoch, timestampMs: this.now(), lun: pvol.pair.pvolLun, offset, length };
       // Base records leave room for host writes: they wait below the reserve.
-      const hasRoom = (): boolean => this.journal.usedBytes + length <= this.journal.capacityBytes * (1 - copyReserveFraction);
+      const hasRoom = (): boolean => !leaveReserve || this.journal.usedBytes + length <= this.journal.capacityBytes * (1 - copyReserveFraction);
       return await this.appendRecord(meta, data, keepGoing, hasRoom);
     } finally {
       unlock();
@@ -1434,7 +1437,7 @@ export class MasterGroup extends EventEmitter {
       const pvol = this.pvolOf(region.lun);
       for (let at = region.offset; at < region.offset + region.length; at += copyChunkBytes) {
         if (this.stopped || !this.journaling(pvol)) return;
-        await this.copyChunk(pvol, at, Math.min(copyChunkBytes, region.offset + region.length - at), () => this.journaling(pvol));
+        await this.copyChunk(pvol, at, Math.min(copyChunkBytes, region.offset + region.length - at), () => this.journaling(pvol), false);
       }
     }
     if (this.stopped || (await this.appendMarker(unitMarker.end, going)) < 0) return;

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import type { TestContext } from 'node:test';
+import { apiFetch } from './http.js';
 
 export const projectRoot = path.resolve(import.meta.dirname, '..', '..');
 const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
@@ -106,13 +107,10 @@ export class RunningArray {
   }
 
   async api(method: string, route: string, body?: unknown, token = this.token()): Promise<{ status: number; json: any }> {
-    const response = await fetch(`http://${this.ready!.api}${route}`, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
-    });
-    return { status: response.status, json: await response.json().catch(() => undefined) };
+    // Bounded well above the longest call a test makes (a takeover's drain), so a hung array fails.
+    return apiFetch(this.ready!.api, method, route, { token, ...(body === undefined ? {} : { body }), timeoutMs: 600_000 });
   }
+
 }
 
 export function writeConfig(dir: string, options: ArrayOptions): string {

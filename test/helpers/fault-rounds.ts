@@ -474,19 +474,30 @@ async function crashB(run: Run): Promise<void> {
 
 async function checkRound(run: Run, label: string): Promise<string[]> {
   const { site } = run;
+  const need = run.needApplied;
   let status = await display(site.a);
-  if (status.some(isOverflow)) {
-    // A fault ran long enough for the journal to overflow: the group's policy, not a violation.
-    run.report.counts.overflows += 1;
-    run.print(`  ${label}: A's journal overflowed (PSUE journal-full); recovering`);
-    await recoverOverflow(run, label);
-    status = await display(site.a);
+  for (;;) {
+    if (status.some(isOverflow)) {
+      // A fault ran long enough for the journal to overflow: the group's policy, not a violation.
+      run.report.counts.overflows += 1;
+      run.print(`  ${label}: A's journal overflowed (PSUE journal-full); recovering`);
+      await recoverOverflow(run, label);
+      status = await display(site.a);
+    }
+    if (status.some((p) => p.status !== 'PAIR')) break;
+    // The hosts keep writing meanwhile, so the journal may overflow during the wait too (B then
+    // applies nothing more until a resync): that ends the wait, and the overflow is recovered.
+    let overflowed = false;
+    await waitForProgress(`B to apply up to seq ${need} (redo / re-sent regions)`, async () => {
+      status = await display(site.a);
+      overflowed = status.some(isOverflow);
+      return overflowed ? need : appliedSeq(site.b);
+    }, need);
+    if (!overflowed) break;
   }
   const violations: string[] = [];
   const suspended = status.filter((p) => p.status !== 'PAIR');
   if (suspended.length > 0) violations.push(`${label}: pair ${suspended[0]!.pvol} is ${suspended[0]!.status} (${suspended[0]!.statusReason ?? ''})`);
-  const need = run.needApplied;
-  await waitForProgress(`B to apply up to seq ${need} (redo / re-sent regions)`, () => appliedSeq(site.b), need);
   run.report.violations.push(...violations);
   for (const v of violations) run.print(`  ${v}`);
   return [...violations, ...(await checkSvols(run, label, status[0]!.lagRecords))];

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import { createVolume, runOk, startArray, tempDir, writePsk, type RunningArray } from './array.js';
 import { LinkProxy } from './link-proxy.js';
+import { apiFetch } from './http.js';
 import { readAll } from './nbdsh.js';
 import { nowUs } from './hosts.js';
 import type { PairDisplay } from '../../src/replication/index.js';
@@ -59,13 +60,7 @@ export async function waitForProgress(what: string, read: () => Promise<number>,
 
 /** One API call, bounded: a hung array fails the test instead of stalling it. */
 async function api(array: RunningArray, method: string, route: string, body?: unknown): Promise<{ status: number; json: unknown }> {
-  const response = await fetch(`http://${array.ready!.api}${route}`, {
-    method,
-    headers: { authorization: `Bearer ${array.token()}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    signal: AbortSignal.timeout(30_000),
-  });
-  return { status: response.status, json: await response.json().catch(() => undefined) };
+  return apiFetch(array.ready!.api, method, route, { token: array.token(), ...(body === undefined ? {} : { body }) });
 }
 
 /** pair display through the API (what `pair display --json` prints). */
