@@ -125,7 +125,7 @@ export function writeConfig(dir: string, options: ArrayOptions): string {
     'listen:',
     '  nbd: 127.0.0.1:0',
     '  api: 127.0.0.1:0',
-    ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 200', ...(options.suspendAfterMs === undefined ? [] : [`  suspendAfterMs: ${options.suspendAfterMs}`])] : []),
+    ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 500', ...(options.suspendAfterMs === undefined ? [] : [`  suspendAfterMs: ${options.suspendAfterMs}`])] : []),
     // A takeover with the primary dead waits this long for it; the default 5 s only slows the tests.
     ...(options.pskFile && !(options.extraConfig ?? '').includes('takeover:') ? ['takeover:', '  peerTimeoutMs: 2000'] : []),
     options.extraConfig ?? '',
