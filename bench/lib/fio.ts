@@ -1,7 +1,7 @@
 // Why this exists: one place that says which fio jobs the benchmark runs, how
 // each is passed to fio's nbd engine, and which numbers are read back from
 // fio's JSON. The job names match the rows of the baseline measurements
-// (shared reference baseline.md), so results can be set beside that table.
+// (bench/baseline.md), so results can be set beside that table.
 
 import fs from 'node:fs';
 import type { ProcessTracker } from './processes.js';

@@ -33,7 +33,7 @@ const cliRunMsMax = 30_000;
 const randomChunkBytes = 16 * 2 ** 20;
 /** Twinstore's drive holds the volume plus room for metadata; the file is sparse. */
 const driveSlackBytes = 2 ** 30;
-/** qemu-nbd allocates a bounce buffer per request; these glibc settings stop it faulting in fresh pages each time (see baseline.md). */
+/** qemu-nbd allocates a bounce buffer per request; these glibc settings stop it faulting in fresh pages each time (bench/baseline.md). */
 const qemuGlibcTunables = 'glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456';
 
 const projectRoot = path.resolve(import.meta.dirname, '..', '..');
@@ -105,7 +105,7 @@ export async function startTwinstore(options: TargetOptions): Promise<Target> {
   return { name: 'Twinstore', uri, server };
 }
 
-/** Copies sourceFile and serves the copy with qemu-nbd (tuned glibc, as in baseline.md). */
+/** Copies sourceFile and serves the copy with qemu-nbd (tuned glibc, as in bench/baseline.md). */
 export async function startQemuNbd(options: TargetOptions): Promise<Target> {
   const image = path.join(options.dir, 'qemu.img');
   await fs.promises.copyFile(options.sourceFile, image);

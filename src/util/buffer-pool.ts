@@ -1,5 +1,5 @@
 // Reusable I/O buffers. Allocating and faulting in a fresh 1 MiB buffer per
-// request costs 20x a reused one on these machines (see reference/baseline.md),
+// request costs 20x a reused one on these machines (bench/baseline.md),
 // so request payloads and read replies borrow from power-of-two size classes
 // and give the buffer back when the socket or drive is done with it. The pool
 // keeps at most `retainBytesMax` idle; beyond that released buffers are dropped.

@@ -1,5 +1,5 @@
 // Goal: the NBD codec (decoder, option negotiation, request checks) does what
-// the spec and reference/nbd-protocol.md §1.13 demand, with no sockets involved.
+// the NBD spec (doc/proto.md) and docs/nbd.md demand, with no sockets involved.
 // Method: client messages are built here byte by byte (not with the server's
 // encoder), fed to NbdDecoder whole, split in two at every byte position and one
 // byte at a time, and every decoding must equal the expected messages. Negotiation

@@ -1,7 +1,7 @@
 // Goal: a real `twinstore serve` answers malformed and out-of-range NBD traffic
-// with the error codes of reference/nbd-protocol.md §1.13, drops only the
+// with the error codes docs/nbd.md gives (Commands), drops only the
 // connection whose stream it cannot parse (with a log line), keeps serving every
-// other session, and works with the clients of §1.15: the kernel's way of talking
+// other session, and works with the clients people use: the kernel's way of talking
 // (EXPORT_NAME or GO without info requests, simple replies) and libnbd with many
 // requests in flight and several connections.
 // Method: one array per test. libnbd's Python shell (nbdsh) with strict mode
