@@ -49,6 +49,8 @@ export interface FioRun {
   seconds: number;
   imageBytes: number;
   outputFile: string;
+  /** Pin fio to this CPU. */
+  cpu?: number;
 }
 
 /** Beyond the runtime, how long fio may take to connect, start and finish before it is killed. */
@@ -73,7 +75,7 @@ export function fioArgs(run: FioRun): string[] {
 }
 
 export async function runFio(tracker: ProcessTracker, run: FioRun): Promise<Measurement> {
-  await tracker.run('fio', fioArgs(run), { label: `fio ${run.job.name}`, timeoutMs: run.seconds * 1000 + fioOverheadMsMax });
+  await tracker.run('fio', fioArgs(run), { label: `fio ${run.job.name}`, timeoutMs: run.seconds * 1000 + fioOverheadMsMax, ...(run.cpu === undefined ? {} : { cpu: run.cpu }) });
   return parseFioOutput(run.job, await fs.promises.readFile(run.outputFile, 'utf8'));
 }
 

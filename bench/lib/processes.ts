@@ -5,6 +5,7 @@
 // then SIGKILL) on success, on failure and on Ctrl-C. Never by name.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
 
 /** Bytes of stderr (and stdout for short-lived tools) kept per child for error messages. */
@@ -30,6 +31,8 @@ export interface SpawnOptions {
   cwd?: string;
   /** 'pipe' when the caller reads stdout itself; otherwise it is drained and dropped. */
   stdout?: 'pipe' | 'drain';
+  /** Pin the child to this CPU (`taskset -c`, which execs it: the PID is the child's own). */
+  cpu?: number;
 }
 
 export interface RunResult {
@@ -44,7 +47,8 @@ export class ProcessTracker {
   /** Starts a long-running child; it stays tracked until it exits. Refused once stopAll has begun. */
   spawn(command: string, args: string[], options: SpawnOptions): Tracked {
     if (this.stopping) throw new Error(`${options.label}: not started, the benchmark is stopping`);
-    const child = spawn(command, args, {
+    const [file, argv] = options.cpu === undefined ? [command, args] : ['taskset', ['-c', String(options.cpu), command, ...args]];
+    const child = spawn(file, argv, {
       env: options.env ?? process.env,
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -113,6 +117,17 @@ export class ProcessTracker {
     await Promise.all([...this.running.values()].map((tracked) => this.stop(tracked)));
     if (this.running.size !== 0) throw new Error(`children still running: ${[...this.running.keys()].join(', ')}`);
   }
+}
+
+/** Clock ticks per second of /proc/PID/stat's times (USER_HZ: 100 on Linux, whatever the kernel's HZ). */
+const userHz = 100;
+
+/** CPU seconds (user + system) a running process has used so far, from /proc/PID/stat. */
+export function cpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces, in parentheses): state is field 3, utime 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / userHz;
 }
 
 /** A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, close). */

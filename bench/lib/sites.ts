@@ -25,6 +25,8 @@ export interface PairRow {
   lagSeconds: number;
   journalUsedPercent: number;
   copyBytes: number;
+  /** On the receiver: every record up to it is on the S-VOLs. */
+  consistencySeq: number;
 }
 
 /**
@@ -69,8 +71,9 @@ export class BenchSites {
     });
   }
 
-  async start(site: Site): Promise<void> {
-    site.server = this.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe' });
+  /** Starts the array, pinned to `cpu` when given. */
+  async start(site: Site, cpu?: number): Promise<void> {
+    site.server = this.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe', ...(cpu === undefined ? {} : { cpu }) });
     site.nbd = (await readReadyLine(site.server)).nbd;
   }
 
