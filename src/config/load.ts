@@ -14,6 +14,7 @@ export interface NbdLimits {
   connectionsPerAddressMax: number;
   handshakeTimeoutMs: number;
   payloadStallMs: number;
+  replyStallMs: number;
   bufferedBytesMax: number;
 }
 

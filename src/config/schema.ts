@@ -100,9 +100,10 @@ export const configSchema = z.strictObject({
       connectionsPerAddressMax: z.number().int().min(1).max(65_536).default(64),
       handshakeTimeoutMs: z.number().int().min(100).max(3_600_000).default(10_000),
       payloadStallMs: z.number().int().min(100).max(3_600_000).default(30_000),
+      replyStallMs: z.number().int().min(100).max(3_600_000).default(30_000),
       bufferedBytesMax: sizeBytes.refine((n) => n >= 128 * 2 ** 20, { message: 'must be at least 128MiB (four 32 MiB requests)' }).default(2 ** 30),
     })
-    .default({ connectionsMax: 1024, connectionsPerAddressMax: 64, handshakeTimeoutMs: 10_000, payloadStallMs: 30_000, bufferedBytesMax: 2 ** 30 }),
+    .default({ connectionsMax: 1024, connectionsPerAddressMax: 64, handshakeTimeoutMs: 10_000, payloadStallMs: 30_000, replyStallMs: 30_000, bufferedBytesMax: 2 ** 30 }),
   tuning: z
     .strictObject({
       pollMicros: z.number().int().min(0).max(10_000).default(200),

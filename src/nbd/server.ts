@@ -12,6 +12,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import type { NbdLimits } from '../config/index.js';
+import { closeGraceMs } from './session.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import type { Logger } from '../util/log.js';
 import { ByteBudget } from './budget.js';
@@ -60,7 +61,7 @@ export class NbdServer {
       log.warn({ configured: this.limits.connectionsMax, connectionsMax: this.connectionsMax, nofile, descriptorsReserved }, 'NBD connection cap lowered to fit the open-files limit');
     }
     this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
-    const sweepMs = Math.min(sweepMsMax, Math.max(sweepMsMin, Math.min(this.limits.handshakeTimeoutMs, this.limits.payloadStallMs) / 4));
+    const sweepMs = Math.min(sweepMsMax, Math.max(sweepMsMin, Math.min(this.limits.handshakeTimeoutMs, this.limits.payloadStallMs, this.limits.replyStallMs, closeGraceMs) / 4));
     this.sweep = setInterval(() => this.checkDeadlines(), sweepMs);
     this.sweep.unref();
   }
@@ -91,6 +92,7 @@ export class NbdServer {
       log: this.log,
       handshakeTimeoutMs: this.limits.handshakeTimeoutMs,
       payloadStallMs: this.limits.payloadStallMs,
+      replyStallMs: this.limits.replyStallMs,
     });
     this.sessions.add(session);
     void session.closedPromise().then(() => {

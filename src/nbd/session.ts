@@ -7,8 +7,11 @@
 // growing the queue. READ buffers and WRITE payloads come from the server-wide
 // budget (budget.ts); a READ that does not fit waits there, parked, with reading
 // stopped. A handshake that takes longer than `handshakeTimeoutMs`, or a WRITE
-// payload that gets no byte for `payloadStallMs`, closes the connection with a
-// log line (the server's sweep calls checkDeadlines). A bad frame that
+// payload that gets no byte for `payloadStallMs`, or replies of which none has
+// left the socket for `replyStallMs` (a client that stopped reading), closes the
+// connection with a log line (the server's sweep calls checkDeadlines); so does
+// a session being closed (the array stopping) whose requests are done but whose
+// replies the client does not read, `closeGraceMs` after the close began. A bad frame that
 // desynchronises the stream closes this connection only, after a log line;
 // anything else gets the spec's error.
 
@@ -33,6 +36,11 @@ const requestsInFlightMax = 128;
 /** READ + WRITE bytes running plus reply bytes queued on the socket, per connection: past it, reading stops. */
 export const bytesInFlightMax = 128 * 2 ** 20;
 const readChunksMax = 1024;
+/**
+ * A session being closed whose requests have all run but whose replies are not read: destroyed
+ * this long after the close began, so a client that never reads cannot hold a stopping array.
+ */
+export const closeGraceMs = 5_000;
 const blockStatusExtentsMax = 16384;
 
 interface Transmission {
@@ -49,6 +57,7 @@ export interface SessionOptions {
   log: Logger;
   handshakeTimeoutMs: number;
   payloadStallMs: number;
+  replyStallMs: number;
 }
 
 export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
@@ -72,6 +81,14 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
   private readonly acceptedAt = Date.now();
   /** A READ that waits for the budget; reading is stopped until it runs. */
   private parked: NbdRequest | undefined;
+  /** Requests running (dispatched, not yet answered). */
+  private executing = 0;
+  /** Replies handed to the socket that have not left it yet. */
+  private repliesQueued = 0;
+  /** When a queued reply last left the socket (or the first was queued): the reply stall's clock. */
+  private replyProgressAt = 0;
+  /** When close() began (the array stopping), for closeGraceMs. */
+  private closingAt: number | undefined;
 
   /** `raw` must have been accepted with pauseOnConnect, so no byte was read yet. */
   constructor(raw: net.Socket, private readonly options: SessionOptions) {
@@ -101,13 +118,29 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
     if (this.stopping) return;
     this.log.info({ reason }, 'closing NBD session');
     this.stopping = true;
+    this.closingAt = Date.now();
     if (this.transmission === undefined) this.socket.destroy();
     else this.endWhenIdle();
   }
 
-  /** Closes a handshake past handshakeTimeoutMs, or a WRITE payload that got no byte for payloadStallMs. */
+  /**
+   * Closes a handshake past handshakeTimeoutMs, a WRITE payload that got no byte for payloadStallMs,
+   * replies none of which left the socket for replyStallMs, and a closing session whose requests
+   * are done but whose replies are unread closeGraceMs after the close began.
+   */
   checkDeadlines(now: number): void {
     if (this.closed) return;
+    if (this.repliesQueued > 0 && now - this.replyProgressAt > this.options.replyStallMs) {
+      this.log.warn({ replyStallMs: this.options.replyStallMs, repliesQueued: this.repliesQueued, queuedBytes: this.socket.writableLength }, 'closing NBD connection: the client reads no replies');
+      this.stopping = true;
+      this.socket.destroy();
+      return;
+    }
+    if (this.closingAt !== undefined && this.executing === 0 && this.repliesQueued > 0 && now - this.closingAt > closeGraceMs) {
+      this.log.warn({ closeGraceMs, repliesQueued: this.repliesQueued }, 'closing NBD connection: the client reads no replies while the array stops');
+      this.socket.destroy();
+      return;
+    }
     if (this.transmission === undefined) {
       if (now - this.acceptedAt <= this.options.handshakeTimeoutMs) return;
       this.log.info({ handshakeTimeoutMs: this.options.handshakeTimeoutMs }, 'closing NBD connection: handshake not finished in time');
@@ -250,9 +283,11 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
 
   private dispatch(request: NbdRequest, weight: number): void {
     this.bytesInFlight += weight;
+    this.executing += 1;
     void this.execute(request, this.transmission!).catch((error: unknown) => this.failed(request, error)).then(() => {
       if (request.payload) this.decoder.releasePayload(request.payload);
       this.bytesInFlight -= weight;
+      this.executing -= 1;
       this.resumeIfStopped();
     });
   }
@@ -375,13 +410,18 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
       return;
     }
     this.poller.kick();
+    if (this.repliesQueued === 0) this.replyProgressAt = Date.now();
+    this.repliesQueued += 1;
+    const left = (): void => {
+      this.repliesQueued -= 1;
+      this.replyProgressAt = Date.now();
+      if (borrowed) this.releaseRead(borrowed);
+      this.replyWritten();
+    };
     this.socket.cork();
     const last = parts.length - 1;
     for (let i = 0; i < last; i++) this.socket.write(parts[i]!);
-    this.socket.write(parts[last]!, borrowed === undefined ? this.replyWritten : () => {
-      this.releaseRead(borrowed);
-      this.replyWritten();
-    });
+    this.socket.write(parts[last]!, left);
     this.socket.uncork();
   }
 

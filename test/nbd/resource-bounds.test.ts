@@ -5,7 +5,10 @@
 // RSS (VmHWM, its peak, from /proc) stays under a bound named here, the API
 // answers, and a well-behaved libnbd client's 4 KiB reads keep working within a
 // latency bound; the abusers' connections are closed by the server within the
-// configured timeouts.
+// configured timeouts. The client that never reads is closed after
+// `nbd.replyStallMs` with no reply leaving its socket, and an array stopped
+// (SIGTERM) with such a client exits within the stop's grace (closeGraceMs),
+// not never (the old code waited for the replies to leave for ever).
 // Method: abusers are raw node:net sockets bound to 127.0.0.2 and up (loopback
 // is a /8), so the per-address cap meets them and not the good client, which is
 // nbdsh connecting from 127.0.0.1. Short timeouts come from the `nbd:` config
@@ -19,6 +22,7 @@ import { test } from 'node:test';
 import { createVolume, startArray, type RunningArray } from '../helpers/array.js';
 import { sleep } from '../helpers/replication.js';
 import { descriptorsReserved } from '../../src/nbd/server.js';
+import { closeGraceMs } from '../../src/nbd/session.js';
 import { CMD, IHAVEOPT, INFO, OPT, REP, REP_MAGIC, REQUEST_MAGIC } from '../../src/nbd/protocol.js';
 
 const MiB = 2 ** 20;
@@ -321,7 +325,8 @@ test('40 WRITEs that announce 32 MiB, send 24 MiB and stall: RSS stays bounded, 
 test('a client that sends 96 READs of 32 MiB and never reads: RSS stays bounded, a good client keeps reading', async (t) => {
   /** Peak RSS allowed: the per-connection bound (128 MiB) + one reply over it + the process itself. */
   const rssBytesMax = 512 * MiB;
-  const { array, uri } = await prepare(t, {});
+  // replyStallMs far above the test's length: here the client must be held, not cut (the next test cuts it).
+  const { array, uri } = await prepare(t, { replyStallMs: 600_000 });
   const [greedy] = await openMany(t, array, '127.0.0.2', 1);
   await greedy!.go('rb');
   greedy!.socket.pause();
@@ -342,4 +347,42 @@ test('a client that sends 96 READs of 32 MiB and never reads: RSS stays bounded,
   assert.ok(peakBytes < rssBytesMax, `peak RSS ${mib(peakBytes)} stays under ${mib(rssBytesMax)}`);
   await wellBehavedWorks(array, uri, 'while the greedy client still holds its replies');
   assert.equal(greedy!.closed, false, 'a client that only reads slowly is not cut off');
+});
+
+/** A client that sends 96 READs of 32 MiB on its paused socket; resolves once the server has taken 64 MiB for them. */
+async function unreadReads(t: Parameters<typeof startArray>[0], array: RunningArray): Promise<Abuser> {
+  const before = memory(array).rssBytes;
+  const [greedy] = await openMany(t, array, '127.0.0.2', 1);
+  await greedy!.go('rb');
+  greedy!.socket.pause();
+  greedy!.socket.write(Buffer.concat(Array.from({ length: 96 }, (_, i) => greedy!.request(CMD.READ, i, (i % 2) * 32 * MiB, 32 * MiB))));
+  await waitUntil('the server to hold 64 MiB of READ replies for the unread client', () => memory(array).rssBytes - before > 64 * MiB,
+    30_000, () => `RSS ${mib(memory(array).rssBytes)}, ${mib(before)} before`);
+  return greedy!;
+}
+
+test('a client that reads no reply for replyStallMs is closed, and a good client keeps reading', async (t) => {
+  const replyStallMs = 2000;
+  const { array, uri } = await prepare(t, { replyStallMs });
+  const greedy = await unreadReads(t, array);
+  await waitUntil(`the server to log that it closes the unread client after replyStallMs (${replyStallMs} ms)`,
+    () => logHas(array, 'closing NBD connection: the client reads no replies'), replyStallMs + 30_000, () => 'no such log line yet');
+  // A paused socket notices nothing: reading again, the client meets the end of the connection.
+  greedy.socket.resume();
+  await waitUntil('the unread client\'s connection to end once it reads', () => greedy.closed, 30_000, () => 'still open');
+  await wellBehavedWorks(array, uri, 'after the unread client was closed');
+});
+
+test('an array stopping (SIGTERM) with a client that never reads exits within closeGraceMs, not at replyStallMs', async (t) => {
+  // The default replyStallMs (30 s): only the stop's own grace (5 s) may end this connection.
+  const { array } = await prepare(t, {});
+  await unreadReads(t, array);
+  const started = Date.now();
+  const exitMsMax = closeGraceMs + 15_000;
+  const code = await Promise.race([array.stop('SIGTERM'), sleep(exitMsMax).then(() => 'still running' as const)]);
+  const tookMs = Date.now() - started;
+  t.diagnostic(`SIGTERM to exit: ${tookMs} ms (exit ${String(code)})`);
+  assert.notEqual(code, 'still running', `the array exits within ${exitMsMax} ms of SIGTERM with a client that never reads`);
+  assert.equal(code, 0);
+  assert.ok(logHas(array, 'closing NBD connection: the client reads no replies while the array stops'), 'the log says why the client was closed');
 });
