@@ -1,15 +1,17 @@
-// One management-API call from a test, the same way everywhere: bounded in time,
-// named on failure (method, route, address and the socket error under fetch's
-// bare "fetch failed"), and a GET sent again once when the array closed an idle
-// keep-alive connection just as the request went out. That race belongs to
-// HTTP/1.1 keep-alive, not to the array: the server closes an idle connection
-// after its keep-alive bound, and a test process whose event loop was busy
-// (reading volumes synchronously, on a loaded machine) may reuse it a moment
-// later. A GET changes nothing, so sending it again is what any HTTP client
-// does; any other method fails with the cause named.
+// One management-API call from a test, the same way everywhere: on a connection
+// of its own (no keep-alive), bounded in time, and named on failure (method,
+// route, address and the socket error).
+//
+// Why no keep-alive: the array closes an idle keep-alive connection after its
+// keep-alive bound, and a client reusing it in the same moment gets "other side
+// closed" for a request the server never read. fetch's pool keeps a margin
+// for that, but a test process whose event loop was busy (reading volumes
+// synchronously, checking write order, on a loaded machine) runs its timers
+// late and reuses a connection the server has already closed: the fault rounds
+// failed that way on a POST, which no client may send twice. A connection per
+// call costs a handshake on loopback, nothing next to what the calls wait for.
 
-/** Socket errors that mean the connection was gone before an answer came. */
-const closedCodes = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE', 'UND_ERR_CLOSED']);
+import http from 'node:http';
 
 export interface ApiCall {
   token: string;
@@ -19,20 +21,42 @@ export interface ApiCall {
 
 export async function apiFetch(address: string, method: string, route: string, call: ApiCall): Promise<{ status: number; json: any }> {
   const { token, body, timeoutMs = 30_000 } = call;
-  for (let attempt = 1; ; attempt += 1) {
-    try {
-      const response = await fetch(`http://${address}${route}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-        ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
-        signal: AbortSignal.timeout(timeoutMs),
+  const text = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+  const [host, port] = splitAddress(address);
+  try {
+    return await new Promise((resolve, reject) => {
+      const request = http.request({
+        host, port, method, path: route, agent: false,
+        headers: {
+          authorization: `Bearer ${token}`,
+          ...(text === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }),
+        },
+      }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('error', reject);
+        response.on('end', () => {
+          const raw = Buffer.concat(chunks).toString('utf8');
+          let json: unknown;
+          try {
+            json = raw === '' ? undefined : JSON.parse(raw);
+          } catch {
+            json = undefined;
+          }
+          resolve({ status: response.statusCode ?? 0, json });
+        });
       });
-      return { status: response.status, json: await response.json().catch(() => undefined) };
-    } catch (error) {
-      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-      if (method === 'GET' && attempt === 1 && cause?.code !== undefined && closedCodes.has(cause.code)) continue;
-      const detail = cause === undefined ? '' : `: ${cause.code ?? ''} ${cause.message ?? ''}`.trimEnd();
-      throw new Error(`${method} ${route} on ${address} (attempt ${attempt}): ${(error as Error).message}${detail}`);
-    }
+      request.setTimeout(timeoutMs, () => request.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+      request.on('error', reject);
+      request.end(text);
+    });
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    throw new Error(`${method} ${route} on ${address}: ${code === undefined ? '' : `${code} `}${(error as Error).message}`);
   }
+}
+
+function splitAddress(address: string): [string, number] {
+  const at = address.lastIndexOf(':');
+  return [address.slice(0, at).replace(/^\[|\]$/g, ''), Number(address.slice(at + 1))];
 }
