@@ -210,8 +210,25 @@ export function cliOk(array: RunningArray, args: string[]): string {
   return result.stdout;
 }
 
-export async function waitForPairAndLag0(site: Site, timeoutMs = 120_000): Promise<void> {
-  await waitFor('PAIR with lag 0 on A', async () => (await display(site.a)).every((p) => p.status === 'PAIR' && p.lagRecords === 0), timeoutMs, 200);
+/**
+ * Waits for every pair PAIR with lag 0 on A. A copy or a backlog on a loaded machine may take long
+ * but moves: the failure is `stallMs` with nothing in pair display changing (status, copied bytes,
+ * lag), or 5 × stallMs in all; the message gives the last rows.
+ */
+export async function waitForPairAndLag0(site: Site, stallMs = 120_000): Promise<void> {
+  const started = Date.now();
+  let seen = '';
+  let changedAt = started;
+  for (;;) {
+    const rows = await display(site.a);
+    if (rows.every((p) => p.status === 'PAIR' && p.lagRecords === 0)) return;
+    const state = rows.map((p) => `${p.pvol} ${p.status}${p.statusReason ? ` (${p.statusReason})` : ''} copy ${p.copyBytes} bytes lag ${p.lagRecords}`).join('; ');
+    const now = Date.now();
+    if (state !== seen) [seen, changedAt] = [state, now];
+    if (now - changedAt > stallMs) throw new Error(`no change for ${stallMs} ms waiting for PAIR with lag 0 on A: ${state}`);
+    if (now - started > 5 * stallMs) throw new Error(`timed out after ${5 * stallMs} ms waiting for PAIR with lag 0 on A: ${state}`);
+    await sleep(200);
+  }
 }
 
 export function readVolume(array: RunningArray, name: string, dir: string): Buffer {
