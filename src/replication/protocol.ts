@@ -404,10 +404,17 @@ export function checkRequest<M extends LinkMethod>(method: M, body: unknown): Re
   return checks[method].request(new Fields(body, '', refuse));
 }
 
+/** An answer from the peer that failed its check here (not an error the peer answered with). */
+export class AnswerRefusedError extends TwinstoreError {
+  constructor(method: LinkMethod, field: string, problem: string) {
+    super('LINK_PROTOCOL', `${method} answer: ${field} ${problem}`, { field });
+  }
+}
+
 /** An answer from the peer, checked: LINK_PROTOCOL naming the method and the field. */
 export function checkAnswer<M extends LinkMethod>(method: M, body: unknown, payload: readonly Buffer[]): AnswerOf<M> {
   const refuse: Refuse = (field, problem) => {
-    throw new TwinstoreError('LINK_PROTOCOL', `${method} answer: ${field} ${problem}`, { field });
+    throw new AnswerRefusedError(method, field, problem);
   };
   return checks[method].answer(new Fields(body, '', refuse), payload);
 }

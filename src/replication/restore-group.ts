@@ -10,7 +10,7 @@ import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import { Journal, JournalRecordCorruptError, type JournalRecord } from '../journal/index.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import { VolumeJournalDevice } from './journal-device.js';
-import { linkRequest, type DamagedRecord, type DirtyRanges, type JournalReadAnswer, type PeerChannel, type ReceiverDriveError } from './protocol.js';
+import { AnswerRefusedError, linkRequest, type DamagedRecord, type DirtyRanges, type JournalReadAnswer, type PeerChannel, type ReceiverDriveError } from './protocol.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
@@ -301,6 +301,8 @@ export class RestoreGroup extends EventEmitter {
   }
 
   private pullingStopped = false;
+  /** The last malformed answer logged at warn. */
+  private answerRefused: string | undefined;
 
   async stop(): Promise<void> {
     this.running = false;
@@ -372,7 +374,11 @@ export class RestoreGroup extends EventEmitter {
         await storing.catch(() => undefined);
         storing = Promise.resolve();
         if (isIoError(error) && this.pullStage === 'store') this.noteDriveError('store', 'restore journal', error);
-        else if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
+        else if (this.running && error instanceof AnswerRefusedError && error.message !== this.answerRefused) {
+          // An answer protocol.ts refused: said once (a master that keeps sending it is not logged every pull).
+          this.answerRefused = error.message;
+          this.log.warn({ code: error.code, err: error.message }, 'journal pull: the master\'s answer is malformed and was refused; retrying');
+        } else if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
         await sleep(retryMs);
       }
     }
