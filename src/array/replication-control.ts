@@ -6,7 +6,9 @@ import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { parseHostPort } from '../config/index.js';
 import { LinkServer, PeerLink, readPskFile, type LinkIdentity, type LinkRequest, type LinkResponse, type LinkTransport } from '../link/index.js';
-import { ReplicationManager, PEER_DOCUMENT, groupsOfPeer, volumeUse, type GroupStats, type JournalDeviceFactory, type PeerMeta } from '../replication/index.js';
+import {
+  OK, ReplicationManager, PEER_DOCUMENT, answerLinkRequest, groupsOfPeer, linkRequest, volumeUse, type GroupStats, type JournalDeviceFactory, type LinkHandlers, type PeerMeta,
+} from '../replication/index.js';
 import type { ReplicationControl } from '../api/index.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import { COMMAND_DEVICE_DOCUMENT, type CommandDeviceDocument } from './command-device.js';
@@ -99,67 +101,60 @@ export class ArrayReplication implements ReplicationControl {
     return this.parts.transport === undefined ? {} : { transport: this.parts.transport };
   }
 
-  /** Requests the peer sends us over the link. */
-  private async handle(peer: string, request: LinkRequest): Promise<LinkResponse> {
-    const body = request.body as Record<string, unknown>;
-    switch (request.method) {
-      case 'journal.read': {
-        const reply = await this.manager.readJournal(body as never);
-        return { body: reply.body, payload: reply.payload };
-      }
-      case 'pair.prepare':
-        this.manager.prepare(body as never);
-        return { body: { ok: true }, payload: [] };
-      case 'pair.join':
-        await this.manager.join(body as never);
-        return { body: { ok: true }, payload: [] };
-      case 'group.delete':
-        await this.manager.deleteGroup(String(body.group));
-        return { body: { ok: true }, payload: [] };
-      case 'pair.split-rw':
-        await this.manager.makeWritable(body as never);
-        return { body: { ok: true }, payload: [] };
-      case 'pair.resync-prepare':
-        return { body: await this.manager.prepareResync(body as never), payload: [] };
-      case 'pair.resync-started':
-        await this.manager.resyncStarted(body as never);
-        return { body: { ok: true }, payload: [] };
-      case 'swap.drain':
-        return { body: this.manager.startDrain(body as never), payload: [] };
-      case 'group.divergence':
-        return { body: await this.manager.divergence(body as never), payload: [] };
-      case 'swap.status':
-        return { body: this.manager.swapStatus(body as never), payload: [] };
-      case 'swap.freeze':
-        return { body: await this.manager.freezeForSwap(body as never), payload: [] };
-      case 'swap.thaw':
-        await this.manager.thawAfterSwap(body as never);
-        return { body: { ok: true }, payload: [] };
-      case 'swap.demote':
-        await this.manager.demote(body as never);
-        return { body: { ok: true }, payload: [] };
-      case 'swap.reverse':
-        await this.manager.demote(body as never, true);
-        return { body: { ok: true }, payload: [] };
-      case 'group.hello':
-        return { body: await this.manager.hello(body as never), payload: [] };
-      case 'pair.display':
-        return { body: { pairs: this.manager.display(body.group as string | undefined) }, payload: [] };
-      case 'api.forward': {
-        const result = await this.injector(String(body.method), String(body.url), body.body);
-        return { body: result, payload: [] };
-      }
-      default:
-        throw new TwinstoreError('BAD_REQUEST', `unknown link method ${request.method} from ${peer}`);
-    }
+  /** Requests the peer sends us over the link; replication/protocol.ts checks each body first. */
+  private handle(peer: string, request: LinkRequest): Promise<LinkResponse> {
+    return answerLinkRequest(this.linkHandlers, peer, request);
   }
+
+  private readonly linkHandlers: LinkHandlers = {
+    'journal.read': (body) => this.manager.readJournal(body),
+    'pair.prepare': async (body) => {
+      this.manager.prepare(body);
+      return { body: OK };
+    },
+    'pair.join': async (body) => {
+      await this.manager.join(body);
+      return { body: OK };
+    },
+    'group.delete': async (body) => {
+      await this.manager.deleteGroup(body.group);
+      return { body: OK };
+    },
+    'pair.split-rw': async (body) => {
+      await this.manager.makeWritable(body);
+      return { body: OK };
+    },
+    'pair.resync-prepare': async (body) => ({ body: await this.manager.prepareResync(body) }),
+    'pair.resync-started': async (body) => {
+      await this.manager.resyncStarted(body);
+      return { body: OK };
+    },
+    'swap.drain': async (body) => ({ body: this.manager.startDrain(body) }),
+    'group.divergence': async (body) => ({ body: await this.manager.divergence(body) }),
+    'swap.status': async (body) => ({ body: this.manager.swapStatus(body) }),
+    'swap.freeze': async (body) => ({ body: await this.manager.freezeForSwap(body) }),
+    'swap.thaw': async (body) => {
+      await this.manager.thawAfterSwap(body);
+      return { body: OK };
+    },
+    'swap.demote': async (body) => {
+      await this.manager.demote(body);
+      return { body: OK };
+    },
+    'swap.reverse': async (body) => {
+      await this.manager.demote(body, true);
+      return { body: OK };
+    },
+    'group.hello': async (body) => ({ body: await this.manager.hello(body) }),
+    'pair.display': async (body) => ({ body: { pairs: this.manager.display(body.group) } }),
+    'api.forward': async (body) => ({ body: await this.injector(body.method, body.url, body.body) }),
+  };
 
   /** Runs an API request on a peer array and returns its answer (ARRAY:NAME commands). */
   async forward(arrayId: string, method: string, url: string, body?: unknown): Promise<{ status: number; json: unknown }> {
     const peer = this.peers.get(arrayId);
     if (!peer) throw new TwinstoreError('PEER_UNKNOWN', `no peer named ${arrayId}`);
-    const response = await peer.request('api.forward', { method, url, body });
-    return response.body as { status: number; json: unknown };
+    return (await linkRequest(peer, 'api.forward', { method, url, body })).body;
   }
 
   // ReplicationControl ------------------------------------------------------------
@@ -320,7 +315,7 @@ export class ArrayReplication implements ReplicationControl {
     if (!force) {
       if (!peer?.connected) throw new TwinstoreError('LINK_DOWN', `peer ${peerId} is not reachable; use --force to end the pair on ${this.config.arrayId} alone`);
       try {
-        await peer.request('group.delete', { group });
+        await linkRequest(peer, 'group.delete', { group });
       } catch (error) {
         // Already ended there (a --force delete while we were away): end it here too.
         if (!isTwinstoreError(error) || error.code !== 'GROUP_NOT_FOUND') throw error;

@@ -4,7 +4,7 @@
 
 import crypto from 'node:crypto';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { Journal, compareEpochs, type Epoch, type JournalDevice, type JournalRecord } from '../journal/index.js';
+import { Journal, compareEpochs, type Epoch, type JournalDevice } from '../journal/index.js';
 import type { EngineSyncFailure, MetaRecord, StorageEngine, Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { crashPoint } from '../util/crash-at.js';
@@ -12,7 +12,12 @@ import { isPlanted } from '../util/planted.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
 import { startHoldFor } from './start-hold.js';
-import { RestoreGroup, type PeerChannel, type WireRecord, type JournalReadReply } from './restore-group.js';
+import { RestoreGroup } from './restore-group.js';
+import {
+  linkRequest, wireRecords, type GroupDivergenceRequest, type GroupHelloAnswer, type GroupHelloRequest, type GroupRequest, type JournalReadAnswer, type JournalReadRequest,
+  type PairJoinRequest, type PairPrepareRequest, type PeerChannel, type PeerPair, type ResyncPrepareAnswer, type ResyncStartedRequest, type SplitRwRequest,
+  type SwapDemoteRequest, type SwapDrainRequest, type SwapFreezeRequest, type SwapReverseRequest,
+} from './protocol.js';
 import { GROUP_DOCUMENT, bitmapSetName, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay, type PairMeta } from './model.js';
 
 export interface PairCreateRequest {
@@ -86,14 +91,6 @@ export function newer(a: Epoch, b: Epoch): boolean {
   return a.arrayId !== b.arrayId ? a.arrayId > b.arrayId : a.nonce > b.nonce;
 }
 
-/** What a group.hello answers: the peer's view of the group. */
-interface HelloReply {
-  epoch: Epoch | null;
-  role: GroupRole | null;
-  epochs: GroupMeta['epochs'];
-  divergence: GroupMeta['divergence'] | null;
-}
-
 export interface TakeoverOptions {
   force: boolean;
   /** No answer from the primary within this: take over without it. */
@@ -128,14 +125,6 @@ async function waitConnected(peer: PeerChannel, timeoutMs: number): Promise<bool
     await new Promise((r) => setTimeout(r, 50));
   }
   return true;
-}
-
-/** A duration from the peer: a whole number of ms in [0, 1 h], else BAD_REQUEST. */
-function checkedMs(value: unknown, field: string): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > 3_600_000) {
-    throw new TwinstoreError('BAD_REQUEST', `${field} must be a whole number of ms from 0 to 3600000`, { field });
-  }
-  return value;
 }
 
 /** Parses ARRAY:NAME; a bare NAME belongs to `localId`. */
@@ -320,13 +309,13 @@ export class ReplicationManager {
       if (!atSplitPoint) {
         throw new TwinstoreError('LINK_TIMEOUT', `group ${name} is split, but ${group.meta.peer} has not applied up to the split point (seq ${splitSeq - 1}) yet; run pair split --rw again`);
       }
-      await this.peerOf(group).request('pair.split-rw', { group: name, splitSeq });
+      await linkRequest(this.peerOf(group), 'pair.split-rw', { group: name, splitSeq });
     }
     return { group: name, splitSeq, consistencySeq: splitSeq - 1, atSplitPoint, svolWritable: rw };
   }
 
   /** The S-VOL side of split --rw. */
-  async makeWritable(body: { group: string; splitSeq: number }): Promise<void> {
+  async makeWritable(body: SplitRwRequest): Promise<void> {
     const group = this.restoreGroupOrThrow(body.group);
     for (const pair of await group.makeWritable(body.splitSeq)) this.closeSessions(pair.svolName, `S-VOL ${pair.svolName} is writable (pair split --rw)`);
   }
@@ -340,13 +329,13 @@ export class ReplicationManager {
     // After a failed sync nothing the copy writes could be made durable: restart the array first.
     this.engine.checkSynced();
     const peer = this.peerOf(group);
-    const prepared = (await peer.request('pair.resync-prepare', { group: name })).body as { dirty: Array<{ lun: number; ranges: Array<[number, number]> }> };
+    const prepared = (await linkRequest(peer, 'pair.resync-prepare', { group: name })).body;
     const { dirtyBytes, resyncFromSeq } = await group.resync(prepared.dirty);
-    await peer.request('pair.resync-started', { group: name, resyncFromSeq });
+    await linkRequest(peer, 'pair.resync-started', { group: name, resyncFromSeq });
     return { group: name, dirtyBytes };
   }
 
-  async prepareResync(body: { group: string }): Promise<{ dirty: Array<{ lun: number; ranges: Array<[number, number]> }> }> {
+  async prepareResync(body: GroupRequest): Promise<ResyncPrepareAnswer> {
     const group = this.restoreGroupOrThrow(body.group);
     this.engine.checkSynced();
     const { closed, dirty } = await group.prepareResync();
@@ -354,7 +343,7 @@ export class ReplicationManager {
     return { dirty };
   }
 
-  async resyncStarted(body: { group: string; resyncFromSeq: number }): Promise<void> {
+  async resyncStarted(body: ResyncStartedRequest): Promise<void> {
     await this.restoreGroupOrThrow(body.group).resyncStarted(body.resyncFromSeq);
   }
 
@@ -394,7 +383,7 @@ export class ReplicationManager {
     const drained = await restore.waitApplied(endSeq, options.swap.freezeMsMax);
     if (!drained || this.swapDecisions.get(name) === 'aborted') {
       this.swapDecisions.set(name, 'aborted');
-      await this.options.peerChannel(restore.meta.peer)?.request('swap.thaw', { group: name }).catch(() => undefined);
+      await this.thawPeer(restore);
       throw new TwinstoreError('LINK_TIMEOUT', `swap of ${name} aborted: the S-VOLs did not reach seq ${endSeq - 1} within ${options.swap.freezeMsMax} ms; the primary writes again`);
     }
     // From here on this array promotes: a primary asking (swap.status) is told so and stays frozen.
@@ -419,35 +408,44 @@ export class ReplicationManager {
    */
   private async drainAndFreezePeer(restore: RestoreGroup, options: TakeoverOptions): Promise<number | undefined> {
     const name = restore.meta.name;
-    const peer = this.options.peerChannel(restore.meta.peer);
     this.swapDecisions.set(name, 'pending');
-    const freeze = { group: name, lagBytesMax: options.swap.lagBytesMax, drainMsMax: options.swap.drainMsMax, freezeMsMax: options.swap.freezeMsMax };
-    const steps: Array<{ method: string; body: unknown; timeoutMs: number }> = [
-      { method: 'swap.drain', body: { group: name, drainMsMax: options.swap.drainMsMax }, timeoutMs: options.peerTimeoutMs },
-      { method: 'swap.freeze', body: freeze, timeoutMs: options.swap.drainMsMax + options.swap.freezeMsMax + options.peerTimeoutMs },
-    ];
-    let reply: unknown;
-    for (const step of steps) {
-      // Each step may be sent again (both are idempotent on the primary): a link that drops and
-      // comes back within peerTimeoutMs does not turn a planned swap into a takeover without it.
-      for (let attempt = 1; ; attempt++) {
-        if (!peer || !(await waitConnected(peer, options.peerTimeoutMs))) return this.peerSilent(name, `no link to ${restore.meta.peer} within ${options.peerTimeoutMs} ms`);
-        try {
-          reply = (await peer.request(step.method, step.body, [], { timeoutMs: step.timeoutMs })).body;
-          break;
-        } catch (error) {
-          // No answer came (the primary never answers a swap step with these): an answer such as
-          // SWAP_DRAIN_TIMEOUT means it is alive, and the swap aborts.
-          const unreachable = isTwinstoreError(error) && (error.code === 'LINK_DOWN' || error.code === 'LINK_TIMEOUT');
-          if (unreachable && attempt < swapAttemptsMax) continue;
-          if (unreachable) return this.peerSilent(name, (error as Error).message);
-          this.swapDecisions.set(name, 'aborted');
-          await peer.request('swap.thaw', { group: name }).catch(() => undefined);
-          throw error;
-        }
+    const { lagBytesMax, drainMsMax, freezeMsMax } = options.swap;
+    const drained = await this.swapStep(restore, options, (peer) => linkRequest(peer, 'swap.drain', { group: name, drainMsMax }, { timeoutMs: options.peerTimeoutMs }));
+    if (drained === undefined) return undefined;
+    const freeze = { group: name, lagBytesMax, drainMsMax, freezeMsMax };
+    const frozen = await this.swapStep(restore, options, (peer) => linkRequest(peer, 'swap.freeze', freeze, { timeoutMs: drainMsMax + freezeMsMax + options.peerTimeoutMs }));
+    return frozen?.body.endSeq;
+  }
+
+  /**
+   * One step of a planned swap. It may be sent again (both steps are idempotent on the primary):
+   * a link that drops and comes back within peerTimeoutMs does not turn a planned swap into a
+   * takeover without it. Undefined when the primary does not answer; an error answer aborts.
+   */
+  private async swapStep<T>(restore: RestoreGroup, options: TakeoverOptions, send: (peer: PeerChannel) => Promise<T>): Promise<T | undefined> {
+    const name = restore.meta.name;
+    const peer = this.options.peerChannel(restore.meta.peer);
+    for (let attempt = 1; ; attempt++) {
+      if (!peer || !(await waitConnected(peer, options.peerTimeoutMs))) return this.peerSilent(name, `no link to ${restore.meta.peer} within ${options.peerTimeoutMs} ms`);
+      try {
+        return await send(peer);
+      } catch (error) {
+        // No answer came (the primary never answers a swap step with these): an answer such as
+        // SWAP_DRAIN_TIMEOUT means it is alive, and the swap aborts.
+        const unreachable = isTwinstoreError(error) && (error.code === 'LINK_DOWN' || error.code === 'LINK_TIMEOUT');
+        if (unreachable && attempt < swapAttemptsMax) continue;
+        if (unreachable) return this.peerSilent(name, (error as Error).message);
+        this.swapDecisions.set(name, 'aborted');
+        await this.thawPeer(restore);
+        throw error;
       }
     }
-    return (reply as { endSeq: number }).endSeq;
+  }
+
+  /** An aborted swap: the primary takes host writes again (best effort; it also thaws by itself, swap.status). */
+  private async thawPeer(restore: RestoreGroup): Promise<void> {
+    const peer = this.options.peerChannel(restore.meta.peer);
+    if (peer) await linkRequest(peer, 'swap.thaw', { group: restore.meta.name }).catch(() => undefined);
   }
 
   private peerSilent(name: string, why: string): undefined {
@@ -478,8 +476,8 @@ export class ReplicationManager {
   private readonly swapDecisions = new Map<string, 'pending' | 'aborted' | 'promoting'>();
 
   /** swap.status, asked by a primary frozen longer than it should be: did we promote (or are we promoting)? */
-  swapStatus(body: { group: string }): { promoted: boolean } {
-    const name = String(body.group);
+  swapStatus(body: GroupRequest): { promoted: boolean } {
+    const name = body.group;
     if (this.masters.has(name)) return { promoted: true };
     if (this.swapDecisions.get(name) === 'promoting') return { promoted: true };
     if (this.restores.has(name)) this.swapDecisions.set(name, 'aborted');
@@ -568,20 +566,20 @@ export class ReplicationManager {
   private async demotePeer(group: MasterGroup): Promise<void> {
     const peer = this.peerOf(group);
     const firstSeq = group.meta.epochs[group.meta.epochs.length - 1]!.firstSeq;
-    await peer.request('swap.demote', { group: group.meta.name, epoch: group.meta.epoch, firstSeq, pairs: this.pairsForPeer(group.meta) });
+    await linkRequest(peer, 'swap.demote', { group: group.meta.name, epoch: group.meta.epoch, firstSeq, pairs: this.pairsForPeer(group.meta) });
     group.meta.demotePending = false;
     await this.persist(group.meta);
   }
 
   /** Our pairs as the peer must hold them (its local volume ids are its own business). */
-  private pairsForPeer(meta: GroupMeta): Array<{ pvolLun: number; pvolName: string; svolName: string }> {
+  private pairsForPeer(meta: GroupMeta): PeerPair[] {
     return meta.pairs.map((p) => ({ pvolLun: p.pvolLun, pvolName: p.pvolName, svolName: p.svolName }));
   }
 
   /** swap.drain on the primary: step 1 starts (shown as SWAP/draining; host writes go on). */
-  startDrain(body: { group: string; drainMsMax: number }): { lagBytes: number } {
+  startDrain(body: SwapDrainRequest): { lagBytes: number } {
     const group = this.masterGroup(body.group);
-    return { lagBytes: group.startDrain(checkedMs(body.drainMsMax, 'drainMsMax')) };
+    return { lagBytes: group.startDrain(body.drainMsMax) };
   }
 
   /**
@@ -589,10 +587,10 @@ export class ReplicationManager {
    * persisted, host writes held). A watchdog asks the peer, once the freeze has lasted longer
    * than it may, whether it promoted: if not, the swap is over and this array thaws.
    */
-  async freezeForSwap(body: { group: string; lagBytesMax: number; drainMsMax: number; freezeMsMax: number }): Promise<{ endSeq: number }> {
+  async freezeForSwap(body: SwapFreezeRequest): Promise<{ endSeq: number }> {
     const group = this.masterGroup(body.group);
-    const freezeMsMax = checkedMs(body.freezeMsMax, 'freezeMsMax');
-    await group.drainTo(Math.max(0, Number(body.lagBytesMax) || 0), checkedMs(body.drainMsMax, 'drainMsMax'));
+    const freezeMsMax = body.freezeMsMax;
+    await group.drainTo(body.lagBytesMax, body.drainMsMax);
     crashPoint('swap.freeze', 'before');
     const endSeq = await group.freeze(freezeMsMax);
     crashPoint('swap.freeze', 'after');
@@ -607,7 +605,7 @@ export class ReplicationManager {
       const peer = this.options.peerChannel(group.meta.peer);
       try {
         if (!peer?.connected) throw new TwinstoreError('LINK_DOWN', `peer ${group.meta.peer} is not reachable`);
-        const { promoted } = (await peer.request('swap.status', { group: group.meta.name })).body as { promoted: boolean };
+        const { promoted } = (await linkRequest(peer, 'swap.status', { group: group.meta.name })).body;
         if (!promoted) {
           this.log.warn({ group: group.meta.name }, 'the array that froze this group for a swap did not promote: thawing');
           await group.thaw();
@@ -621,7 +619,7 @@ export class ReplicationManager {
     setTimeout(() => void check(), freezeMsMax + 1000).unref();
   }
 
-  async thawAfterSwap(body: { group: string }): Promise<void> {
+  async thawAfterSwap(body: GroupRequest): Promise<void> {
     await this.masters.get(body.group)?.thaw();
   }
 
@@ -630,7 +628,7 @@ export class ReplicationManager {
    * `keepDirty` (a resync --swap after a takeover), the regions this side wrote past the
    * divergence point move into the S-VOL bitmaps, for the peer's resync to fetch.
    */
-  async demote(body: { group: string; epoch: Epoch; firstSeq: number; divergenceSeq?: number; discard?: string | null; pairs: Array<{ pvolLun: number; pvolName: string; svolName: string }> }, keepDirty = false): Promise<void> {
+  async demote(body: SwapDemoteRequest & Partial<Pick<SwapReverseRequest, 'divergenceSeq' | 'discard'>>, keepDirty = false): Promise<void> {
     // A demotion that failed half-way (a drive error) left the group open nowhere: open it again first.
     if (!this.masters.has(body.group) && !this.restores.has(body.group)) await this.reopenGroup(body.group);
     if (this.changing.has(body.group)) throw new TwinstoreError('PAIR_INVALID', `group ${body.group} is changing its role on ${this.engine.arrayId}; try again`, { field: 'group' });
@@ -704,7 +702,7 @@ export class ReplicationManager {
     if (discard !== null && discard !== group.meta.peer) {
       throw new TwinstoreError('BAD_REQUEST', `--discard names the side whose writes are overwritten: with --swap that can only be ${group.meta.peer}`, { field: 'discard' });
     }
-    await peer.request('swap.reverse', { group: name, epoch: group.meta.epoch, firstSeq: group.journal.nextSeq, divergenceSeq, discard, pairs: this.pairsForPeer(group.meta) });
+    await linkRequest(peer, 'swap.reverse', { group: name, epoch: group.meta.epoch, firstSeq: group.journal.nextSeq, divergenceSeq, discard, pairs: this.pairsForPeer(group.meta) });
     crashPoint('resync-swap.resync', 'before');
     return this.resync(name);
   }
@@ -719,14 +717,14 @@ export class ReplicationManager {
   async reclaim(name: string, discard: string | null): Promise<{ group: string; dirtyBytes: number }> {
     let group = this.masterGroup(name);
     const peer = this.peerOf(group);
-    const theirs = (await peer.request('group.hello', { group: name, epoch: group.meta.epoch, epochs: group.meta.epochs })).body as { epoch: Epoch | null; role: GroupRole | null; epochs: GroupMeta['epochs'] };
+    const theirs = (await linkRequest(peer, 'group.hello', { group: name, epoch: group.meta.epoch, epochs: group.meta.epochs })).body;
     if (theirs.role === 'restore' && theirs.epoch && formatEpoch(theirs.epoch) === formatEpoch(group.meta.epoch)) return this.resync(name); // the peer turned already
     if (theirs.role !== 'master' || !theirs.epoch) throw new TwinstoreError('PAIR_INVALID', `group ${name}: ${group.meta.peer} does not hold it as a primary; nothing to reclaim`, { field: 'group' });
     if (discard !== null && discard !== group.meta.peer) {
       throw new TwinstoreError('BAD_REQUEST', `--discard names the side whose writes are overwritten: without --swap that can only be ${group.meta.peer}`, { field: 'discard' });
     }
     // Refuse before anything changes when the peer wrote since it took over and the operator did not say to drop that.
-    const theirWrites = ((await peer.request('group.divergence', { group: name, seq: divergencePoint(group.meta.epochs, theirs.epochs) })).body as { writes: number }).writes;
+    const theirWrites = (await linkRequest(peer, 'group.divergence', { group: name, seq: divergencePoint(group.meta.epochs, theirs.epochs) })).body.writes;
     if (theirWrites > 0 && discard !== group.meta.peer) {
       throw new TwinstoreError('PAIR_INVALID', `group ${name} diverged: ${group.meta.peer} took ${theirWrites} host writes since it took over, which ${this.engine.arrayId} never saw; ` +
         `run pair resync --group ${name} --discard ${group.meta.peer} to overwrite them (or pair resync --swap on ${group.meta.peer} to keep them)`, { field: 'discard' });
@@ -740,7 +738,7 @@ export class ReplicationManager {
       throw new TwinstoreError('INTERNAL', `group ${name} is being reclaimed here but ${group.meta.peer}'s epoch is not older`);
     }
     const divergenceSeq = divergencePoint(group.meta.epochs, theirs.epochs);
-    await peer.request('swap.reverse', { group: name, epoch: group.meta.epoch, firstSeq: group.journal.nextSeq, divergenceSeq, discard, pairs: this.pairsForPeer(group.meta) });
+    await linkRequest(peer, 'swap.reverse', { group: name, epoch: group.meta.epoch, firstSeq: group.journal.nextSeq, divergenceSeq, discard, pairs: this.pairsForPeer(group.meta) });
     crashPoint('resync-swap.resync', 'before');
     return this.resync(name);
   }
@@ -774,7 +772,7 @@ export class ReplicationManager {
   }
 
   /** group.hello: a primary tells its peer its epoch; the side with the older one fences itself. */
-  async hello(body: { group: string; epoch: Epoch; epochs: GroupMeta['epochs'] }): Promise<HelloReply> {
+  async hello(body: GroupHelloRequest): Promise<GroupHelloAnswer> {
     // Not every group is open yet: an answer without one would tell a restarting primary it holds the newest epoch.
     if (!this.opened) throw new TwinstoreError('ARRAY_STARTING', `${this.engine.arrayId} is still opening its journal groups; the next hello asks again`);
     if (!this.masters.has(body.group) && !this.restores.has(body.group)) {
@@ -789,18 +787,16 @@ export class ReplicationManager {
   }
 
   /** group.divergence: how many host writes this side holds past `seq` that the peer never saw. */
-  async divergence(body: { group: string; seq: number }): Promise<{ writes: number }> {
-    const master = this.masters.get(String(body.group));
-    const seq = Number(body.seq);
-    if (!Number.isSafeInteger(seq) || seq < 0) throw new TwinstoreError('BAD_REQUEST', 'seq must be a whole number >= 0', { field: 'seq' });
-    return { writes: master ? await master.divergentWrites(seq) : 0 };
+  async divergence(body: GroupDivergenceRequest): Promise<{ writes: number }> {
+    const master = this.masters.get(body.group);
+    return { writes: master ? await master.divergentWrites(body.seq) : 0 };
   }
 
   /**
    * The newer primary learns that the fenced side holds writes it never saw: its pairs show it,
    * so the operator sees the divergence on both arrays before choosing the side to discard.
    */
-  private async noteDivergence(group: MasterGroup, theirs: HelloReply): Promise<void> {
+  private async noteDivergence(group: MasterGroup, theirs: GroupHelloAnswer): Promise<void> {
     const writes = theirs.divergence?.writes ?? 0;
     if (writes <= 0 || theirs.role !== 'master' || !theirs.epoch || !newer(group.meta.epoch, theirs.epoch)) return;
     const peer = group.meta.peer;
@@ -832,9 +828,9 @@ export class ReplicationManager {
       if (peerId !== undefined && group.meta.peer !== peerId) continue;
       const peer = this.options.peerChannel(group.meta.peer);
       if (!peer?.connected || group.meta.pairs.every((p) => p.status === 'FENCED')) continue;
-      void peer.request('group.hello', { group: group.meta.name, epoch: group.meta.epoch, epochs: group.meta.epochs })
+      void linkRequest(peer, 'group.hello', { group: group.meta.name, epoch: group.meta.epoch, epochs: group.meta.epochs })
         .then(async (response) => {
-          const theirs = response.body as HelloReply;
+          const theirs = response.body;
           if (this.masters.get(group.meta.name) !== group) return;
           if (theirs.role === 'master' && theirs.epoch && newer(theirs.epoch, group.meta.epoch)) {
             await group.fence(formatEpoch(theirs.epoch), divergencePoint(group.meta.epochs, theirs.epochs));
@@ -950,7 +946,7 @@ export class ReplicationManager {
       throw new TwinstoreError('PAIR_INVALID', `journal ${journalRef.name} is ${journalVolume.meta.role}; a new group needs a journal-free journal`, { field: 'journal' });
     }
     if (this.restores.has(request.group)) throw new TwinstoreError('PAIR_INVALID', `group ${request.group} receives on this array`, { field: 'group' });
-    await peer.request('pair.prepare', { group: request.group, svol: svolRef.name, journal: remoteJournalRef.name, sizeBytes: pvol.sizeBytes, master: local });
+    await linkRequest(peer, 'pair.prepare', { group: request.group, svol: svolRef.name, journal: remoteJournalRef.name, sizeBytes: pvol.sizeBytes, master: local });
 
     const epoch: Epoch = existing?.meta.epoch ?? { counter: 1, arrayId: local, nonce: crypto.randomBytes(8).toString('hex') };
     const pair: PairMeta = {
@@ -988,9 +984,9 @@ export class ReplicationManager {
       group = this.newMaster(meta, journal);
     }
     try {
-      await peer.request('pair.join', {
+      await linkRequest(peer, 'pair.join', {
         group: request.group, master: local, epoch, journal: remoteJournalRef.name, remoteJournal: journalRef.name, pair: { ...pair, localVolumeId: -1 },
-        fence: group.meta.fence, fenceAfterMs: group.meta.fenceAfterMs,
+        ...(group.meta.fence === undefined ? {} : { fence: group.meta.fence }), ...(group.meta.fenceAfterMs === undefined ? {} : { fenceAfterMs: group.meta.fenceAfterMs }),
       });
     } catch (error) {
       if (!existing) {
@@ -1011,7 +1007,7 @@ export class ReplicationManager {
   }
 
   /** On the restore side: can this S-VOL and journal join group `group`? */
-  prepare(body: { group: string; svol: string; journal: string; sizeBytes: number; master: string }): void {
+  prepare(body: PairPrepareRequest): void {
     const svol = this.engine.volume(body.svol);
     if (!svol) throw new TwinstoreError('VOLUME_NOT_FOUND', `no S-VOL ${body.svol} on ${this.engine.arrayId}`, { field: 'svol' });
     if (svol.meta.role !== 'simplex') throw new TwinstoreError('PAIR_INVALID', `S-VOL ${body.svol} is ${svol.meta.role}, not SMPL`, { field: 'svol' });
@@ -1038,7 +1034,7 @@ export class ReplicationManager {
   /** Session counts come from the NBD layer; set by the array. */
   openSessions: (volumeName: string) => number = () => 0;
 
-  async join(body: { group: string; master: string; epoch: Epoch; journal: string; remoteJournal: string; pair: PairMeta; fence?: FencePolicy; fenceAfterMs?: number }): Promise<void> {
+  async join(body: PairJoinRequest): Promise<void> {
     this.prepare({ group: body.group, svol: body.pair.svolName, journal: body.journal, sizeBytes: body.pair.sizeBytes, master: body.master });
     const svol = this.engine.volume(body.pair.svolName)!;
     let group = this.restores.get(body.group);
@@ -1056,8 +1052,8 @@ export class ReplicationManager {
         throttleMsMax: this.options.defaults.throttleMsMax,
         copyPaceBytesPerSecond: 0,
         // The group's link-down policy, for when this array becomes its primary (swap, takeover).
-        fence: body.fence === 'data' || body.fence === 'never' ? body.fence : this.options.defaults.fence,
-        fenceAfterMs: Number.isSafeInteger(body.fenceAfterMs) && body.fenceAfterMs! > 0 ? body.fenceAfterMs! : this.options.defaults.fenceAfterMs,
+        fence: body.fence ?? this.options.defaults.fence,
+        fenceAfterMs: body.fenceAfterMs ?? this.options.defaults.fenceAfterMs,
         regionBytes: this.options.defaults.regionBytes,
         epoch: body.epoch,
         epochs: [{ epoch: body.epoch, firstSeq: 0 }],
@@ -1073,23 +1069,18 @@ export class ReplicationManager {
   }
 
   /** The master side of `journal.read`. */
-  async readJournal(body: Parameters<MasterGroup['readJournal']>[0] & { group: string }): Promise<{ body: JournalReadReply; payload: Buffer[] }> {
+  async readJournal(body: JournalReadRequest): Promise<{ body: JournalReadAnswer; payload: Buffer[] }> {
     const group = this.masters.get(body.group);
     if (!group) throw new TwinstoreError('PAIR_INVALID', `no group ${body.group} sends from ${this.engine.arrayId}`);
-    const records: JournalRecord[] = await group.readJournal(body);
-    const payload: Buffer[] = [];
-    const wire: WireRecord[] = records.map((r) => {
-      if (r.data) payload.push(r.data);
-      return { kind: r.kind, seq: r.seq, epoch: r.epoch, timestampMs: r.timestampMs, lun: r.lun, offset: r.offset, length: r.length, dataBytes: r.data?.length ?? 0 };
-    });
+    const { records, payload } = wireRecords(await group.readJournal(body));
     const pairs = group.meta.pairs.map((p) => ({ pvolLun: p.pvolLun, status: p.status, statusReason: p.statusReason }));
     const skipTo = group.meta.skipTo ?? 0;
     // Until the receiver has applied past the skip point (records it stored below it may be held
     // by an atomic unit that never ends), each answer says it.
-    const skip = body.fromSeq < skipTo || Number(body.appliedSeq) < skipTo;
+    const skip = body.fromSeq < skipTo || body.appliedSeq < skipTo;
     // A receiver that lost its journal: every region is marked now (readJournal did it), and its journal goes on at skipTo.
     if (body.journalLost === true) return { body: { records: [], masterNextSeq: group.journal.nextSeq, pairs, skipTo, fullCopyMarked: true }, payload: [] };
-    return { body: { records: wire, masterNextSeq: group.journal.nextSeq, pairs, ...(skip ? { skipTo } : {}) }, payload };
+    return { body: { records, masterNextSeq: group.journal.nextSeq, pairs, ...(skip ? { skipTo } : {}) }, payload };
   }
 
   display(groupName?: string): PairDisplay[] {

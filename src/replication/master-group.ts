@@ -23,6 +23,7 @@ import type { StartHold } from './start-hold.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { isUnitBegin, isUnitEnd, unitMarker } from './units.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
+import type { DamagedRecord, DirtyRanges, JournalReadRequest, ReceiverDriveError } from './protocol.js';
 
 const copyChunkBytes = 2 ** 20;
 /** Copy chunks (initial copy, resync) read and journaled side by side. */
@@ -39,16 +40,6 @@ const copyReserveFraction = 0.25;
  * in the journal beside the host writes made meanwhile: larger ones suspend the group instead.
  */
 const resendShareMax = 0.5;
-
-/** A receiver's report of a drive I/O error (sent with its journal.read). */
-export interface ReceiverDriveError {
-  /** Its applied cursor: restore stopped before this record. */
-  seq: number;
-  /** What failed, e.g. `S-VOL svol0 write: write failed on …`. */
-  message: string;
-  /** The start of the latest resync the receiver had heard of (its skipDamagedBefore). */
-  resyncFromSeq: number;
-}
 
 interface Pvol {
   pair: PairMeta;
@@ -714,7 +705,7 @@ export class MasterGroup extends EventEmitter {
    * host writes are journaled again; then each marked region is copied (resyncVolume). The
    * caller has made the S-VOLs read-only again and holds the peer's ranges.
    */
-  async resync(peerDirty: Array<{ lun: number; ranges: Array<[number, number]> }>): Promise<{ dirtyBytes: number; resyncFromSeq: number }> {
+  async resync(peerDirty: DirtyRanges[]): Promise<{ dirtyBytes: number; resyncFromSeq: number }> {
     const wrong = this.meta.pairs.find((p) => p.status !== 'PSUS' && p.status !== 'PSUE' && p.status !== 'SSWS');
     if (wrong) throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${wrong.pvolName} is ${wrong.status}; resync needs PSUS, PSUE or SSWS`, { field: 'group' });
     const wasSuspended = this.meta.pairs.every((p) => p.status === 'PSUE');
@@ -728,8 +719,8 @@ export class MasterGroup extends EventEmitter {
     for (const entry of peerDirty) {
       const pvol = this.pvols.get(entry.lun);
       if (!pvol) continue;
-      // The peer's word: ranges outside the volume (or not whole numbers) name nothing here.
-      const inside = entry.ranges.filter(([offset, length]) => Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset < pvol.volume.sizeBytes);
+      // The peer's word: ranges outside the volume name nothing here (protocol.ts left out those that are not whole numbers).
+      const inside = entry.ranges.filter(([offset]) => offset < pvol.volume.sizeBytes);
       const regions = inside.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
       await pvol.bitmap.addAll(regions);
     }
@@ -1073,12 +1064,7 @@ export class MasterGroup extends EventEmitter {
   // ---- serving the receiver ------------------------------------------------
 
   /** The receiver's pull (docs/architecture.md §5): durable records from `fromSeq`, and its cursors. */
-  async readJournal(request: {
-    fromSeq: number; maxBytes: number; storedSeq: number; appliedSeq: number;
-    damaged?: { seq: number; lun: number; offset: number; length: number };
-    driveError?: ReceiverDriveError;
-    journalLost?: boolean;
-  }): Promise<JournalRecord[]> {
+  async readJournal(request: JournalReadRequest): Promise<JournalRecord[]> {
     this.lastHeardMs = this.now();
     // Before the cursors: a receiver that lost its journal no longer knows them.
     if (request.journalLost === true) return this.receiverJournalLost();
@@ -1156,7 +1142,7 @@ export class MasterGroup extends EventEmitter {
    * it cannot apply past it. The group suspends (every unapplied record, this one included,
    * goes into the bitmaps) and a resync re-copies the regions.
    */
-  private async receiverDamaged(damaged: { seq: number; lun: number; offset: number; length: number }): Promise<void> {
+  private async receiverDamaged(damaged: DamagedRecord): Promise<void> {
     const pvol = this.pvols.get(damaged.lun);
     if (pvol && damaged.length > 0) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(damaged.offset, Math.min(damaged.length, pvol.volume.sizeBytes - damaged.offset)));
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {

@@ -7,10 +7,10 @@
 
 import { EventEmitter } from 'node:events';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { Journal, JournalRecordCorruptError, type JournalRecord, type RecordMeta } from '../journal/index.js';
+import { Journal, JournalRecordCorruptError, type JournalRecord } from '../journal/index.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import { VolumeJournalDevice } from './journal-device.js';
-import type { ReceiverDriveError } from './master-group.js';
+import { AnswerRefusedError, linkRequest, type DamagedRecord, type DirtyRanges, type JournalReadAnswer, type PeerChannel, type ReceiverDriveError } from './protocol.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
@@ -21,27 +21,6 @@ import { bitmapSetName } from './model.js';
 const pullBytesMax = 8 * 2 ** 20;
 const applyBatchBytesMax = 8 * 2 ** 20;
 const retryMs = 200;
-
-export interface PeerChannel {
-  readonly connected: boolean;
-  request(method: string, body: unknown, payload?: Buffer[], options?: { timeoutMs?: number }): Promise<{ body: unknown; payload: Buffer[] }>;
-}
-
-export interface WireRecord extends RecordMeta {
-  dataBytes: number;
-}
-
-export interface JournalReadReply {
-  records: WireRecord[];
-  /** The master's newest sequence, for display on this side. */
-  masterNextSeq: number;
-  /** Pair states as the master sees them (COPY → PAIR is decided there). */
-  pairs: Array<{ pvolLun: number; status: PairMeta['status']; statusReason: string | null }>;
-  /** A resync after a suspension re-copies every region of the records below this seq: pass over them (until applied past it). */
-  skipTo?: number;
-  /** The answer to a pull that said `journalLost`: every region is marked for the next resync; the journal goes on at skipTo. */
-  fullCopyMarked?: boolean;
-}
 
 export interface RestoreGroupOptions {
   meta: GroupMeta;
@@ -162,7 +141,7 @@ export class RestoreGroup extends EventEmitter {
    * Resync, step 1 on the S-VOL side: the S-VOLs read-only again (returned, so their sessions
    * are closed), and the ranges their bitmaps hold. The bitmaps stay until resyncStarted().
    */
-  async prepareResync(): Promise<{ closed: PairMeta[]; dirty: Array<{ lun: number; ranges: Array<[number, number]> }> }> {
+  async prepareResync(): Promise<{ closed: PairMeta[]; dirty: DirtyRanges[] }> {
     const closed = this.meta.pairs.filter((p) => p.svolWritable === true);
     for (const pair of closed) pair.svolWritable = false;
     if (closed.length > 0) await this.persistMeta(this.meta);
@@ -195,7 +174,7 @@ export class RestoreGroup extends EventEmitter {
   }
 
   /** A stored record that fails its checksum: restore stops before it and the master hears of it. */
-  private damaged: { seq: number; lun: number; offset: number; length: number } | undefined;
+  private damaged: DamagedRecord | undefined;
 
   /** Restore met a damaged record at the applied cursor: skip it (resync covers it) or stop and report. */
   private async onDamaged(error: JournalRecordCorruptError): Promise<void> {
@@ -266,7 +245,7 @@ export class RestoreGroup extends EventEmitter {
   }
 
   /** Follows the master's view of each pair's status. */
-  private async adoptStatuses(pairs: JournalReadReply['pairs']): Promise<void> {
+  private async adoptStatuses(pairs: JournalReadAnswer['pairs']): Promise<void> {
     let changed = false;
     for (const theirs of pairs) {
       const ours = this.meta.pairs.find((p) => p.pvolLun === theirs.pvolLun);
@@ -322,6 +301,8 @@ export class RestoreGroup extends EventEmitter {
   }
 
   private pullingStopped = false;
+  /** The last malformed answer logged at warn. */
+  private answerRefused: string | undefined;
 
   async stop(): Promise<void> {
     this.running = false;
@@ -393,7 +374,11 @@ export class RestoreGroup extends EventEmitter {
         await storing.catch(() => undefined);
         storing = Promise.resolve();
         if (isIoError(error) && this.pullStage === 'store') this.noteDriveError('store', 'restore journal', error);
-        else if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
+        else if (this.running && error instanceof AnswerRefusedError && error.message !== this.answerRefused) {
+          // An answer protocol.ts refused: said once (a master that keeps sending it is not logged every pull).
+          this.answerRefused = error.message;
+          this.log.warn({ code: error.code, err: error.message }, 'journal pull: the master\'s answer is malformed and was refused; retrying');
+        } else if (this.running) this.log.debug({ err: (error as Error).message }, 'journal pull failed; retrying');
         await sleep(retryMs);
       }
     }
@@ -461,8 +446,7 @@ export class RestoreGroup extends EventEmitter {
   }
 
   /** The master marked every region for us (its answer to a `journalLost` pull): go on at its seq. */
-  private async fullCopyMarked(skipTo: number | undefined): Promise<void> {
-    if (skipTo === undefined || !Number.isSafeInteger(skipTo) || skipTo < 0) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered a lost journal with skipTo ${String(skipTo)}`);
+  private async fullCopyMarked(skipTo: number): Promise<void> {
     await this.journalAt(skipTo);
     this.applyFromCursor();
     this.meta.fullCopyNeeded = false;
@@ -475,7 +459,7 @@ export class RestoreGroup extends EventEmitter {
     this.pullStage = 'request';
     const driveError = this.driveErrorReport();
     const lost = this.meta.fullCopyNeeded === true;
-    const response = await this.peer.request('journal.read', {
+    const response = await linkRequest(this.peer, 'journal.read', {
       group: this.meta.name,
       fromSeq: this.journal.nextSeq,
       maxBytes: pullBytesMax,
@@ -486,7 +470,7 @@ export class RestoreGroup extends EventEmitter {
       ...(lost ? { journalLost: true } : {}),
     });
     this.pullStage = 'store';
-    const reply = response.body as JournalReadReply;
+    const reply = response.body;
     this.masterNextSeq = Math.max(this.masterNextSeq, reply.masterNextSeq);
     await this.adoptStatuses(reply.pairs);
     if (lost) {
@@ -494,15 +478,12 @@ export class RestoreGroup extends EventEmitter {
       return { durable: Promise.resolve() };
     }
     const skipTo = reply.skipTo;
-    if (skipTo !== undefined && (!Number.isSafeInteger(skipTo) || skipTo < 0)) throw new TwinstoreError('LINK_PROTOCOL', `journal.read answered skipTo ${String(skipTo)}`);
     if (skipTo !== undefined && reply.records.length === 0) return { durable: Promise.resolve(), skipTo };
     let payloadIndex = 0;
     const writes: Promise<void>[] = [];
     for (const record of reply.records) {
+      // protocol.ts checked that each record with data has its segment.
       const data = record.dataBytes > 0 ? response.payload[payloadIndex++] : undefined;
-      if (record.dataBytes > 0 && (!data || data.length !== record.dataBytes)) {
-        throw new TwinstoreError('LINK_PROTOCOL', `record ${record.seq} arrived without its ${record.dataBytes} data bytes`);
-      }
       if (record.seq !== this.journal.nextSeq) {
         throw new TwinstoreError('LINK_PROTOCOL', `record ${record.seq} arrived where ${this.journal.nextSeq} was expected`);
       }
