@@ -16,7 +16,7 @@ import { RangeLock } from '../storage/range-lock.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
-import { markCopyRemainder, unmarkedRanges } from './bitmap-marks.js';
+import { RangesByLun, markCopyRemainder, markRanges, unmarkedRanges } from './bitmap-marks.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
 import type { StartHold } from './start-hold.js';
@@ -275,9 +275,14 @@ export class MasterGroup extends EventEmitter {
     await this.suspend(`drive-error: ${what}: ${error.message}`);
   }
 
-  /** The regions of the activity log as bitmap regions: every region written since the last good flush lies in them. */
-  private activeBitmapRegions(pvol: Pvol): number[] {
-    return pvol.activity.values().flatMap((r) => pvol.bitmap.regionsOf(r * activityRegionBytes, Math.max(0, Math.min(activityRegionBytes, pvol.volume.sizeBytes - r * activityRegionBytes))));
+  /** Every bitmap region of the byte ranges, clamped to the P-VOL, goes into its bitmap (durably). */
+  private markBitmap(pvol: Pvol, ranges: Iterable<readonly [number, number]>): Promise<void> {
+    return markRanges(pvol.bitmap, pvol.volume.sizeBytes, ranges);
+  }
+
+  /** Activity regions as byte ranges: every region written since the last good flush lies in those of the log. */
+  private activityRanges(regions: Iterable<number>): Array<[number, number]> {
+    return [...regions].map((r): [number, number] => [r * activityRegionBytes, activityRegionBytes]);
   }
 
   /** A host write while the pair is suspended or split: the bitmap mark is durable before the write. */
@@ -417,7 +422,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   private async noteSyncFailure(error: Error, what: string, activeRegionsLost: boolean): Promise<void> {
-    if (activeRegionsLost) for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(this.activeBitmapRegions(pvol));
+    if (activeRegionsLost) for (const pvol of this.pvols.values()) await this.markBitmap(pvol, this.activityRanges(pvol.activity.values()));
     await this.driveError(error, what);
   }
 
@@ -479,12 +484,7 @@ export class MasterGroup extends EventEmitter {
   private async foldResendPending(): Promise<void> {
     for (const [lun, pending] of this.resendPending) {
       const pvol = this.pvols.get(lun);
-      if (!pvol) continue;
-      const regions = [...pending].flatMap((r) => {
-        const offset = r * activityRegionBytes;
-        return offset < pvol.volume.sizeBytes ? pvol.bitmap.regionsOf(offset, Math.min(activityRegionBytes, pvol.volume.sizeBytes - offset)) : [];
-      });
-      await pvol.bitmap.addAll(regions);
+      if (pvol) await this.markBitmap(pvol, this.activityRanges(pending));
     }
     // In the bitmaps (durably), the regions no longer need the activity log to be re-sent.
     this.resendPending.clear();
@@ -502,23 +502,17 @@ export class MasterGroup extends EventEmitter {
       if (!isIoError(error)) throw error;
       // The journal cannot be read back (a drive error): the unapplied queue names the same regions.
       this.log.warn({ err: error.message }, 'journal unreadable; folding the unapplied records from memory');
-      const folded = new Map<Pvol, number[]>();
-      for (const { region } of this.unapplied.from(fromSeq)) {
-        const pvol = region ? this.pvols.get(region.lun) : undefined;
-        if (pvol && region) folded.set(pvol, [...(folded.get(pvol) ?? []), ...pvol.bitmap.regionsOf(region.offset, region.length)]);
-      }
-      for (const [pvol, regions] of folded) await pvol.bitmap.addAll(regions);
+      const folded = new RangesByLun();
+      for (const { region } of this.unapplied.from(fromSeq)) if (region) folded.add(region.lun, region.offset, region.length);
+      await this.markFolded(folded);
     }
   }
 
   private async foldFromJournal(fromSeq: number): Promise<void> {
-    const folded = new Map<number, number[]>();
+    const folded = new RangesByLun();
     await this.journal.sync();
     let seq = Math.max(fromSeq, this.journal.tailSeq);
-    const fold = (lun: number, offset: number, length: number): void => {
-      const pvol = this.pvols.get(lun);
-      if (pvol) folded.set(lun, [...(folded.get(lun) ?? []), ...pvol.bitmap.regionsOf(offset, length)]);
-    };
+    const fold = (lun: number, offset: number, length: number): void => folded.add(lun, offset, length);
     while (seq < this.journal.durableSeq) {
       let records: JournalRecord[];
       try {
@@ -546,8 +540,16 @@ export class MasterGroup extends EventEmitter {
       for (const record of records) if (record.kind !== 'marker') fold(record.lun, record.offset, record.length);
       seq = records[records.length - 1]!.seq + 1;
     }
-    for (const [lun, regions] of folded) await this.pvols.get(lun)!.bitmap.addAll(regions);
-    this.log.info({ records: seq - fromSeq, regions: [...folded.values()].reduce((n, r) => n + r.length, 0) }, 'unapplied records folded into the bitmaps');
+    await this.markFolded(folded);
+    this.log.info({ records: seq - fromSeq, ranges: folded.count }, 'unapplied records folded into the bitmaps');
+  }
+
+  /** The folded ranges of each P-VOL into its bitmap (a LUN no longer in the group names nothing). */
+  private async markFolded(folded: RangesByLun): Promise<void> {
+    for (const [lun, ranges] of folded.entries()) {
+      const pvol = this.pvols.get(lun);
+      if (pvol) await this.markBitmap(pvol, ranges);
+    }
   }
 
   /** After a restart: the records still kept (not applied by the receiver) give lag and folding their start. */
@@ -729,9 +731,7 @@ export class MasterGroup extends EventEmitter {
       const pvol = this.pvols.get(entry.lun);
       if (!pvol) continue;
       // The peer's word: ranges outside the volume (or not whole numbers) name nothing here.
-      const inside = entry.ranges.filter(([offset, length]) => Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset < pvol.volume.sizeBytes);
-      const regions = inside.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
-      await pvol.bitmap.addAll(regions);
+      await this.markBitmap(pvol, entry.ranges.filter(([offset, length]) => Number.isSafeInteger(offset) && Number.isSafeInteger(length) && length > 0));
     }
     for (const pvol of this.pvols.values()) await markCopyRemainder(pvol.pair, pvol.volume.sizeBytes, pvol.bitmap);
     for (const pair of this.meta.pairs) {
@@ -923,10 +923,7 @@ export class MasterGroup extends EventEmitter {
     // Our records from the divergence point on are writes the peer never applied; the active
     // regions may hold writes whose records were lost (an unclean stop, a re-send cut short).
     await this.foldUnapplied(divergenceSeq);
-    for (const pvol of this.pvols.values()) {
-      const regions = pvol.activity.values().flatMap((r) => pvol.bitmap.regionsOf(r * activityRegionBytes, Math.max(0, Math.min(activityRegionBytes, pvol.volume.sizeBytes - r * activityRegionBytes))));
-      if (regions.length > 0) await pvol.bitmap.addAll(regions);
-    }
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, this.activityRanges(pvol.activity.values()));
     this.emit('changed');
   }
 
@@ -1123,7 +1120,7 @@ export class MasterGroup extends EventEmitter {
    */
   private async receiverJournalLost(): Promise<JournalRecord[]> {
     this.log.error({ peer: this.meta.peer }, 'the receiver lost its restore journal: every region goes into the bitmaps for a full copy');
-    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, [[0, pvol.volume.sizeBytes]]);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged on ${this.meta.peer}: its restore journal was lost; the resync copies every region`);
     this.meta.skipTo = Math.max(this.meta.skipTo ?? 0, this.journal.nextSeq);
     this.servedTo = Math.max(this.servedTo, this.meta.skipTo);
@@ -1143,7 +1140,7 @@ export class MasterGroup extends EventEmitter {
     // Which regions those records wrote is known to no journal here (and the receiver may have
     // applied and freed some): every region goes into the bitmaps, durably, so the resync copies
     // everything and the S-VOLs end equal to the P-VOLs whatever those records held.
-    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, [[0, pvol.volume.sizeBytes]]);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {
       this.log.error({ storedSeq, servedTo: this.servedTo }, `${message}; suspending`);
       await this.suspend(`receiver-ahead: seq ${storedSeq - 1} on ${this.meta.peer}`);
@@ -1158,7 +1155,7 @@ export class MasterGroup extends EventEmitter {
    */
   private async receiverDamaged(damaged: { seq: number; lun: number; offset: number; length: number }): Promise<void> {
     const pvol = this.pvols.get(damaged.lun);
-    if (pvol && damaged.length > 0) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(damaged.offset, Math.min(damaged.length, pvol.volume.sizeBytes - damaged.offset)));
+    if (pvol && damaged.length > 0) await this.markBitmap(pvol, [[damaged.offset, damaged.length]]);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {
       this.log.error({ seq: damaged.seq, peer: this.meta.peer }, 'the receiver holds a damaged record; suspending');
       await this.suspend(`bad-record: seq ${damaged.seq} on ${this.meta.peer}`);
@@ -1210,7 +1207,7 @@ export class MasterGroup extends EventEmitter {
     this.log.error({ seq: error.seq, region: error.region }, 'journal record fails its checksum; suspending');
     const region = error.region;
     const pvol = region ? this.pvols.get(region.lun) : undefined;
-    if (pvol && region) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(region.offset, region.length));
+    if (pvol && region) await this.markBitmap(pvol, [[region.offset, region.length]]);
     await this.suspend(`bad-record: seq ${error.seq}`);
   }
 
@@ -1307,7 +1304,7 @@ export class MasterGroup extends EventEmitter {
    */
   async journalLost(fromSeq: number, reason = `records from seq ${fromSeq} on were lost`): Promise<void> {
     this.log.error({ fromSeq, reason }, 'journal damaged: synced records cannot be read back; every region goes into the bitmaps');
-    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, [[0, pvol.volume.sizeBytes]]);
     // The lost records may have reached the receiver: their seqs are never given to other writes.
     // No seq past twice the journal's capacity in records was ever written (the persisted tail lags
     // the real one by less than a lap); the journal goes on past that, and the resync skips to it.
@@ -1366,7 +1363,7 @@ export class MasterGroup extends EventEmitter {
   async redo(): Promise<number> {
     let seq = this.journal.tailSeq;
     let count = 0;
-    const damaged: Array<{ lun: number; offset: number; length: number }> = [];
+    const damaged = new RangesByLun();
     while (seq < this.journal.durableSeq) {
       let records: JournalRecord[];
       try {
@@ -1375,7 +1372,7 @@ export class MasterGroup extends EventEmitter {
         // A damaged record cannot be redone: its region goes into the bitmap (after the redo, so
         // the intact records over it are still redone) and the resync copies it.
         if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
-        if (error.region) damaged.push(error.region);
+        if (error.region) damaged.add(error.region.lun, error.region.offset, error.region.length);
         seq += 1;
         continue;
       }
@@ -1393,10 +1390,7 @@ export class MasterGroup extends EventEmitter {
       seq = records[records.length - 1]!.seq + 1;
     }
     await this.engine.flush();
-    for (const region of damaged) {
-      const pvol = this.pvols.get(region.lun);
-      if (pvol && region.offset < pvol.volume.sizeBytes) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(region.offset, Math.min(region.length, pvol.volume.sizeBytes - region.offset)));
-    }
+    await this.markFolded(damaged);
     return count;
   }
 
