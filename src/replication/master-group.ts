@@ -17,6 +17,7 @@ import { isIoError, type StorageEngine, type Volume } from '../storage/index.js'
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { RangesByLun, markCopyRemainder, markRanges, unmarkedRanges } from './bitmap-marks.js';
+import { scanJournal } from './journal-scan.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
 import type { StartHold } from './start-hold.js';
@@ -511,35 +512,27 @@ export class MasterGroup extends EventEmitter {
   private async foldFromJournal(fromSeq: number): Promise<void> {
     const folded = new RangesByLun();
     await this.journal.sync();
-    let seq = Math.max(fromSeq, this.journal.tailSeq);
-    const fold = (lun: number, offset: number, length: number): void => folded.add(lun, offset, length);
-    while (seq < this.journal.durableSeq) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(seq, readBatchBytesMax);
-      } catch (error) {
-        if (isTwinstoreError(error) && error.code === 'JOURNAL_RECORD_GONE' && this.journal.tailSeq > seq) {
-          // The receiver applied them meanwhile (the journal frees only what it applied): nothing to fold there.
-          seq = this.journal.tailSeq;
-          continue;
-        }
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
+    const seq = await scanJournal({
+      journal: this.journal,
+      fromSeq: Math.max(fromSeq, this.journal.tailSeq),
+      batchBytesMax: readBatchBytesMax,
+      // The receiver applied them meanwhile (the journal frees only what it applied): nothing to fold there.
+      skipReleased: true,
+      onRecord: (record) => {
+        if (record.kind !== 'marker') folded.add(record.lun, record.offset, record.length);
+      },
+      onDamaged: (error) => {
         // A damaged header names no region; the record as it was queued does (sim seed 226: a write
         // whose record header a bit flip hit was never re-sent, and its blocks differed at lag 0).
-        const queued = error.region === undefined ? this.unapplied.from(seq).find((r) => r.seq === seq) : undefined;
+        const queued = error.region === undefined ? this.unapplied.from(error.seq).find((r) => r.seq === error.seq) : undefined;
         const region = error.region ?? queued?.region;
-        if (region) fold(region.lun, region.offset, region.length);
+        if (region) folded.add(region.lun, region.offset, region.length);
         else if (queued === undefined) {
-          this.log.error({ seq }, 'a damaged journal record names no region: every region goes into the bitmaps');
-          for (const [lun, pvol] of this.pvols) fold(lun, 0, pvol.volume.sizeBytes);
+          this.log.error({ seq: error.seq }, 'a damaged journal record names no region: every region goes into the bitmaps');
+          for (const [lun, pvol] of this.pvols) folded.add(lun, 0, pvol.volume.sizeBytes);
         }
-        seq += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const record of records) if (record.kind !== 'marker') fold(record.lun, record.offset, record.length);
-      seq = records[records.length - 1]!.seq + 1;
-    }
+      },
+    });
     await this.markFolded(folded);
     this.log.info({ records: seq - fromSeq, ranges: folded.count }, 'unapplied records folded into the bitmaps');
   }
@@ -554,27 +547,21 @@ export class MasterGroup extends EventEmitter {
 
   /** After a restart: the records still kept (not applied by the receiver) give lag and folding their start. */
   async loadUnapplied(): Promise<void> {
-    let seq = this.journal.tailSeq;
     this.unapplied.clear();
-    while (seq < this.journal.durableSeq) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(seq, readBatchBytesMax);
-      } catch (error) {
-        // A damaged record (its header intact, its data not) is kept: sending it suspends the group.
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
-        const region = error.region ? { lun: error.region.lun, offset: error.region.offset, length: error.region.length } : undefined;
-        this.unapplied.push({ seq, timestampMs: this.now(), bytes: 4096 + Math.ceil((region?.length ?? 0) / 4096) * 4096, region });
-        seq += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const r of records) {
+    await scanJournal({
+      journal: this.journal,
+      fromSeq: this.journal.tailSeq,
+      batchBytesMax: readBatchBytesMax,
+      onRecord: (r) => {
         const region = r.kind === 'marker' ? undefined : { lun: r.lun, offset: r.offset, length: r.length };
         this.unapplied.push({ seq: r.seq, timestampMs: r.timestampMs, bytes: 4096 + Math.ceil((r.data?.length ?? 0) / 4096) * 4096, region });
-      }
-      seq = records[records.length - 1]!.seq + 1;
-    }
+      },
+      // A damaged record (its header intact, its data not) is kept: sending it suspends the group.
+      onDamaged: (error) => {
+        const region = error.region ? { lun: error.region.lun, offset: error.region.offset, length: error.region.length } : undefined;
+        this.unapplied.push({ seq: error.seq, timestampMs: this.now(), bytes: 4096 + Math.ceil((region?.length ?? 0) / 4096) * 4096, region });
+      },
+    });
     this.writtenSeq = this.journal.nextSeq - 1;
   }
 
@@ -945,24 +932,19 @@ export class MasterGroup extends EventEmitter {
   async hostRecordsFrom(seq: number): Promise<number> {
     let count = 0;
     let inUnit = false;
-    for (let at = Math.max(seq, this.journal.tailSeq); at < this.journal.durableSeq;) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(at, readBatchBytesMax);
-      } catch (error) {
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== at) throw error;
-        count += 1; // unreadable: count it as a write, to be safe
-        at += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const r of records) {
+    await scanJournal({
+      journal: this.journal,
+      fromSeq: Math.max(seq, this.journal.tailSeq),
+      batchBytesMax: readBatchBytesMax,
+      onRecord: (r) => {
         if (isUnitBegin(r)) inUnit = true;
         else if (isUnitEnd(r)) inUnit = false;
         else if (r.kind === 'write' || r.kind === 'zero' || (r.kind === 'trim' && !inUnit)) count += 1;
-      }
-      at = records[records.length - 1]!.seq + 1;
-    }
+      },
+      onDamaged: () => {
+        count += 1; // unreadable: count it as a write, to be safe
+      },
+    });
     return count;
   }
 
@@ -1361,34 +1343,28 @@ export class MasterGroup extends EventEmitter {
    * rolled back; those regions are copied to the S-VOL by the next resync whatever they hold.
    */
   async redo(): Promise<number> {
-    let seq = this.journal.tailSeq;
     let count = 0;
     const damaged = new RangesByLun();
-    while (seq < this.journal.durableSeq) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(seq, readBatchBytesMax);
-      } catch (error) {
-        // A damaged record cannot be redone: its region goes into the bitmap (after the redo, so
-        // the intact records over it are still redone) and the resync copies it.
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
-        if (error.region) damaged.add(error.region.lun, error.region.offset, error.region.length);
-        seq += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const record of records) {
+    await scanJournal({
+      journal: this.journal,
+      fromSeq: this.journal.tailSeq,
+      batchBytesMax: readBatchBytesMax,
+      onRecord: async (record) => {
         const pvol = this.pvols.get(record.lun);
-        if (!pvol || record.kind === 'marker') continue;
+        if (!pvol || record.kind === 'marker') return;
         for (const [offset, length] of unmarkedRanges(pvol.bitmap, record.offset, record.length)) {
           const at = offset - record.offset;
           if (record.kind === 'write' || record.kind === 'base') await pvol.volume.write(offset, record.data!.subarray(at, at + length));
           else await pvol.volume.writeZeroes(offset, length, false);
         }
         count += 1;
-      }
-      seq = records[records.length - 1]!.seq + 1;
-    }
+      },
+      // A damaged record cannot be redone: its region goes into the bitmap (after the redo, so
+      // the intact records over it are still redone) and the resync copies it.
+      onDamaged: (error) => {
+        if (error.region) damaged.add(error.region.lun, error.region.offset, error.region.length);
+      },
+    });
     await this.engine.flush();
     await this.markFolded(damaged);
     return count;
