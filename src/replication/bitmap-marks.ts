@@ -65,6 +65,11 @@ export function unmarkedRanges(bitmap: DurableRegionSet, offset: number, length:
   return out;
 }
 
+/** Regions of a set (an activity log's, a bitmap's) as the byte ranges they stand for. */
+export function regionRanges(set: DurableRegionSet, regions: Iterable<number>): Array<[number, number]> {
+  return [...regions].map((r): [number, number] => [r * set.regionBytes, set.regionBytes]);
+}
+
 /** Byte ranges gathered per LUN (a fold, a redo's damaged records) before they go into the bitmaps. */
 export class RangesByLun {
   private readonly byLun = new Map<number, Array<[number, number]>>();

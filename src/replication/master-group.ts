@@ -1,5 +1,6 @@
 // The sending side of a journal group (docs/architecture.md §3, §5, §6): the P-VOL write
-// path, the initial copy, and serving the receiver's journal reads.
+// path, the initial copy, and serving the receiver's journal reads. The redo and re-send after
+// an unclean stop are in master-restart.ts, which reports how a re-send ended.
 //
 // Write path, per host write: take the range lock (overlapping writes then
 // take sequence numbers in the order they reach the P-VOL); reserve sequence
@@ -16,13 +17,14 @@ import { RangeLock } from '../storage/range-lock.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
-import { RangesByLun, markCopyRemainder, markRanges, unmarkedRanges } from './bitmap-marks.js';
+import { RangesByLun, markCopyRemainder, markRanges, regionRanges } from './bitmap-marks.js';
 import { scanJournal } from './journal-scan.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
 import type { StartHold } from './start-hold.js';
 import { VolumeJournalDevice } from './journal-device.js';
-import { isUnitBegin, isUnitEnd, unitMarker } from './units.js';
+import { isUnitBegin, isUnitEnd } from './units.js';
+import { ResendState, redoJournal, uncleanRegions, type RecoveredPvol, type ResendJournal, type VolumeRange } from './master-restart.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 
 const copyChunkBytes = 2 ** 20;
@@ -35,11 +37,6 @@ const activityRegionBytes = 16 * 2 ** 20;
 const activityRegionsMax = 512;
 /** Base records leave this share of the journal to host writes. */
 const copyReserveFraction = 0.25;
-/**
- * A re-send is one atomic unit the receiver holds whole before applying it, so it must fit
- * in the journal beside the host writes made meanwhile: larger ones suspend the group instead.
- */
-const resendShareMax = 0.5;
 
 /** A receiver's report of a drive I/O error (sent with its journal.read). */
 export interface ReceiverDriveError {
@@ -51,12 +48,8 @@ export interface ReceiverDriveError {
   resyncFromSeq: number;
 }
 
-interface Pvol {
-  pair: PairMeta;
-  volume: Volume;
+interface Pvol extends RecoveredPvol {
   locks: RangeLock;
-  activity: DurableRegionSet;
-  bitmap: DurableRegionSet;
   /** Host writes in flight per activity region. */
   activeWrites: Map<number, number>;
 }
@@ -110,10 +103,8 @@ export class MasterGroup extends EventEmitter {
   private trackedWriteCount = 0;
   private trackedPersist: Promise<void> | undefined;
   private linkWatch: NodeJS.Timeout | undefined;
-  /** Activity regions (per LUN) whose re-send after an unclean stop has not finished. */
-  private readonly resendPending = new Map<number, Set<number>>();
-  /** A re-send unit is being appended (a planned swap waits for its end marker). */
-  private resending = false;
+  /** The re-send after an unclean stop (master-restart.ts). */
+  private readonly resendState: ResendState;
   private stopped = false;
   /** The latest suspension's folding of the unapplied records into the bitmaps. */
   private folding: Promise<void> = Promise.resolve();
@@ -135,6 +126,7 @@ export class MasterGroup extends EventEmitter {
     this.log = options.log.child({ group: options.meta.name });
     this.now = options.now ?? Date.now;
     this.receiverApplied = this.journal.tailSeq;
+    this.resendState = new ResendState(this.pvols, this.log);
     for (const pair of this.meta.pairs) this.attachPair(pair, options.regionBytes);
   }
 
@@ -281,11 +273,6 @@ export class MasterGroup extends EventEmitter {
     return markRanges(pvol.bitmap, pvol.volume.sizeBytes, ranges);
   }
 
-  /** Activity regions as byte ranges: every region written since the last good flush lies in those of the log. */
-  private activityRanges(regions: Iterable<number>): Array<[number, number]> {
-    return [...regions].map((r): [number, number] => [r * activityRegionBytes, activityRegionBytes]);
-  }
-
   /** A host write while the pair is suspended or split: the bitmap mark is durable before the write. */
   private async bitmapWrite(pvol: Pvol, offset: number, length: number, apply: (v: Volume) => Promise<void>): Promise<void> {
     this.bitmapWrites += 1;
@@ -364,7 +351,7 @@ export class MasterGroup extends EventEmitter {
   /** Makes all completed writes durable, then drops activity regions with no write in flight. */
   private async retireActivity(pvol: Pvol): Promise<void> {
     // A region still to be re-sent stays: it may hold blocks newer than the journal.
-    const pending = this.resendPending.get(pvol.pair.pvolLun);
+    const pending = this.resendState.pendingOf(pvol.pair.pvolLun);
     const retirable = (r: number): boolean => !pvol.activeWrites.has(r) && !(pending?.has(r) ?? false);
     const candidates = pvol.activity.values().filter(retirable);
     await this.engine.flush();
@@ -423,7 +410,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   private async noteSyncFailure(error: Error, what: string, activeRegionsLost: boolean): Promise<void> {
-    if (activeRegionsLost) for (const pvol of this.pvols.values()) await this.markBitmap(pvol, this.activityRanges(pvol.activity.values()));
+    if (activeRegionsLost) for (const pvol of this.pvols.values()) await this.markBitmap(pvol, regionRanges(pvol.activity, pvol.activity.values()));
     await this.driveError(error, what);
   }
 
@@ -472,23 +459,10 @@ export class MasterGroup extends EventEmitter {
       pair.statusReason = reason;
     }
     await this.persistMeta(this.meta);
-    await this.foldResendPending();
+    await this.resendState.foldPending();
     this.folding = this.foldUnapplied();
     await this.folding;
     this.emit('changed');
-  }
-
-  /**
-   * A re-send unit cut short by the suspension: the regions it had not sent yet are in no record,
-   * so they go into the bitmaps for the resync to copy.
-   */
-  private async foldResendPending(): Promise<void> {
-    for (const [lun, pending] of this.resendPending) {
-      const pvol = this.pvols.get(lun);
-      if (pvol) await this.markBitmap(pvol, this.activityRanges(pending));
-    }
-    // In the bitmaps (durably), the regions no longer need the activity log to be re-sent.
-    this.resendPending.clear();
   }
 
   /**
@@ -797,7 +771,7 @@ export class MasterGroup extends EventEmitter {
       this.thawGate();
       throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${bad.pvolName} is ${bad.status}; a planned swap needs PAIR`, { field: 'group' });
     }
-    if (this.resending) {
+    if (this.resendState.resending) {
       // The unit's end marker would fall past the end seq: the receiver could never apply up to it.
       this.thawGate();
       throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name} is still re-sending its active regions after an unclean stop; retry the swap once it is done`, { field: 'group' });
@@ -910,7 +884,7 @@ export class MasterGroup extends EventEmitter {
     // Our records from the divergence point on are writes the peer never applied; the active
     // regions may hold writes whose records were lost (an unclean stop, a re-send cut short).
     await this.foldUnapplied(divergenceSeq);
-    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, this.activityRanges(pvol.activity.values()));
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, regionRanges(pvol.activity, pvol.activity.values()));
     this.emit('changed');
   }
 
@@ -1275,7 +1249,7 @@ export class MasterGroup extends EventEmitter {
     await this.journal.sync();
     await this.journal.persistHeader();
     // An unfinished re-send keeps the activity log, so the next start re-sends (and ends the unit) again.
-    if (this.resendPending.size === 0) for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
+    if (!this.resendState.anyPending) for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
     await this.journal.close();
   }
 
@@ -1314,105 +1288,38 @@ export class MasterGroup extends EventEmitter {
     return true;
   }
 
-  /**
-   * After an unclean stop: the regions the activity log names, and those of records the journal's
-   * recovery cut off at a torn end (`cut`, normally inside them already), to re-send as base records.
-   */
-  uncleanRegions(cut: ReadonlyArray<{ lun: number; offset: number; length: number }> = []): Array<{ lun: number; offset: number; length: number }> {
-    const out: Array<{ lun: number; offset: number; length: number }> = [];
-    for (const pvol of this.pvols.values()) {
-      const regions = new Set(pvol.activity.values());
-      for (const record of cut) {
-        if (record.lun !== pvol.pair.pvolLun || record.offset >= pvol.volume.sizeBytes || record.length === 0) continue;
-        for (const r of pvol.activity.regionsOf(record.offset, Math.min(record.length, pvol.volume.sizeBytes - record.offset))) regions.add(r);
-      }
-      for (const r of [...regions].sort((a, b) => a - b)) {
-        const offset = r * activityRegionBytes;
-        if (offset < pvol.volume.sizeBytes) out.push({ lun: pvol.pair.pvolLun, offset, length: Math.min(activityRegionBytes, pvol.volume.sizeBytes - offset) });
-      }
-    }
-    return out;
+  /** After an unclean stop: the regions to re-send (master-restart.ts). */
+  uncleanRegions(cut: ReadonlyArray<VolumeRange> = []): VolumeRange[] {
+    return uncleanRegions(this.pvols.values(), cut);
+  }
+
+  /** After an unclean stop, before any host write: the journal's records re-applied to the P-VOLs (master-restart.ts). */
+  redo(): Promise<number> {
+    return redoJournal({ journal: this.journal, pvols: this.pvols, engine: this.engine });
   }
 
   /**
-   * After an unclean stop (docs/architecture.md §3.5): re-applies to the P-VOLs every record still
-   * in the journal, since a record may be durable while its P-VOL write was lost. In order,
-   * before any host write; records are idempotent, so repeating one already on disk is harmless.
-   * Except over regions marked in the bitmap: a host write taken the bitmap way (the group
-   * suspended or split) may be newer than every record there, and a flushed one must not be
-   * rolled back; those regions are copied to the S-VOL by the next resync whatever they hold.
+   * After an unclean stop: the regions re-sent as one atomic unit of base records (master-restart.ts).
+   * Too large for the journal, its regions are in the bitmaps and the group suspends.
    */
-  async redo(): Promise<number> {
-    let count = 0;
-    const damaged = new RangesByLun();
-    await scanJournal({
-      journal: this.journal,
-      fromSeq: this.journal.tailSeq,
-      batchBytesMax: readBatchBytesMax,
-      onRecord: async (record) => {
-        const pvol = this.pvols.get(record.lun);
-        if (!pvol || record.kind === 'marker') return;
-        for (const [offset, length] of unmarkedRanges(pvol.bitmap, record.offset, record.length)) {
-          const at = offset - record.offset;
-          if (record.kind === 'write' || record.kind === 'base') await pvol.volume.write(offset, record.data!.subarray(at, at + length));
-          else await pvol.volume.writeZeroes(offset, length, false);
-        }
-        count += 1;
-      },
-      // A damaged record cannot be redone: its region goes into the bitmap (after the redo, so
-      // the intact records over it are still redone) and the resync copies it.
-      onDamaged: (error) => {
-        if (error.region) damaged.add(error.region.lun, error.region.offset, error.region.length);
-      },
-    });
-    await this.engine.flush();
-    await this.markFolded(damaged);
-    return count;
+  async resend(regions: VolumeRange[]): Promise<void> {
+    const outcome = await this.resendState.resend(regions, this.resendJournal());
+    if (outcome === 'too-large') await this.suspend('resend-too-large');
+    if (outcome === 'sent') this.scheduleSync();
   }
 
-  /**
-   * Re-sends regions as base records (after an unclean stop), in the group's sequence space,
-   * as one atomic unit (units.ts): the receiver applies it whole or not at all. A unit too big
-   * for the journal, or cut short by a suspension, leaves the S-VOLs at the consistency point
-   * before it; the regions go into the bitmaps for a resync.
-   */
-  async resend(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
-    this.resending = true;
-    try {
-      await this.resendUnit(regions);
-    } finally {
-      this.resending = false;
-    }
-  }
-
-  private async resendUnit(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
-    const live = regions.filter((r) => this.journaling(this.pvolOf(r.lun)));
-    if (live.length === 0) return;
-    for (const r of live) {
-      const pvol = this.pvolOf(r.lun);
-      const pending = this.resendPending.get(r.lun) ?? new Set<number>();
-      for (const region of pvol.activity.regionsOf(r.offset, r.length)) pending.add(region);
-      this.resendPending.set(r.lun, pending);
-    }
-    const bytes = live.reduce((n, r) => n + r.length, 0);
-    if (bytes > this.journal.capacityBytes * resendShareMax) {
-      this.log.warn({ bytes, capacity: this.journal.capacityBytes }, 'active regions too large to re-send as one unit; suspending');
-      for (const r of live) await this.pvolOf(r.lun).bitmap.mark(r.offset, r.length);
-      await this.suspend('resend-too-large');
-      return;
-    }
+  /** What a re-send appends through: this group's journal and sequence space. */
+  private resendJournal(): ResendJournal {
     const going = (): boolean => this.meta.pairs.some((p) => p.status === 'COPY' || p.status === 'PAIR');
-    if ((await this.appendMarker(unitMarker.begin, going)) < 0) return;
-    for (const region of live) {
-      const pvol = this.pvolOf(region.lun);
-      for (let at = region.offset; at < region.offset + region.length; at += copyChunkBytes) {
-        if (this.stopped || !this.journaling(pvol)) return;
-        await this.copyChunk(pvol, at, Math.min(copyChunkBytes, region.offset + region.length - at), () => this.journaling(pvol), false);
-      }
-    }
-    if (this.stopped || (await this.appendMarker(unitMarker.end, going)) < 0) return;
-    this.resendPending.clear();
-    this.scheduleSync();
+    const journaling = (lun: number): boolean => this.journaling(this.pvolOf(lun));
+    return {
+      capacityBytes: this.journal.capacityBytes,
+      chunkBytes: copyChunkBytes,
+      stopped: () => this.stopped,
+      journaling,
+      appendMarker: (code) => this.appendMarker(code, going),
+      appendChunk: (lun, offset, length) => this.copyChunk(this.pvolOf(lun), offset, length, () => journaling(lun), false),
+    };
   }
 
   /** Appends a marker record (units.ts), waiting for journal space while `keepGoing()`; its seq, or -1. */
