@@ -1,5 +1,6 @@
 // The sending side of a journal group (docs/architecture.md §3, §5, §6): the P-VOL write
-// path, the initial copy, and serving the receiver's journal reads.
+// path, the initial copy, and serving the receiver's journal reads. The redo and re-send after
+// an unclean stop are in master-restart.ts, which reports how a re-send ended.
 //
 // Write path, per host write: take the range lock (overlapping writes then
 // take sequence numbers in the order they reach the P-VOL); reserve sequence
@@ -16,12 +17,14 @@ import { RangeLock } from '../storage/range-lock.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
-import { markCopyRemainder, unmarkedRanges } from './bitmap-marks.js';
+import { RangesByLun, markCopyRemainder, markRanges, regionRanges } from './bitmap-marks.js';
+import { scanJournal } from './journal-scan.js';
 import { DurableRegionSet } from './region-set.js';
 import { UnappliedQueue } from './unapplied.js';
 import type { StartHold } from './start-hold.js';
 import { VolumeJournalDevice } from './journal-device.js';
-import { isUnitBegin, isUnitEnd, unitMarker } from './units.js';
+import { isUnitBegin, isUnitEnd } from './units.js';
+import { ResendState, redoJournal, uncleanRegions, type RecoveredPvol, type ResendJournal, type VolumeRange } from './master-restart.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 import type { DamagedRecord, DirtyRanges, JournalReadRequest, ReceiverDriveError } from './protocol.js';
 
@@ -35,18 +38,9 @@ const activityRegionBytes = 16 * 2 ** 20;
 const activityRegionsMax = 512;
 /** Base records leave this share of the journal to host writes. */
 const copyReserveFraction = 0.25;
-/**
- * A re-send is one atomic unit the receiver holds whole before applying it, so it must fit
- * in the journal beside the host writes made meanwhile: larger ones suspend the group instead.
- */
-const resendShareMax = 0.5;
 
-interface Pvol {
-  pair: PairMeta;
-  volume: Volume;
+interface Pvol extends RecoveredPvol {
   locks: RangeLock;
-  activity: DurableRegionSet;
-  bitmap: DurableRegionSet;
   /** Host writes in flight per activity region. */
   activeWrites: Map<number, number>;
 }
@@ -100,10 +94,8 @@ export class MasterGroup extends EventEmitter {
   private trackedWriteCount = 0;
   private trackedPersist: Promise<void> | undefined;
   private linkWatch: NodeJS.Timeout | undefined;
-  /** Activity regions (per LUN) whose re-send after an unclean stop has not finished. */
-  private readonly resendPending = new Map<number, Set<number>>();
-  /** A re-send unit is being appended (a planned swap waits for its end marker). */
-  private resending = false;
+  /** The re-send after an unclean stop (master-restart.ts). */
+  private readonly resendState: ResendState;
   private stopped = false;
   /** The latest suspension's folding of the unapplied records into the bitmaps. */
   private folding: Promise<void> = Promise.resolve();
@@ -125,6 +117,7 @@ export class MasterGroup extends EventEmitter {
     this.log = options.log.child({ group: options.meta.name });
     this.now = options.now ?? Date.now;
     this.receiverApplied = this.journal.tailSeq;
+    this.resendState = new ResendState(this.pvols, this.log);
     for (const pair of this.meta.pairs) this.attachPair(pair, options.regionBytes);
   }
 
@@ -266,9 +259,9 @@ export class MasterGroup extends EventEmitter {
     await this.suspend(`drive-error: ${what}: ${error.message}`);
   }
 
-  /** The regions of the activity log as bitmap regions: every region written since the last good flush lies in them. */
-  private activeBitmapRegions(pvol: Pvol): number[] {
-    return pvol.activity.values().flatMap((r) => pvol.bitmap.regionsOf(r * activityRegionBytes, Math.max(0, Math.min(activityRegionBytes, pvol.volume.sizeBytes - r * activityRegionBytes))));
+  /** Every bitmap region of the byte ranges, clamped to the P-VOL, goes into its bitmap (durably). */
+  private markBitmap(pvol: Pvol, ranges: Iterable<readonly [number, number]>): Promise<void> {
+    return markRanges(pvol.bitmap, pvol.volume.sizeBytes, ranges);
   }
 
   /** A host write while the pair is suspended or split: the bitmap mark is durable before the write. */
@@ -349,7 +342,7 @@ export class MasterGroup extends EventEmitter {
   /** Makes all completed writes durable, then drops activity regions with no write in flight. */
   private async retireActivity(pvol: Pvol): Promise<void> {
     // A region still to be re-sent stays: it may hold blocks newer than the journal.
-    const pending = this.resendPending.get(pvol.pair.pvolLun);
+    const pending = this.resendState.pendingOf(pvol.pair.pvolLun);
     const retirable = (r: number): boolean => !pvol.activeWrites.has(r) && !(pending?.has(r) ?? false);
     const candidates = pvol.activity.values().filter(retirable);
     await this.engine.flush();
@@ -408,7 +401,7 @@ export class MasterGroup extends EventEmitter {
   }
 
   private async noteSyncFailure(error: Error, what: string, activeRegionsLost: boolean): Promise<void> {
-    if (activeRegionsLost) for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(this.activeBitmapRegions(pvol));
+    if (activeRegionsLost) for (const pvol of this.pvols.values()) await this.markBitmap(pvol, regionRanges(pvol.activity, pvol.activity.values()));
     await this.driveError(error, what);
   }
 
@@ -457,28 +450,10 @@ export class MasterGroup extends EventEmitter {
       pair.statusReason = reason;
     }
     await this.persistMeta(this.meta);
-    await this.foldResendPending();
+    await this.resendState.foldPending();
     this.folding = this.foldUnapplied();
     await this.folding;
     this.emit('changed');
-  }
-
-  /**
-   * A re-send unit cut short by the suspension: the regions it had not sent yet are in no record,
-   * so they go into the bitmaps for the resync to copy.
-   */
-  private async foldResendPending(): Promise<void> {
-    for (const [lun, pending] of this.resendPending) {
-      const pvol = this.pvols.get(lun);
-      if (!pvol) continue;
-      const regions = [...pending].flatMap((r) => {
-        const offset = r * activityRegionBytes;
-        return offset < pvol.volume.sizeBytes ? pvol.bitmap.regionsOf(offset, Math.min(activityRegionBytes, pvol.volume.sizeBytes - offset)) : [];
-      });
-      await pvol.bitmap.addAll(regions);
-    }
-    // In the bitmaps (durably), the regions no longer need the activity log to be re-sent.
-    this.resendPending.clear();
   }
 
   /**
@@ -493,77 +468,65 @@ export class MasterGroup extends EventEmitter {
       if (!isIoError(error)) throw error;
       // The journal cannot be read back (a drive error): the unapplied queue names the same regions.
       this.log.warn({ err: error.message }, 'journal unreadable; folding the unapplied records from memory');
-      const folded = new Map<Pvol, number[]>();
-      for (const { region } of this.unapplied.from(fromSeq)) {
-        const pvol = region ? this.pvols.get(region.lun) : undefined;
-        if (pvol && region) folded.set(pvol, [...(folded.get(pvol) ?? []), ...pvol.bitmap.regionsOf(region.offset, region.length)]);
-      }
-      for (const [pvol, regions] of folded) await pvol.bitmap.addAll(regions);
+      const folded = new RangesByLun();
+      for (const { region } of this.unapplied.from(fromSeq)) if (region) folded.add(region.lun, region.offset, region.length);
+      await this.markFolded(folded);
     }
   }
 
   private async foldFromJournal(fromSeq: number): Promise<void> {
-    const folded = new Map<number, number[]>();
+    const folded = new RangesByLun();
     await this.journal.sync();
-    let seq = Math.max(fromSeq, this.journal.tailSeq);
-    const fold = (lun: number, offset: number, length: number): void => {
-      const pvol = this.pvols.get(lun);
-      if (pvol) folded.set(lun, [...(folded.get(lun) ?? []), ...pvol.bitmap.regionsOf(offset, length)]);
-    };
-    while (seq < this.journal.durableSeq) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(seq, readBatchBytesMax);
-      } catch (error) {
-        if (isTwinstoreError(error) && error.code === 'JOURNAL_RECORD_GONE' && this.journal.tailSeq > seq) {
-          // The receiver applied them meanwhile (the journal frees only what it applied): nothing to fold there.
-          seq = this.journal.tailSeq;
-          continue;
-        }
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
+    const seq = await scanJournal({
+      journal: this.journal,
+      fromSeq: Math.max(fromSeq, this.journal.tailSeq),
+      batchBytesMax: readBatchBytesMax,
+      // The receiver applied them meanwhile (the journal frees only what it applied): nothing to fold there.
+      skipReleased: true,
+      onRecord: (record) => {
+        if (record.kind !== 'marker') folded.add(record.lun, record.offset, record.length);
+      },
+      onDamaged: (error) => {
         // A damaged header names no region; the record as it was queued does (sim seed 226: a write
         // whose record header a bit flip hit was never re-sent, and its blocks differed at lag 0).
-        const queued = error.region === undefined ? this.unapplied.from(seq).find((r) => r.seq === seq) : undefined;
+        const queued = error.region === undefined ? this.unapplied.from(error.seq).find((r) => r.seq === error.seq) : undefined;
         const region = error.region ?? queued?.region;
-        if (region) fold(region.lun, region.offset, region.length);
+        if (region) folded.add(region.lun, region.offset, region.length);
         else if (queued === undefined) {
-          this.log.error({ seq }, 'a damaged journal record names no region: every region goes into the bitmaps');
-          for (const [lun, pvol] of this.pvols) fold(lun, 0, pvol.volume.sizeBytes);
+          this.log.error({ seq: error.seq }, 'a damaged journal record names no region: every region goes into the bitmaps');
+          for (const [lun, pvol] of this.pvols) folded.add(lun, 0, pvol.volume.sizeBytes);
         }
-        seq += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const record of records) if (record.kind !== 'marker') fold(record.lun, record.offset, record.length);
-      seq = records[records.length - 1]!.seq + 1;
+      },
+    });
+    await this.markFolded(folded);
+    this.log.info({ records: seq - fromSeq, ranges: folded.count }, 'unapplied records folded into the bitmaps');
+  }
+
+  /** The folded ranges of each P-VOL into its bitmap (a LUN no longer in the group names nothing). */
+  private async markFolded(folded: RangesByLun): Promise<void> {
+    for (const [lun, ranges] of folded.entries()) {
+      const pvol = this.pvols.get(lun);
+      if (pvol) await this.markBitmap(pvol, ranges);
     }
-    for (const [lun, regions] of folded) await this.pvols.get(lun)!.bitmap.addAll(regions);
-    this.log.info({ records: seq - fromSeq, regions: [...folded.values()].reduce((n, r) => n + r.length, 0) }, 'unapplied records folded into the bitmaps');
   }
 
   /** After a restart: the records still kept (not applied by the receiver) give lag and folding their start. */
   async loadUnapplied(): Promise<void> {
-    let seq = this.journal.tailSeq;
     this.unapplied.clear();
-    while (seq < this.journal.durableSeq) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(seq, readBatchBytesMax);
-      } catch (error) {
-        // A damaged record (its header intact, its data not) is kept: sending it suspends the group.
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
-        const region = error.region ? { lun: error.region.lun, offset: error.region.offset, length: error.region.length } : undefined;
-        this.unapplied.push({ seq, timestampMs: this.now(), bytes: 4096 + Math.ceil((region?.length ?? 0) / 4096) * 4096, region });
-        seq += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const r of records) {
+    await scanJournal({
+      journal: this.journal,
+      fromSeq: this.journal.tailSeq,
+      batchBytesMax: readBatchBytesMax,
+      onRecord: (r) => {
         const region = r.kind === 'marker' ? undefined : { lun: r.lun, offset: r.offset, length: r.length };
         this.unapplied.push({ seq: r.seq, timestampMs: r.timestampMs, bytes: 4096 + Math.ceil((r.data?.length ?? 0) / 4096) * 4096, region });
-      }
-      seq = records[records.length - 1]!.seq + 1;
-    }
+      },
+      // A damaged record (its header intact, its data not) is kept: sending it suspends the group.
+      onDamaged: (error) => {
+        const region = error.region ? { lun: error.region.lun, offset: error.region.offset, length: error.region.length } : undefined;
+        this.unapplied.push({ seq: error.seq, timestampMs: this.now(), bytes: 4096 + Math.ceil((region?.length ?? 0) / 4096) * 4096, region });
+      },
+    });
     this.writtenSeq = this.journal.nextSeq - 1;
   }
 
@@ -720,9 +683,7 @@ export class MasterGroup extends EventEmitter {
       const pvol = this.pvols.get(entry.lun);
       if (!pvol) continue;
       // The peer's word: ranges outside the volume name nothing here (protocol.ts left out those that are not whole numbers).
-      const inside = entry.ranges.filter(([offset]) => offset < pvol.volume.sizeBytes);
-      const regions = inside.flatMap(([offset, length]) => pvol.bitmap.regionsOf(offset, Math.min(length, pvol.volume.sizeBytes - offset)));
-      await pvol.bitmap.addAll(regions);
+      await this.markBitmap(pvol, entry.ranges.filter(([offset, length]) => length > 0 && offset < pvol.volume.sizeBytes));
     }
     for (const pvol of this.pvols.values()) await markCopyRemainder(pvol.pair, pvol.volume.sizeBytes, pvol.bitmap);
     for (const pair of this.meta.pairs) {
@@ -801,7 +762,7 @@ export class MasterGroup extends EventEmitter {
       this.thawGate();
       throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name}: ${bad.pvolName} is ${bad.status}; a planned swap needs PAIR`, { field: 'group' });
     }
-    if (this.resending) {
+    if (this.resendState.resending) {
       // The unit's end marker would fall past the end seq: the receiver could never apply up to it.
       this.thawGate();
       throw new TwinstoreError('PAIR_INVALID', `group ${this.meta.name} is still re-sending its active regions after an unclean stop; retry the swap once it is done`, { field: 'group' });
@@ -914,10 +875,7 @@ export class MasterGroup extends EventEmitter {
     // Our records from the divergence point on are writes the peer never applied; the active
     // regions may hold writes whose records were lost (an unclean stop, a re-send cut short).
     await this.foldUnapplied(divergenceSeq);
-    for (const pvol of this.pvols.values()) {
-      const regions = pvol.activity.values().flatMap((r) => pvol.bitmap.regionsOf(r * activityRegionBytes, Math.max(0, Math.min(activityRegionBytes, pvol.volume.sizeBytes - r * activityRegionBytes))));
-      if (regions.length > 0) await pvol.bitmap.addAll(regions);
-    }
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, regionRanges(pvol.activity, pvol.activity.values()));
     this.emit('changed');
   }
 
@@ -939,24 +897,19 @@ export class MasterGroup extends EventEmitter {
   async hostRecordsFrom(seq: number): Promise<number> {
     let count = 0;
     let inUnit = false;
-    for (let at = Math.max(seq, this.journal.tailSeq); at < this.journal.durableSeq;) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(at, readBatchBytesMax);
-      } catch (error) {
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== at) throw error;
-        count += 1; // unreadable: count it as a write, to be safe
-        at += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const r of records) {
+    await scanJournal({
+      journal: this.journal,
+      fromSeq: Math.max(seq, this.journal.tailSeq),
+      batchBytesMax: readBatchBytesMax,
+      onRecord: (r) => {
         if (isUnitBegin(r)) inUnit = true;
         else if (isUnitEnd(r)) inUnit = false;
         else if (r.kind === 'write' || r.kind === 'zero' || (r.kind === 'trim' && !inUnit)) count += 1;
-      }
-      at = records[records.length - 1]!.seq + 1;
-    }
+      },
+      onDamaged: () => {
+        count += 1; // unreadable: count it as a write, to be safe
+      },
+    });
     return count;
   }
 
@@ -1109,7 +1062,7 @@ export class MasterGroup extends EventEmitter {
    */
   private async receiverJournalLost(): Promise<JournalRecord[]> {
     this.log.error({ peer: this.meta.peer }, 'the receiver lost its restore journal: every region goes into the bitmaps for a full copy');
-    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, [[0, pvol.volume.sizeBytes]]);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) await this.suspend(`journal-damaged on ${this.meta.peer}: its restore journal was lost; the resync copies every region`);
     this.meta.skipTo = Math.max(this.meta.skipTo ?? 0, this.journal.nextSeq);
     this.servedTo = Math.max(this.servedTo, this.meta.skipTo);
@@ -1129,7 +1082,7 @@ export class MasterGroup extends EventEmitter {
     // Which regions those records wrote is known to no journal here (and the receiver may have
     // applied and freed some): every region goes into the bitmaps, durably, so the resync copies
     // everything and the S-VOLs end equal to the P-VOLs whatever those records held.
-    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, [[0, pvol.volume.sizeBytes]]);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {
       this.log.error({ storedSeq, servedTo: this.servedTo }, `${message}; suspending`);
       await this.suspend(`receiver-ahead: seq ${storedSeq - 1} on ${this.meta.peer}`);
@@ -1144,7 +1097,7 @@ export class MasterGroup extends EventEmitter {
    */
   private async receiverDamaged(damaged: DamagedRecord): Promise<void> {
     const pvol = this.pvols.get(damaged.lun);
-    if (pvol && damaged.length > 0) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(damaged.offset, Math.min(damaged.length, pvol.volume.sizeBytes - damaged.offset)));
+    if (pvol && damaged.length > 0) await this.markBitmap(pvol, [[damaged.offset, damaged.length]]);
     if (this.meta.pairs.some((p) => p.status === 'PAIR' || p.status === 'COPY')) {
       this.log.error({ seq: damaged.seq, peer: this.meta.peer }, 'the receiver holds a damaged record; suspending');
       await this.suspend(`bad-record: seq ${damaged.seq} on ${this.meta.peer}`);
@@ -1196,7 +1149,7 @@ export class MasterGroup extends EventEmitter {
     this.log.error({ seq: error.seq, region: error.region }, 'journal record fails its checksum; suspending');
     const region = error.region;
     const pvol = region ? this.pvols.get(region.lun) : undefined;
-    if (pvol && region) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(region.offset, region.length));
+    if (pvol && region) await this.markBitmap(pvol, [[region.offset, region.length]]);
     await this.suspend(`bad-record: seq ${error.seq}`);
   }
 
@@ -1282,7 +1235,7 @@ export class MasterGroup extends EventEmitter {
     await this.journal.sync();
     await this.journal.persistHeader();
     // An unfinished re-send keeps the activity log, so the next start re-sends (and ends the unit) again.
-    if (this.resendPending.size === 0) for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
+    if (!this.resendState.anyPending) for (const pvol of this.pvols.values()) if (pvol.activeWrites.size === 0) await pvol.activity.clear();
     await this.journal.close();
   }
 
@@ -1293,7 +1246,7 @@ export class MasterGroup extends EventEmitter {
    */
   async journalLost(fromSeq: number, reason = `records from seq ${fromSeq} on were lost`): Promise<void> {
     this.log.error({ fromSeq, reason }, 'journal damaged: synced records cannot be read back; every region goes into the bitmaps');
-    for (const pvol of this.pvols.values()) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(0, pvol.volume.sizeBytes));
+    for (const pvol of this.pvols.values()) await this.markBitmap(pvol, [[0, pvol.volume.sizeBytes]]);
     // The lost records may have reached the receiver: their seqs are never given to other writes.
     // No seq past twice the journal's capacity in records was ever written (the persisted tail lags
     // the real one by less than a lap); the journal goes on past that, and the resync skips to it.
@@ -1321,114 +1274,38 @@ export class MasterGroup extends EventEmitter {
     return true;
   }
 
-  /**
-   * After an unclean stop: the regions the activity log names, and those of records the journal's
-   * recovery cut off at a torn end (`cut`, normally inside them already), to re-send as base records.
-   */
-  uncleanRegions(cut: ReadonlyArray<{ lun: number; offset: number; length: number }> = []): Array<{ lun: number; offset: number; length: number }> {
-    const out: Array<{ lun: number; offset: number; length: number }> = [];
-    for (const pvol of this.pvols.values()) {
-      const regions = new Set(pvol.activity.values());
-      for (const record of cut) {
-        if (record.lun !== pvol.pair.pvolLun || record.offset >= pvol.volume.sizeBytes || record.length === 0) continue;
-        for (const r of pvol.activity.regionsOf(record.offset, Math.min(record.length, pvol.volume.sizeBytes - record.offset))) regions.add(r);
-      }
-      for (const r of [...regions].sort((a, b) => a - b)) {
-        const offset = r * activityRegionBytes;
-        if (offset < pvol.volume.sizeBytes) out.push({ lun: pvol.pair.pvolLun, offset, length: Math.min(activityRegionBytes, pvol.volume.sizeBytes - offset) });
-      }
-    }
-    return out;
+  /** After an unclean stop: the regions to re-send (master-restart.ts). */
+  uncleanRegions(cut: ReadonlyArray<VolumeRange> = []): VolumeRange[] {
+    return uncleanRegions(this.pvols.values(), cut);
+  }
+
+  /** After an unclean stop, before any host write: the journal's records re-applied to the P-VOLs (master-restart.ts). */
+  redo(): Promise<number> {
+    return redoJournal({ journal: this.journal, pvols: this.pvols, engine: this.engine });
   }
 
   /**
-   * After an unclean stop (docs/architecture.md §3.5): re-applies to the P-VOLs every record still
-   * in the journal, since a record may be durable while its P-VOL write was lost. In order,
-   * before any host write; records are idempotent, so repeating one already on disk is harmless.
-   * Except over regions marked in the bitmap: a host write taken the bitmap way (the group
-   * suspended or split) may be newer than every record there, and a flushed one must not be
-   * rolled back; those regions are copied to the S-VOL by the next resync whatever they hold.
+   * After an unclean stop: the regions re-sent as one atomic unit of base records (master-restart.ts).
+   * Too large for the journal, its regions are in the bitmaps and the group suspends.
    */
-  async redo(): Promise<number> {
-    let seq = this.journal.tailSeq;
-    let count = 0;
-    const damaged: Array<{ lun: number; offset: number; length: number }> = [];
-    while (seq < this.journal.durableSeq) {
-      let records: JournalRecord[];
-      try {
-        records = await this.journal.readFrom(seq, readBatchBytesMax);
-      } catch (error) {
-        // A damaged record cannot be redone: its region goes into the bitmap (after the redo, so
-        // the intact records over it are still redone) and the resync copies it.
-        if (!(error instanceof JournalRecordCorruptError) || error.seq !== seq) throw error;
-        if (error.region) damaged.push(error.region);
-        seq += 1;
-        continue;
-      }
-      if (records.length === 0) break;
-      for (const record of records) {
-        const pvol = this.pvols.get(record.lun);
-        if (!pvol || record.kind === 'marker') continue;
-        for (const [offset, length] of unmarkedRanges(pvol.bitmap, record.offset, record.length)) {
-          const at = offset - record.offset;
-          if (record.kind === 'write' || record.kind === 'base') await pvol.volume.write(offset, record.data!.subarray(at, at + length));
-          else await pvol.volume.writeZeroes(offset, length, false);
-        }
-        count += 1;
-      }
-      seq = records[records.length - 1]!.seq + 1;
-    }
-    await this.engine.flush();
-    for (const region of damaged) {
-      const pvol = this.pvols.get(region.lun);
-      if (pvol && region.offset < pvol.volume.sizeBytes) await pvol.bitmap.addAll(pvol.bitmap.regionsOf(region.offset, Math.min(region.length, pvol.volume.sizeBytes - region.offset)));
-    }
-    return count;
+  async resend(regions: VolumeRange[]): Promise<void> {
+    const outcome = await this.resendState.resend(regions, this.resendJournal());
+    if (outcome === 'too-large') await this.suspend('resend-too-large');
+    if (outcome === 'sent') this.scheduleSync();
   }
 
-  /**
-   * Re-sends regions as base records (after an unclean stop), in the group's sequence space,
-   * as one atomic unit (units.ts): the receiver applies it whole or not at all. A unit too big
-   * for the journal, or cut short by a suspension, leaves the S-VOLs at the consistency point
-   * before it; the regions go into the bitmaps for a resync.
-   */
-  async resend(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
-    this.resending = true;
-    try {
-      await this.resendUnit(regions);
-    } finally {
-      this.resending = false;
-    }
-  }
-
-  private async resendUnit(regions: Array<{ lun: number; offset: number; length: number }>): Promise<void> {
-    const live = regions.filter((r) => this.journaling(this.pvolOf(r.lun)));
-    if (live.length === 0) return;
-    for (const r of live) {
-      const pvol = this.pvolOf(r.lun);
-      const pending = this.resendPending.get(r.lun) ?? new Set<number>();
-      for (const region of pvol.activity.regionsOf(r.offset, r.length)) pending.add(region);
-      this.resendPending.set(r.lun, pending);
-    }
-    const bytes = live.reduce((n, r) => n + r.length, 0);
-    if (bytes > this.journal.capacityBytes * resendShareMax) {
-      this.log.warn({ bytes, capacity: this.journal.capacityBytes }, 'active regions too large to re-send as one unit; suspending');
-      for (const r of live) await this.pvolOf(r.lun).bitmap.mark(r.offset, r.length);
-      await this.suspend('resend-too-large');
-      return;
-    }
+  /** What a re-send appends through: this group's journal and sequence space. */
+  private resendJournal(): ResendJournal {
     const going = (): boolean => this.meta.pairs.some((p) => p.status === 'COPY' || p.status === 'PAIR');
-    if ((await this.appendMarker(unitMarker.begin, going)) < 0) return;
-    for (const region of live) {
-      const pvol = this.pvolOf(region.lun);
-      for (let at = region.offset; at < region.offset + region.length; at += copyChunkBytes) {
-        if (this.stopped || !this.journaling(pvol)) return;
-        await this.copyChunk(pvol, at, Math.min(copyChunkBytes, region.offset + region.length - at), () => this.journaling(pvol), false);
-      }
-    }
-    if (this.stopped || (await this.appendMarker(unitMarker.end, going)) < 0) return;
-    this.resendPending.clear();
-    this.scheduleSync();
+    const journaling = (lun: number): boolean => this.journaling(this.pvolOf(lun));
+    return {
+      capacityBytes: this.journal.capacityBytes,
+      chunkBytes: copyChunkBytes,
+      stopped: () => this.stopped,
+      journaling,
+      appendMarker: (code) => this.appendMarker(code, going),
+      appendChunk: (lun, offset, length) => this.copyChunk(this.pvolOf(lun), offset, length, () => journaling(lun), false),
+    };
   }
 
   /** Appends a marker record (units.ts), waiting for journal space while `keepGoing()`; its seq, or -1. */

@@ -6,8 +6,8 @@
 // harmless: records are idempotent writes applied in order (redo).
 
 import { EventEmitter } from 'node:events';
-import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { Journal, JournalRecordCorruptError, type JournalRecord } from '../journal/index.js';
+import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
+import { Journal, JournalRecordCorruptError, type JournalRecord, type RecordMeta } from '../journal/index.js';
 import { isIoError, type StorageEngine, type Volume } from '../storage/index.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { AnswerRefusedError, linkRequest, type DamagedRecord, type DirtyRanges, type JournalReadAnswer, type PeerChannel, type ReceiverDriveError } from './protocol.js';
@@ -15,6 +15,7 @@ import type { Logger } from '../util/log.js';
 import { isPlanted } from '../util/planted.js';
 import { formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 import { isUnitBegin, isUnitEnd } from './units.js';
+import { scanJournal } from './journal-scan.js';
 import { DurableRegionSet } from './region-set.js';
 import { bitmapSetName } from './model.js';
 
@@ -581,28 +582,37 @@ export class RestoreGroup extends EventEmitter {
     }
     this.heldAt = undefined;
     let last: JournalRecord | undefined;
-    for (let seq = begin; seq <= end;) {
-      const records = await this.journal.readFrom(seq, applyBatchBytesMax);
-      for (const record of records) {
-        if (record.seq > end) break;
+    await scanJournal({
+      journal: this.journal,
+      fromSeq: begin,
+      toSeq: end + 1,
+      batchBytesMax: applyBatchBytesMax,
+      onRecord: async (record) => {
         await this.apply(record);
         last = record;
-      }
-      seq = last!.seq + 1;
-    }
+      },
+    });
+    assert(last?.seq === end, `atomic unit ${begin}..${end} read whole`);
     this.log.info({ begin, end }, 'atomic unit applied');
-    await this.commitApplied(last!);
+    await this.commitApplied(last);
   }
 
+  /** Where the unit's end marker is, once stored; the scan goes on from where it last stopped. */
   private async findUnitEnd(begin: number): Promise<number | undefined> {
     if (this.unitScan?.begin !== begin) this.unitScan = { begin, scannedTo: begin + 1, end: undefined };
     const scan = this.unitScan;
-    while (scan.end === undefined && scan.scannedTo < this.journal.durableSeq) {
-      const records = await this.journal.readFrom(scan.scannedTo, applyBatchBytesMax);
-      if (records.length === 0) break;
-      scan.end = records.find(isUnitEnd)?.seq;
-      scan.scannedTo = records[records.length - 1]!.seq + 1;
-    }
+    if (scan.end !== undefined) return scan.end;
+    await scanJournal({
+      journal: this.journal,
+      fromSeq: scan.scannedTo,
+      batchBytesMax: applyBatchBytesMax,
+      onRecord: (record) => {
+        scan.scannedTo = record.seq + 1;
+        if (!isUnitEnd(record)) return;
+        scan.end = record.seq;
+        return 'stop';
+      },
+    });
     return scan.end;
   }
 
