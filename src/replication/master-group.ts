@@ -498,8 +498,17 @@ export class MasterGroup extends EventEmitter {
         }
       },
     });
+    // Records reserved but not yet durable (host writes in flight as the group suspended) lie past
+    // the scan; the queue names their regions. Left out, they would be in no bitmap, and the resync's
+    // skipTo passes over their records: the S-VOL would never get those blocks.
+    let inFlight = 0;
+    for (const { region } of this.unapplied.from(seq)) {
+      if (!region) continue;
+      folded.add(region.lun, region.offset, region.length);
+      inFlight += 1;
+    }
     await this.markFolded(folded);
-    this.log.info({ records: seq - fromSeq, ranges: folded.count }, 'unapplied records folded into the bitmaps');
+    this.log.info({ records: seq - fromSeq, inFlight, ranges: folded.count }, 'unapplied records folded into the bitmaps');
   }
 
   /** The folded ranges of each P-VOL into its bitmap (a LUN no longer in the group names nothing). */

@@ -38,7 +38,11 @@ export interface CreateVolumeRequest {
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 export const LUN_MAX = 65535;
 export const VOLUME_ALIGN_BYTES = 4096;
-const backgroundFlushMs = 5000;
+/**
+ * How often every drive is synced in the background. Tests that must see a release not yet
+ * durable set TWINSTORE_TEST_BACKGROUND_FLUSH_MS (a loaded machine can take 5 s between two steps).
+ */
+const backgroundFlushMs = Number(process.env.TWINSTORE_TEST_BACKGROUND_FLUSH_MS ?? '') || 5000;
 
 /** What 'sync-failed' reports: a drive (its id) or the metadata (`metadata`) failed a sync. */
 export interface EngineSyncFailure extends SyncFailure {

@@ -3,7 +3,9 @@
 // secret pattern and flushes, then trims them all; volume B then needs those
 // very extents. Before A's release is durable B gets ENOSPC rather than A's
 // extents; after a flush B reuses them (zeroed first). kill -9 at either point
-// and after restart no byte of B holds A's secret.
+// and after restart no byte of B holds A's secret. The background flush is held
+// off (TWINSTORE_TEST_BACKGROUND_FLUSH_MS): on a loaded machine it came between
+// the trim and B's writes and made the release durable early.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,7 +16,7 @@ const secret = 0xa5;
 const MiB = 2 ** 20;
 
 test('released extents are reused only after a durable release, zeroed, across kill -9', async (t) => {
-  const array = await startArray(t, { drives: ['16MiB'], env: { TWINSTORE_TEST_VOLATILE_CACHE: '1', TWINSTORE_TEST_SEED: '21' } });
+  const array = await startArray(t, { drives: ['16MiB'], env: { TWINSTORE_TEST_VOLATILE_CACHE: '1', TWINSTORE_TEST_SEED: '21', TWINSTORE_TEST_BACKGROUND_FLUSH_MS: '3600000' } });
   createVolume(array, 'a', '12MiB');
   createVolume(array, 'b', '12MiB');
   const writesA = Array.from({ length: 12 }, (_, i) => ({ offset: i * MiB, length: MiB, byte: secret }));
