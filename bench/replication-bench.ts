@@ -224,7 +224,7 @@ async function sustainedStream(a: Site, b: Site, unreplicatedMBs: number): Promi
     await cli(site, ['journal', 'create', 'djnl', '--size', '256MiB']);
   }
   await cli(a, ['pair', 'create', '--group', 'demo', '--pvol', 'dvol', '--svol', 'site-b:dvol', '--journal', 'djnl', '--remote-journal', 'site-b:djnl', '--overflow', 'throttle']);
-  const groupState = async (site: Site): Promise<PairRow> => (JSON.parse(await cli(site, ['pair', 'display', '--group', 'demo', '--json'])) as { pairs: PairRow[] }).pairs[0]!;
+  const groupState = (site: Site): Promise<PairRow> => sites.pairState(site, 'demo');
   const deadline = Date.now() + 600_000;
   while (!((row) => row.status === 'PAIR' && row.lagRecords === 0)(await groupState(a))) {
     if (Date.now() > deadline) throw new Error('timed out waiting for the demo-like pair');

@@ -17,6 +17,8 @@ export interface Site {
   config: string;
   server?: Tracked;
   nbd?: string;
+  /** The management API's address, from the ready line. */
+  api?: string;
 }
 
 export interface PairRow {
@@ -74,7 +76,9 @@ export class BenchSites {
   /** Starts the array, pinned to `cpu` when given. */
   async start(site: Site, cpu?: number): Promise<void> {
     site.server = this.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe', ...(cpu === undefined ? {} : { cpu }) });
-    site.nbd = (await readReadyLine(site.server)).nbd;
+    const ready = await readReadyLine(site.server);
+    site.nbd = ready.nbd;
+    if (ready.api !== undefined) site.api = ready.api;
   }
 
   async cli(site: Site, args: string[]): Promise<string> {
@@ -82,8 +86,20 @@ export class BenchSites {
     return out.stdout;
   }
 
-  async pairState(site: Site): Promise<PairRow> {
-    const out = JSON.parse(await this.cli(site, ['pair', 'display', '--json'])) as { pairs: PairRow[] };
+  /**
+   * The first pair of `group` (or of the array) through the API, as `pair display --json` shows it:
+   * a GET costs a millisecond where a CLI process costs hundreds, so lag samples come often.
+   */
+  async pairState(site: Site, group?: string): Promise<PairRow> {
+    if (site.api === undefined) throw new Error(`${site.id}: no API address in its ready line`);
+    const token = fs.readFileSync(path.join(this.dir, site.id, 'api-token'), 'utf8').trim();
+    const response = await fetch(`http://${site.api}/v1/pairs${group === undefined ? '' : `?group=${encodeURIComponent(group)}`}`, {
+      headers: { authorization: `Bearer ${token}` },
+      signal: AbortSignal.timeout(30_000),
+    });
+    if (response.status !== 200) throw new Error(`${site.id}: GET /v1/pairs answered ${response.status}: ${await response.text()}`);
+    const out = (await response.json()) as { pairs: PairRow[] };
+    if (out.pairs.length === 0) throw new Error(`${site.id}: no pair${group === undefined ? '' : ` in group ${group}`}`);
     return out.pairs[0]!;
   }
 

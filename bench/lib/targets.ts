@@ -71,7 +71,7 @@ function twinstoreConfig(driveBytes: number): string {
   ].join('\n');
 }
 
-export async function readReadyLine(server: Tracked): Promise<{ nbd: string }> {
+export async function readReadyLine(server: Tracked): Promise<{ nbd: string; api: string | undefined }> {
   const lines = readline.createInterface({ input: server.child.stdout! });
   const line = await Promise.race([
     new Promise<string>((resolve) => lines.once('line', resolve)),
@@ -80,9 +80,9 @@ export async function readReadyLine(server: Tracked): Promise<{ nbd: string }> {
   ]);
   // Keep draining stdout so the server can never block on a full pipe.
   lines.on('line', () => undefined);
-  const ready = JSON.parse(line) as { ready?: boolean; nbd?: string };
+  const ready = JSON.parse(line) as { ready?: boolean; nbd?: string; api?: string };
   if (ready.ready !== true || typeof ready.nbd !== 'string') throw new Error(`twinstore serve: unexpected ready line ${line}`);
-  return { nbd: ready.nbd };
+  return { nbd: ready.nbd, api: typeof ready.api === 'string' ? ready.api : undefined };
 }
 
 /** Starts `twinstore serve`, creates the volume, and fills it from sourceFile with nbdcopy. */
