@@ -124,10 +124,16 @@ const userHz = 100;
 
 /** CPU seconds (user + system) a running process has used so far, from /proc/PID/stat. */
 export function cpuSeconds(pid: number): number {
+  const times = cpuTimes(pid);
+  return times.user + times.system;
+}
+
+/** User and system (kernel, e.g. page-cache copies and writeback in fdatasync) CPU seconds so far. */
+export function cpuTimes(pid: number): { user: number; system: number } {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after the command name (which may hold spaces, in parentheses): state is field 3, utime 14, stime 15.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / userHz;
+  return { user: Number(fields[11]) / userHz, system: Number(fields[12]) / userHz };
 }
 
 /** A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, close). */

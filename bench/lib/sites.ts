@@ -73,9 +73,9 @@ export class BenchSites {
     });
   }
 
-  /** Starts the array, pinned to `cpu` when given. */
-  async start(site: Site, cpu?: number): Promise<void> {
-    site.server = this.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe', ...(cpu === undefined ? {} : { cpu }) });
+  /** Starts the array, pinned to `cpu` when given; `nodeArgs` go to node before the CLI (e.g. --cpu-prof). */
+  async start(site: Site, cpu?: number, nodeArgs: string[] = []): Promise<void> {
+    site.server = this.tracker.spawn(process.execPath, [...nodeArgs, cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe', ...(cpu === undefined ? {} : { cpu }) });
     const ready = await readReadyLine(site.server);
     site.nbd = ready.nbd;
     if (ready.api !== undefined) site.api = ready.api;
