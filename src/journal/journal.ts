@@ -3,7 +3,8 @@
 // synchronous step; write() puts the record on the device; sync() group-commits
 // (one flush for every record whose write completed before the round began)
 // and moves durableSeq over the contiguous prefix; readFrom() serves durable
-// records from an in-memory seq -> position index.
+// records from memory while it keeps them (record-window.ts), else from the
+// device through an in-memory seq -> position index.
 //
 // Space: release() moves the tail at once, but the bytes it frees are reused
 // only after a header naming the new tail is durable. Otherwise a crash would
@@ -15,30 +16,25 @@
 //
 // Fail-stop: after any device error the journal refuses every further call.
 
-import crypto from 'node:crypto';
 import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
 import { sharedPool, zeroBuffer } from '../util/buffer-pool.js';
-import { checkData, checkFormatDevice, checkFormatInit, checkRecordMeta, checkRole, checkWholeNumber, type FormatInit } from './checks.js';
+import { checkData, checkRecordMeta, checkRole, checkWholeNumber, type FormatInit } from './checks.js';
 import { checkEpoch, epochNotOlder, formatEpoch, sameEpoch } from './epoch.js';
-import { JournalRecordCorruptError } from './errors.js';
 import {
-  blockBytes, dataCrcOf, encodeHeaderSlot, headerSlotBytes, instancesMax, journalBytesMin, kindHasData, parseHeaderSlot, parseRecordHeader,
+  dataCrcOf, encodeHeaderSlot, headerSlotBytes, instancesMax, journalBytesMin,
   recordBytesFor, recordDataBytesMax, recordHeaderBytes, ringStartBytes, slotOfGeneration, RecordTemplate,
-  type HeaderState, type InstanceEntry, type RecordFields,
+  type InstanceEntry, type RecordFields,
 } from './layout.js';
-import { chooseHeader, scanRing, sweepRing, type SweepResult } from './recovery.js';
-import { SeqIndex } from './seq-index.js';
+import { formatParts, freezeEpoch, newInstanceId, openParts, sessionMax, type JournalParts } from './open.js';
+import type { SeqIndex } from './seq-index.js';
+import { RecordWindow } from './record-window.js';
+import { decodeRun, planRead, readBytesMax, readRecordsMax } from './read-runs.js';
 import type { Epoch, JournalDevice, JournalRecord, JournalRole, RecordMeta, RecoveryReport, Reservation } from './types.js';
 
 /** Records of at most this size go to the device as one pooled buffer; larger ones as header + caller's data. */
 const combinedWriteBytesMax = 64 * 1024;
-/** readFrom() returns at most this many records and this many data bytes per call. */
-const readRecordsMax = 1024;
-const readBytesMax = 64 * 2 ** 20;
-const readRunBytesMax = 8 * 2 ** 20;
 /** release() starts a header round once this share of the ring is freed but not yet reusable. */
 const releasedShareForHeader = 1 / 8;
-const sessionMax = 2 ** 32 - 1;
 
 type WriteMeta = Omit<RecordMeta, 'seq'>;
 
@@ -76,15 +72,6 @@ interface Cursors {
   appliedSeq: number;
 }
 
-interface JournalParts {
-  device: JournalDevice;
-  header: HeaderState;
-  index: SeqIndex;
-  head: number;
-  nextSeq: number;
-  keptBytes: number;
-  lastEpoch: Epoch;
-}
 
 export class Journal {
   /** 4 records of the largest size (header block + 32 MiB) plus the two header slots. */
@@ -107,6 +94,8 @@ export class Journal {
   private lastEpoch: Epoch;
   private readonly index: SeqIndex;
   private readonly pending = new Map<number, PendingRecord>();
+  /** Records written in this session, to be read back without the device. */
+  private readonly recent = new RecordWindow();
   private template: RecordTemplate;
   private roundRunning: Round | undefined;
   private roundRunningWrittenSeq = 0;
@@ -142,83 +131,16 @@ export class Journal {
 
   /** Writes a new, empty journal on `device` (both header slots, then a flush). */
   static async format(device: JournalDevice, init: FormatInit): Promise<Journal> {
-    checkFormatDevice(device);
-    checkFormatInit(init);
-    const epoch = freezeEpoch(init.epoch);
-    const ringBytes = device.sizeBytes - ringStartBytes;
-    const header: HeaderState = {
-      generation: 2, session: 1, role: init.role, clean: false, ringBytes, tailSeq: init.firstSeq, tailPosition: ringStartBytes,
-      appliedSeq: init.firstSeq, groupId: init.groupId, instances: [{ id: init.instanceId ?? newInstanceId(), firstSeq: init.firstSeq, epoch }],
-    };
-    await device.write(slotOfGeneration(1) * headerSlotBytes, encodeHeaderSlot({ ...header, generation: 1 }));
-    await device.write(slotOfGeneration(2) * headerSlotBytes, encodeHeaderSlot(header));
-    await device.flush();
-    const index = new SeqIndex(ringBytes / blockBytes, init.firstSeq);
-    return new Journal({ device, header, index, head: ringStartBytes, nextSeq: init.firstSeq, keptBytes: 0, lastEpoch: epoch });
+    return new Journal(await formatParts(device, init));
   }
 
   /** Opens a journal: picks the header slot, scans the ring (the recovery decision table), persists a new session. */
   static async open(device: JournalDevice): Promise<{ journal: Journal; recovery: RecoveryReport }> {
-    if (!Number.isSafeInteger(device.sizeBytes) || device.sizeBytes % blockBytes !== 0 || device.sizeBytes < ringStartBytes) {
-      throw new TwinstoreError('JOURNAL_CORRUPT', `a device of ${device.sizeBytes} bytes cannot hold a journal`);
-    }
-    const slots = Buffer.alloc(ringStartBytes);
-    await device.read(0, slots);
-    const chosen = chooseHeader([parseHeaderSlot(slots.subarray(0, headerSlotBytes), 0), parseHeaderSlot(slots.subarray(headerSlotBytes), 1)]);
-    const header = chosen.state;
-    if (ringStartBytes + header.ringBytes > device.sizeBytes) {
-      throw new TwinstoreError('JOURNAL_CORRUPT', `the journal header names a ring of ${header.ringBytes} bytes, more than the device holds`);
-    }
-    assert(header.session < sessionMax, 'the session counter does not wrap');
-    const index = new SeqIndex(header.ringBytes / blockBytes, header.tailSeq);
-    const scan = await scanRing(device, header, index);
-    // Only a lost newest slot can leave an older header in use; then every block of the ring is read.
-    const sweep = scan.label === 'header_behind_ring' || chosen.label !== 'both_valid' ? await sweepRing(device, header) : undefined;
-    let lost: string | undefined;
-    if (scan.label === 'header_behind_ring') lost = `the record at the persisted tail has seq ${scan.aheadSeq ?? '?'}, not the tail seq ${header.tailSeq}: the header in use (slot ${chosen.slot}) is older than the ring`;
-    else if (sweep !== undefined && sweep.maxSession > header.session) lost = `records of session ${sweep.maxSession} lie on the ring, but the newest readable header (slot ${chosen.slot}) knows sessions up to ${header.session}: a newer header was durable and is damaged`;
-    if (lost !== undefined) return Journal.startAgain(device, chosen, sweep!, lost, scan.label);
-    const journal = new Journal({
-      device, header: { ...header, session: header.session + 1, clean: false }, index, head: scan.head, nextSeq: scan.nextSeq,
-      keptBytes: scan.keptBytes, lastEpoch: scan.lastEpoch ?? header.instances[0]!.epoch,
-    });
-    await journal.persistHeader();
-    const recovery: RecoveryReport = {
-      case: scan.label, records: scan.nextSeq - header.tailSeq, damaged: scan.damaged, cut: scan.cut, lostFrom: scan.lostFrom, headerSlot: chosen.slot, headerCase: chosen.label, steps: scan.steps,
-      cleanShutdown: header.clean, tailSeq: header.tailSeq, nextSeq: scan.nextSeq,
-      headerLost: header.startedAgain === true ? { reason: 'the journal was started again after its newest header was lost, and its owner had not acted on it when it stopped', maxSeq: null } : null,
-    };
-    return { journal, recovery };
-  }
-
-  /**
-   * The newest header is lost: the journal starts again, empty, as a new instance of the same group
-   * and role, in a session above every one on the ring, at a seq past any it may have given out:
-   * the highest seq on the ring plus twice the ring's capacity in records (records written but not
-   * found, damaged ones, lie within one lap). So even a crash before the caller acts on the report
-   * cannot give an old seq to a new write. Both slots are written (the lost one first), so the next
-   * open finds two valid headers naming it.
-   */
-  private static async startAgain(device: JournalDevice, chosen: { state: HeaderState; slot: 0 | 1; label: string }, sweep: SweepResult, reason: string, label: RecoveryReport['case']): Promise<{ journal: Journal; recovery: RecoveryReport }> {
-    const old = chosen.state;
-    const session = Math.max(old.session, sweep.maxSession) + 1;
-    assert(session < sessionMax, 'the session counter does not wrap');
-    const epoch = old.instances[0]!.epoch;
-    const firstSeq = Math.max(old.tailSeq, (sweep.maxSeq ?? -1) + 1) + 2 * (old.ringBytes / blockBytes);
-    const header: HeaderState = {
-      generation: old.generation + 2, session, role: old.role, clean: false, startedAgain: true, ringBytes: old.ringBytes, tailSeq: firstSeq, tailPosition: ringStartBytes,
-      appliedSeq: firstSeq, groupId: old.groupId, instances: [{ id: newInstanceId(), firstSeq, epoch }],
-    };
-    await device.write(slotOfGeneration(header.generation - 1) * headerSlotBytes, encodeHeaderSlot({ ...header, generation: header.generation - 1 }));
-    await device.write(slotOfGeneration(header.generation) * headerSlotBytes, encodeHeaderSlot(header));
-    await device.flush();
-    const index = new SeqIndex(header.ringBytes / blockBytes, header.tailSeq);
-    const journal = new Journal({ device, header, index, head: ringStartBytes, nextSeq: header.tailSeq, keptBytes: 0, lastEpoch: epoch });
-    const recovery: RecoveryReport = {
-      case: label, records: 0, damaged: [], cut: [], lostFrom: null, headerLost: { reason, maxSeq: sweep.maxSeq }, headerSlot: chosen.slot, headerCase: chosen.label,
-      steps: {}, cleanShutdown: false, tailSeq: old.tailSeq, nextSeq: header.tailSeq,
-    };
-    return { journal, recovery };
+    const opened = await openParts(device);
+    const journal = new Journal(opened.parts);
+    // A journal started again has both header slots written already; otherwise the new session is persisted now.
+    if (!opened.startedAgain) await journal.persistHeader();
+    return { journal, recovery: opened.recovery };
   }
 
   /**
@@ -310,8 +232,12 @@ export class Journal {
     return { seq, position, recordBytes };
   }
 
-  /** Writes a reserved record: header block + data + zero padding to 4 KiB (and its wrap marker, if any). */
-  async write(reservation: Reservation, meta: WriteMeta, data: Buffer | undefined): Promise<void> {
+  /**
+   * Writes a reserved record: header block + data + zero padding to 4 KiB (and its wrap marker, if
+   * any). With `handedOver` the caller gives `data` to the journal and never changes it again, so
+   * it is kept without a copy; otherwise a copy is kept (the caller's buffer may be reused).
+   */
+  async write(reservation: Reservation, meta: WriteMeta, data: Buffer | undefined, handedOver = false): Promise<void> {
     this.checkUsable();
     const pending = this.pending.get(reservation.seq);
     assert(pending !== undefined && !pending.writing && pending.position === reservation.position, `seq ${reservation.seq} is reserved and written once`);
@@ -327,6 +253,9 @@ export class Journal {
     }
     this.pending.delete(reservation.seq);
     this.index.markWritten(reservation.seq);
+    if (this.recent.hasRoom(data?.length ?? 0)) {
+      this.recent.keep({ ...meta, seq: reservation.seq, data: data === undefined || handedOver ? data : Buffer.from(data) });
+    }
     while (this.cursor.writtenSeq < this.cursor.nextSeq && this.index.isWritten(this.cursor.writtenSeq)) this.cursor.writtenSeq += 1;
   }
 
@@ -345,7 +274,9 @@ export class Journal {
     checkWholeNumber(seq, 'seq');
     checkWholeNumber(maxBytes, 'maxBytes');
     this.checkReadable(seq);
-    const runs = this.planRead(seq, Math.min(maxBytes, readBytesMax));
+    const kept = this.recent.take(seq, this.cursor.durableSeq, readRecordsMax, Math.min(maxBytes, readBytesMax));
+    if (kept.length > 0) return kept;
+    const runs = planRead(this.index, seq, this.cursor.durableSeq, Math.min(maxBytes, readBytesMax));
     const discards = this.discards;
     const records: JournalRecord[] = [];
     for (const run of runs) {
@@ -365,6 +296,7 @@ export class Journal {
     this.checkDurableCursor(uptoSeq, 'uptoSeq');
     if (uptoSeq <= this.cursor.tailSeq) return;
     const bytes = this.index.dropBelow(uptoSeq);
+    this.recent.dropBelow(uptoSeq);
     this.keptBytes -= bytes;
     this.releasedBytes += bytes;
     this.cursor.tailSeq = uptoSeq;
@@ -438,6 +370,7 @@ export class Journal {
     this.releasedBytes += this.keptBytes;
     this.keptBytes = 0;
     this.index.reset(firstSeq);
+    this.recent.clear();
     this.cursor.tailSeq = firstSeq;
     this.cursor.nextSeq = firstSeq;
     this.cursor.writtenSeq = firstSeq;
@@ -599,26 +532,6 @@ export class Journal {
     }
   }
 
-  /** Groups the durable records from `seq` into physically contiguous runs, within the read bounds. */
-  private planRead(seq: number, budgetBytes: number): ReadRun[] {
-    const runs: ReadRun[] = [];
-    let dataBytes = 0;
-    for (let next = seq; next < this.cursor.durableSeq && next - seq < readRecordsMax; next += 1) {
-      const recordBytes = this.index.recordBytes(next);
-      if (next > seq && dataBytes + recordBytes - recordHeaderBytes > budgetBytes) break;
-      dataBytes += recordBytes - recordHeaderBytes;
-      const position = this.index.position(next);
-      const last = runs[runs.length - 1];
-      if (last !== undefined && last.position + last.bytes === position && last.bytes + recordBytes <= readRunBytesMax) {
-        last.bytes += recordBytes;
-        last.sizes.push(recordBytes);
-      } else {
-        runs.push({ firstSeq: next, position, bytes: recordBytes, sizes: [recordBytes] });
-      }
-    }
-    return runs;
-  }
-
   private checkDurableCursor(seq: number, field: string): void {
     checkWholeNumber(seq, field);
     if (seq > this.cursor.durableSeq) {
@@ -638,42 +551,11 @@ export class Journal {
     if (this.failure === undefined) {
       const message = error instanceof Error ? error.message : String(error);
       this.failure = isTwinstoreError(error) ? error : new TwinstoreError('IO_ERROR', `journal device failed: ${message}`, { cause: error });
+      this.recent.clear();
       for (const pending of this.pending.values()) pending.spaceFailed?.(this.failure);
     }
     return this.failure;
   }
-}
-
-interface ReadRun {
-  firstSeq: number;
-  position: number;
-  bytes: number;
-  sizes: number[];
-}
-
-/** Decodes the records of one run into `records`; false when it stopped at a damaged record (after at least one good one). */
-function decodeRun(buffer: Buffer, run: ReadRun, records: JournalRecord[]): boolean {
-  let at = 0;
-  for (let i = 0; i < run.sizes.length; i += 1) {
-    const seq = run.firstSeq + i;
-    const recordBytes = run.sizes[i]!;
-    const header = parseRecordHeader(buffer.subarray(at, at + recordHeaderBytes));
-    if (header === undefined || header.seq !== seq || header.wrap || recordBytesFor(header.kind, header.length) !== recordBytes) {
-      if (records.length > 0) return false;
-      throw new JournalRecordCorruptError(seq, undefined, 'has a damaged header');
-    }
-    const data = kindHasData(header.kind) ? buffer.subarray(at + recordHeaderBytes, at + recordHeaderBytes + header.length) : undefined;
-    if (data !== undefined && dataCrcOf(data) !== header.dataCrc) {
-      if (records.length > 0) return false;
-      const region = { seq, lun: header.lun, offset: header.offset, length: header.length };
-      throw new JournalRecordCorruptError(seq, region, `(lun ${header.lun}, offset ${header.offset}, length ${header.length}) fails its data checksum`);
-    }
-    records.push({
-      kind: header.kind, seq, epoch: header.epoch, timestampMs: header.timestampMs, lun: header.lun, offset: header.offset, length: header.length, data,
-    });
-    at += recordBytes;
-  }
-  return true;
 }
 
 function sameMeta(a: WriteMeta, b: WriteMeta): boolean {
@@ -689,12 +571,4 @@ function newRound(): Round {
   });
   promise.catch(() => undefined); // background rounds have no caller; callers that await still see the error
   return { header: false, promise, resolve, reject };
-}
-
-function newInstanceId(): string {
-  return crypto.randomBytes(16).toString('hex');
-}
-
-function freezeEpoch(epoch: Epoch): Epoch {
-  return Object.freeze({ counter: epoch.counter, arrayId: epoch.arrayId, nonce: epoch.nonce });
 }

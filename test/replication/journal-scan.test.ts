@@ -6,14 +6,14 @@
 // 'stop'; passes over records released under it only when told to. markRanges clamps each range
 // to the volume, and what it marks is durable in a bounded number of regions per metadata record.
 // Method: a real Journal on an in-memory device, one data byte of a synced record flipped on the
-// device (bit rot); a real StorageEngine on files in a temporary folder, opened again to read
+// device (bit rot) and the journal opened again (an open journal serves what it wrote from memory); a real StorageEngine on files in a temporary folder, opened again to read
 // the marks back.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Journal, JournalRecord, Reservation } from '../../src/journal/index.js';
+import { Journal, type JournalRecord, type Reservation } from '../../src/journal/index.js';
 import { StorageEngine, type EngineOptions } from '../../src/storage/index.js';
 import { scanJournal, type ScannedJournal } from '../../src/replication/journal-scan.js';
 import { markRanges } from '../../src/replication/bitmap-marks.js';
@@ -24,11 +24,15 @@ import { tempDir } from '../helpers/array.js';
 const mib = 2 ** 20;
 const recordLength = 6000;
 
-async function journalWith(count: number): Promise<{ journal: Journal; reservations: Reservation[]; device: ReturnType<typeof memoryDevice> }> {
+/** `count` synced records; with `syncEach`, each record proves the ones before it synced, so damage to one is damage, not a torn tail. */
+async function journalWith(count: number, syncEach = false): Promise<{ journal: Journal; reservations: Reservation[]; device: ReturnType<typeof memoryDevice> }> {
   const device = memoryDevice();
   const journal = await formatted(device);
   const reservations: Reservation[] = [];
-  for (let i = 0; i < count; i += 1) reservations.push(await append(journal, recordMeta('write', recordLength, { offset: 4096 * i }), journal.nextSeq));
+  for (let i = 0; i < count; i += 1) {
+    reservations.push(await append(journal, recordMeta('write', recordLength, { offset: 4096 * i }), journal.nextSeq));
+    if (syncEach) await journal.sync();
+  }
   await journal.sync();
   return { journal, reservations, device };
 }
@@ -58,8 +62,9 @@ test('the scan hands every durable record in order, each read bounded by batchBy
 });
 
 test('a damaged record at the cursor goes to onDamaged with its seq and region, and the scan goes on past it', async () => {
-  const { journal, reservations, device } = await journalWith(6);
+  const { reservations, device } = await journalWith(6, true);
   await device.plant(reservations[2]!.position + 4096 + 10, Buffer.from([0xff ^ pattern(3, 11)[10]!]));
+  const { journal } = await Journal.open(device);
   const seen: number[] = [];
   const damaged: Array<{ seq: number; region: unknown }> = [];
   const end = await scanJournal({
@@ -73,8 +78,9 @@ test('a damaged record at the cursor goes to onDamaged with its seq and region, 
 });
 
 test('without onDamaged the scan fails at the damaged record, naming its seq, after handing every record before it', async () => {
-  const { journal, reservations, device } = await journalWith(6);
+  const { reservations, device } = await journalWith(6, true);
   await device.plant(reservations[3]!.position + 4096 + 10, Buffer.from([0xff ^ pattern(4, 11)[10]!]));
+  const { journal } = await Journal.open(device);
   const seen: number[] = [];
   await assert.rejects(scanJournal({ journal, fromSeq: 1, batchBytesMax: mib, onRecord: (r) => { seen.push(r.seq); } }), (error: Error & { code?: string; seq?: number }) => {
     assert.equal(error.code, 'JOURNAL_RECORD_CORRUPT');

@@ -1,0 +1,74 @@
+// Why this exists: a replicated write used to be read back from the journal
+// device twice — by the master to send it, by the receiver to apply it — each
+// read a device round trip and a checksum of every byte, for records written a
+// moment before. The journal keeps the records it wrote in this session here,
+// in memory, within a byte bound, and readFrom() serves durable records from
+// here when it holds the one asked for, from the device otherwise (after a
+// restart, past the bound, for a record written before an open). Records
+// arrive as their writes complete, so in any order; the oldest are the ones
+// read next, so past the bound new records are not kept (nothing kept is
+// pushed out), and keeping starts again as reads release the old ones.
+
+import type { JournalRecord } from './types.js';
+
+/** A journal keeps at most this many data bytes of recent records in memory, and this many records. */
+export const recentBytesMax = 32 * 2 ** 20;
+export const recentRecordsMax = 16_384;
+
+export class RecordWindow {
+  private readonly records = new Map<number, JournalRecord>();
+  private bytes = 0;
+
+  constructor(private readonly bytesMax: number = recentBytesMax) {}
+
+  /** Keeps `record` (its data is not copied: the caller hands it over) unless that would pass the bound. */
+  keep(record: JournalRecord): void {
+    const size = record.data?.length ?? 0;
+    if (this.bytes + size > this.bytesMax || this.records.size >= recentRecordsMax || this.records.has(record.seq)) return;
+    this.records.set(record.seq, record);
+    this.bytes += size;
+  }
+
+  /** True when the bound has room for `dataBytes` more. */
+  hasRoom(dataBytes: number): boolean {
+    return this.bytes + dataBytes <= this.bytesMax;
+  }
+
+  /**
+   * Kept records from `fromSeq` on, below `belowSeq`, in order, up to `recordsMax` records and
+   * `maxBytes` of data (at least one record if there is one); empty when `fromSeq` is not kept.
+   */
+  take(fromSeq: number, belowSeq: number, recordsMax: number, maxBytes: number): JournalRecord[] {
+    const out: JournalRecord[] = [];
+    let bytes = 0;
+    for (let seq = fromSeq; seq < belowSeq && out.length < recordsMax; seq += 1) {
+      const record = this.records.get(seq);
+      if (record === undefined) break;
+      const size = record.data?.length ?? 0;
+      if (out.length > 0 && bytes + size > maxBytes) break;
+      out.push(record);
+      bytes += size;
+    }
+    return out;
+  }
+
+  /** Forgets every record below `seq` (released). */
+  dropBelow(seq: number): void {
+    if (this.records.size === 0) return;
+    for (const [at, record] of this.records) {
+      if (at >= seq) continue;
+      this.records.delete(at);
+      this.bytes -= record.data?.length ?? 0;
+    }
+  }
+
+  /** Forgets everything (records discarded, the journal failed). */
+  clear(): void {
+    this.records.clear();
+    this.bytes = 0;
+  }
+
+  get keptBytes(): number {
+    return this.bytes;
+  }
+}
