@@ -18,6 +18,7 @@ import { isUnitBegin, isUnitEnd } from './units.js';
 import { scanJournal } from './journal-scan.js';
 import { DurableRegionSet } from './region-set.js';
 import { bitmapSetName } from './model.js';
+import { applyInOrder } from './restore/apply-writes.js';
 
 const pullBytesMax = 8 * 2 ** 20;
 const applyBatchBytesMax = 8 * 2 ** 20;
@@ -61,6 +62,13 @@ export class RestoreGroup extends EventEmitter {
   private issuedTo = 0;
   /** The batch (or atomic unit) being applied now, if any. */
   private batch: Promise<void> | undefined;
+  /**
+   * The commit (S-VOLs flushed, applied cursor moved and persisted) of the last batch applied,
+   * while it runs: the next batch's writes go out meanwhile, and its commit follows this one.
+   */
+  private commitPending: { to: number; promise: Promise<void> } | undefined;
+  /** A commit that failed, until the apply loop has handled it (applyFailed). */
+  private commitFailure: { error: unknown } | undefined;
   /** The atomic unit at the applied cursor: where its end marker was looked for, and where it is. */
   private unitScan: { begin: number; scannedTo: number; end: number | undefined } | undefined;
   /** durableSeq when the unit at the applied cursor was found incomplete: wait for more records. */
@@ -232,7 +240,7 @@ export class RestoreGroup extends EventEmitter {
    * (the master keeps them until they are applied here), and re-applying is harmless (redo).
    */
   private async reopenJournal(): Promise<void> {
-    await this.batch?.catch(() => undefined);
+    await this.applySettled();
     const volume = this.engine.volumeById(this.meta.journalVolumeId);
     if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${this.meta.name} is missing`);
     const { journal, recovery } = await Journal.open(new VolumeJournalDevice(volume, this.engine));
@@ -295,7 +303,7 @@ export class RestoreGroup extends EventEmitter {
       if (applied >= this.journal.durableSeq || this.heldAt === this.journal.durableSeq || this.damaged?.seq === applied) break;
       await sleep(5);
     }
-    await this.batch?.catch(() => undefined);
+    await this.applySettled();
     const applied = this.journal.appliedSeq;
     await this.stop();
     return applied;
@@ -324,18 +332,32 @@ export class RestoreGroup extends EventEmitter {
       this.applyWake?.();
       return;
     }
-    await this.batch?.catch(() => undefined);
+    await this.applySettled();
     // After a batch that failed part-way, restore goes on (retrying) until the S-VOLs are at a
     // consistency point again; only then does the pause hold.
     while (this.betweenStates && this.heldByOperator && this.running) {
       await sleep(retryMs / 4);
-      await this.batch?.catch(() => undefined);
+      await this.applySettled();
     }
   }
 
-  /** A batch failed part-way and no later one has committed past what it wrote (issuedTo). */
+  /** The batch being applied and the commit in progress have ended, however they ended. */
+  private async applySettled(): Promise<void> {
+    await this.batch?.catch(() => undefined);
+    await this.commitPending?.promise.catch(() => undefined);
+  }
+
+  /**
+   * S-VOL writes were issued past what is committed or being committed: a batch failed part-way
+   * and no later one has committed past what it wrote (issuedTo).
+   */
   private get betweenStates(): boolean {
-    return this.issuedTo > this.journal.appliedSeq;
+    return this.issuedTo > (this.commitPending?.to ?? this.journal.appliedSeq);
+  }
+
+  /** Where the next batch starts: past the batch being committed, else at the applied cursor. */
+  private get applyFrom(): number {
+    return this.commitPending?.to ?? this.journal.appliedSeq;
   }
 
   /**
@@ -397,7 +419,7 @@ export class RestoreGroup extends EventEmitter {
     if (seq <= this.journal.appliedSeq && seq <= this.journal.nextSeq) return;
     const resumeApply = !this.pausedApply;
     this.pausedApply = true;
-    await this.batch?.catch(() => undefined);
+    await this.applySettled();
     const from = this.journal.appliedSeq;
     if (seq <= this.journal.durableSeq) {
       // Stored already (an atomic unit cut short may hold restore below it): passed over, not applied.
@@ -497,7 +519,8 @@ export class RestoreGroup extends EventEmitter {
         if (isTwinstoreError(error) && error.code === 'JOURNAL_FULL' && writes.length > 0) break;
         throw error;
       }
-      writes.push(this.journal.write(reservation, meta, data));
+      // The payload buffer is the journal's from here (it keeps it to apply from: record-window.ts).
+      writes.push(this.journal.write(reservation, meta, data, true));
     }
     if (writes.length === 0) return { durable: Promise.resolve(), ...(skipTo === undefined ? {} : { skipTo }) };
     const durable = Promise.all(writes)
@@ -513,7 +536,20 @@ export class RestoreGroup extends EventEmitter {
   private async applyLoop(): Promise<void> {
     while (this.running) {
       const held = this.pausedApply || (this.heldByOperator && !this.betweenStates);
-      if (held || this.journal.appliedSeq >= this.journal.durableSeq || this.heldAt === this.journal.durableSeq) {
+      if (held || this.applyFrom >= this.journal.durableSeq || this.heldAt === this.journal.durableSeq) {
+        if (this.commitPending !== undefined) {
+          // Nothing more to apply now: the last commit ends before restore waits (a failure is handled next round).
+          await this.commitPending.promise.catch(() => undefined);
+          continue;
+        }
+        if (this.commitFailure !== undefined) {
+          try {
+            this.throwCommitFailure();
+          } catch (error) {
+            await this.applyFailed(error);
+          }
+          continue;
+        }
         await new Promise<void>((resolve) => {
           this.applyWake = resolve;
           setTimeout(resolve, retryMs);
@@ -525,28 +561,79 @@ export class RestoreGroup extends EventEmitter {
         this.batch = this.applyBatch();
         await this.batch;
       } catch (error) {
-        if (error instanceof JournalRecordCorruptError && error.seq === this.journal.appliedSeq) {
-          await this.onDamaged(error);
-          if (this.damaged !== undefined) await sleep(retryMs);
-          continue;
-        }
-        if (isIoError(error)) this.noteDriveError('apply', this.applyStep, error);
-        else this.log.error({ err: (error as Error).message }, 'restore failed; retrying');
-        await sleep(retryMs);
+        await this.applyFailed(error);
       }
     }
+    await this.commitPending?.promise.catch(() => undefined);
   }
 
+  /** A batch (or its commit) failed: a damaged record at the cursor is handled; else noted, and retried. */
+  private async applyFailed(error: unknown): Promise<void> {
+    if (error instanceof JournalRecordCorruptError && error.seq === this.journal.appliedSeq) {
+      await this.onDamaged(error);
+      if (this.damaged !== undefined) await sleep(retryMs);
+      return;
+    }
+    if (isIoError(error)) this.noteDriveError('apply', this.applyStep, error);
+    else this.log.error({ err: (error as Error).message }, 'restore failed; retrying');
+    await sleep(retryMs);
+  }
+
+  /**
+   * One batch: the stored records past the batch being committed. Its writes go out together
+   * (restore/apply-writes.ts); its commit follows the previous batch's, and runs while the next
+   * batch is written.
+   */
   private async applyBatch(): Promise<void> {
-    this.applyStep = 'restore journal read';
-    const read = await this.journal.readFrom(this.journal.appliedSeq, applyBatchBytesMax);
+    this.throwCommitFailure();
+    let read: JournalRecord[];
+    try {
+      // From memory while the journal keeps the records (record-window.ts), else from the device.
+      read = await this.journal.readFrom(this.applyFrom, applyBatchBytesMax);
+    } catch (error) {
+      // Once the commit before it ends, a damaged record here is the one at the applied cursor.
+      await this.commitEnded();
+      throw error;
+    }
     if (read.length === 0) return;
     const unitAt = read.findIndex(isUnitBegin);
-    if (unitAt === 0) return this.applyUnit(read[0]!.seq);
+    if (unitAt === 0) {
+      await this.commitEnded();
+      return this.applyUnit(read[0]!.seq);
+    }
     const records = unitAt > 0 ? read.slice(0, unitAt) : read;
     const ordered = isPlanted('restore-out-of-order') && records.length >= 2 ? swapFirstTwo(records) : records;
-    for (const record of ordered) await this.apply(record);
-    await this.commitApplied(records[records.length - 1]!);
+    await applyInOrder(ordered, (record) => this.apply(record));
+    this.chainCommit(records[records.length - 1]!);
+  }
+
+  /** The commit in progress has ended; throws its failure, once. */
+  private async commitEnded(): Promise<void> {
+    await this.commitPending?.promise.catch(() => undefined);
+    this.throwCommitFailure();
+  }
+
+  private throwCommitFailure(): void {
+    const failure = this.commitFailure;
+    this.commitFailure = undefined;
+    if (failure !== undefined) throw failure.error;
+  }
+
+  /** Commits the batch ending at `last` once the one before it has committed; a failure clears the chain. */
+  private chainCommit(last: JournalRecord): void {
+    const previous = this.commitPending?.promise ?? Promise.resolve();
+    const entry = { to: last.seq + 1, promise: previous.then(() => this.commitApplied(last)) };
+    this.commitPending = entry;
+    entry.promise.then(
+      () => {
+        if (this.commitPending === entry) this.commitPending = undefined;
+      },
+      (error: unknown) => {
+        // The next batch starts again at the applied cursor (redo: the writes past it are issued again, in order).
+        if (this.commitPending === entry) this.commitPending = undefined;
+        this.commitFailure ??= { error };
+      },
+    );
   }
 
   /**
@@ -562,12 +649,18 @@ export class RestoreGroup extends EventEmitter {
 
   /** S-VOLs durable, then the applied cursor moved past `last` and persisted. */
   private async commitApplied(last: JournalRecord): Promise<void> {
-    this.applyStep = 'S-VOL sync';
-    await this.engine.flush();
-    this.journal.markApplied(last.seq + 1);
-    this.journal.release(last.seq + 1);
-    this.applyStep = 'restore journal header';
-    await this.persistApplied();
+    // Its own step name: the next batch's writes rename applyStep while this runs.
+    let step = 'S-VOL sync';
+    try {
+      await this.engine.flush();
+      this.journal.markApplied(last.seq + 1);
+      this.journal.release(last.seq + 1);
+      step = 'restore journal header';
+      await this.persistApplied();
+    } catch (error) {
+      this.applyStep = step;
+      throw error;
+    }
     delete this.driveErrors.apply;
     this.lastApplied = { seq: last.seq, timestampMs: last.timestampMs };
     this.emit('applied', last.seq);
