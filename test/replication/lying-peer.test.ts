@@ -90,7 +90,8 @@ test('a journal.read answer with a pair status no array has is refused with LINK
   await waitFor('B to pull from site-a three times', () => pulls.length >= 3, 60_000);
   const [row] = displayCli(b);
   assert.equal(row?.status, 'COPY', `B's pair keeps the status it joined with: ${JSON.stringify(row)}`);
-  assert.equal(row?.statusReason, null);
+  // No reason from the lie; 'link-down' only if a loaded machine's pause dropped the fake master's link just then.
+  assert.ok(row?.statusReason === null || row?.statusReason === 'link-down', `B's pair keeps its reason: ${JSON.stringify(row)}`);
   const warned = b.stderr.split('\n').filter((line) => line.includes('journal.read answer: pairs[0].status must be one of'));
   assert.equal(warned.length, 1, `B warns once about the refused answer, naming the field: ${b.stderr.slice(-3000)}`);
   assert.match(warned[0]!, /"level":40/);

@@ -127,7 +127,8 @@ test('split --rw, writes on both sides, resync: only changed regions are copied 
 });
 
 test('a link down longer than link.suspendAfterMs suspends the pair (PSUE link-down); resync recovers it', { timeout: 180_000 }, async (t) => {
-  const site = await startSite(t, { volumes: 1, volumeSize: '64MiB', envA: {}, envB: {}, suspendAfterMs: 3000 });
+  // 10 s: long enough that a loaded machine's pauses do not suspend the pair while it is set up.
+  const site = await startSite(t, { volumes: 1, volumeSize: '64MiB', envA: {}, envB: {}, suspendAfterMs: 10_000 });
   site.proxy.setMode('cut');
   write(site, 'a', 'pvol0', 0x21, 2, 3);
   await waitFor('PSUE link-down on A', async () => (await display(site.a))[0]!.status === 'PSUE', 30_000, 100);
