@@ -12,7 +12,7 @@ import { isPlanted } from '../util/planted.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { MasterGroup } from './master-group.js';
 import { startHoldFor } from './start-hold.js';
-import { RestoreGroup } from './restore-group.js';
+import { RestoreGroup } from './restore/group.js';
 import {
   linkRequest, wireRecords, type GroupDivergenceRequest, type GroupHelloAnswer, type GroupHelloRequest, type GroupRequest, type JournalReadAnswer, type JournalReadRequest,
   type PairJoinRequest, type PairPrepareRequest, type PeerChannel, type PeerPair, type ResyncPrepareAnswer, type ResyncStartedRequest, type SplitRwRequest,
@@ -260,7 +260,10 @@ export class ReplicationManager {
   private newRestore(meta: GroupMeta, journal: Journal): RestoreGroup {
     const peer = this.options.peerChannel(meta.peer);
     if (!peer) throw new TwinstoreError('PEER_UNKNOWN', `group ${meta.name} names peer ${meta.peer}, which is not configured`);
-    const group = new RestoreGroup({ meta, journal, engine: this.engine, peer, persist: (m) => this.persist(m), log: this.log, regionBytes: this.options.defaults.regionBytes });
+    const group = new RestoreGroup({
+      meta, journal, engine: this.engine, peer, persist: (m) => this.persist(m), log: this.log, regionBytes: this.options.defaults.regionBytes,
+      journalDevice: (volume) => this.journalDevice(volume),
+    });
     this.restores.set(meta.name, group);
     return group;
   }

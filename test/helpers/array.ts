@@ -93,6 +93,11 @@ export class RunningArray {
     return run(process.execPath, [cliEntry, '--config', this.configFile, ...args], { env });
   }
 
+  /** Like cli, but the test process goes on meanwhile (a link proxy in it keeps forwarding). */
+  cliAsync(args: string[], env: Record<string, string> = {}): Promise<CommandResult> {
+    return runAsync(process.execPath, [cliEntry, '--config', this.configFile, ...args], { env });
+  }
+
   /** Rewrites the config with the ports bound now, so a restart binds the same ones (peers keep finding it). */
   pinPorts(): void {
     const ready = this.ready!;
@@ -164,6 +169,33 @@ export function run(command: string, args: string[], options: { env?: Record<str
     maxBuffer: 64 * 2 ** 20,
   });
   return { code: result.status, stdout: result.stdout ?? '', stderr: result.stderr ?? '' };
+}
+
+/**
+ * Like run, but asynchronous: while it runs the test process's event loop goes on, so a LinkProxy
+ * in this process keeps forwarding (a synchronous call stalls every link through it).
+ */
+export function runAsync(command: string, args: string[], options: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CommandResult> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}`, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk; });
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+    const timeoutMs = options.timeoutMs ?? 120_000;
+    const timer = setTimeout(() => {
+      stderr += `\n(killed: no exit within ${timeoutMs} ms)`;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.once('error', (error) => {
+      clearTimeout(timer);
+      resolve({ code: null, stdout, stderr: `${stderr}${error.message}` });
+    });
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
 }
 
 /** Like run, but throws with the output when the command fails. */

@@ -157,11 +157,16 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
   const journalSize = options.journalSize ?? '384MiB';
   cliOk(a, ['journal', 'create', 'jnl', '--size', journalSize]);
   cliOk(b, ['journal', 'create', 'jnl', '--size', journalSize]);
+  // B's link to A runs through the proxy in this process, which a synchronous CLI call stalls: the
+  // link is up before the pairs are made, and they are made without blocking, or a loaded machine
+  // leaves B unable to pull for link.suspendAfterMs and the new pair suspends (link-down).
+  await waitFor('the link both ways before the pairs are made', () => linkUp(site), 60_000, 100);
   for (let i = 0; i < count; i++) {
     const args = ['pair', 'create', '--group', group, '--pvol', pvols[i]!, '--svol', `site-b:${svols[i]!}`, '--journal', 'jnl', '--remote-journal', 'site-b:jnl', '--json'];
     if (options.copyPace !== undefined) args.push('--copy-pace', options.copyPace);
     args.push(...(options.pairArgs ?? []));
-    cliOk(a, args);
+    const result = await a.cliAsync(args);
+    if (result.code !== 0) throw new Error(`twinstore ${args.join(' ')} exited ${result.code}: ${result.stderr}${result.stdout}`);
   }
   if (options.waitForPair ?? true) await waitForPairAndLag0(site);
   return site;
