@@ -1,6 +1,6 @@
 // The sending side of a journal group (docs/architecture.md §3, §5, §6): the P-VOL write
 // path, the initial copy, and serving the receiver's journal reads. The redo and re-send after
-// an unclean stop are in master-restart.ts, which reports how a re-send ended.
+// an unclean stop are in master/restart.ts, which reports how a re-send ended.
 //
 // Write path, per host write: take the range lock (overlapping writes then
 // take sequence numbers in the order they reach the P-VOL); reserve sequence
@@ -24,7 +24,7 @@ import { UnappliedQueue } from './unapplied.js';
 import type { StartHold } from './start-hold.js';
 import { VolumeJournalDevice } from './journal-device.js';
 import { isUnitBegin, isUnitEnd } from './units.js';
-import { ResendState, redoJournal, uncleanRegions, type RecoveredPvol, type ResendJournal, type VolumeRange } from './master-restart.js';
+import { ResendState, redoJournal, uncleanRegions, type RecoveredPvol, type ResendJournal, type VolumeRange } from './master/restart.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from './model.js';
 import type { DamagedRecord, DirtyRanges, JournalReadRequest, ReceiverDriveError } from './protocol.js';
 
@@ -94,7 +94,7 @@ export class MasterGroup extends EventEmitter {
   private trackedWriteCount = 0;
   private trackedPersist: Promise<void> | undefined;
   private linkWatch: NodeJS.Timeout | undefined;
-  /** The re-send after an unclean stop (master-restart.ts). */
+  /** The re-send after an unclean stop (master/restart.ts). */
   private readonly resendState: ResendState;
   private stopped = false;
   /** The latest suspension's folding of the unapplied records into the bitmaps. */
@@ -1283,18 +1283,18 @@ export class MasterGroup extends EventEmitter {
     return true;
   }
 
-  /** After an unclean stop: the regions to re-send (master-restart.ts). */
+  /** After an unclean stop: the regions to re-send (master/restart.ts). */
   uncleanRegions(cut: ReadonlyArray<VolumeRange> = []): VolumeRange[] {
     return uncleanRegions(this.pvols.values(), cut);
   }
 
-  /** After an unclean stop, before any host write: the journal's records re-applied to the P-VOLs (master-restart.ts). */
+  /** After an unclean stop, before any host write: the journal's records re-applied to the P-VOLs (master/restart.ts). */
   redo(): Promise<number> {
     return redoJournal({ journal: this.journal, pvols: this.pvols, engine: this.engine });
   }
 
   /**
-   * After an unclean stop: the regions re-sent as one atomic unit of base records (master-restart.ts).
+   * After an unclean stop: the regions re-sent as one atomic unit of base records (master/restart.ts).
    * Too large for the journal, its regions are in the bitmaps and the group suspends.
    */
   async resend(regions: VolumeRange[]): Promise<void> {
