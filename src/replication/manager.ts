@@ -10,7 +10,7 @@ import type { Logger } from '../util/log.js';
 import { crashPoint } from '../util/crash-at.js';
 import { isPlanted } from '../util/planted.js';
 import { VolumeJournalDevice } from './journal-device.js';
-import { MasterGroup } from './master-group.js';
+import { MasterGroup } from './master/group.js';
 import { startHoldFor } from './start-hold.js';
 import { RestoreGroup } from './restore/group.js';
 import {

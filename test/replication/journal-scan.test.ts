@@ -1,6 +1,6 @@
 // Goal: the one journal-scan loop (src/replication/journal-scan.ts) and the one "byte ranges
 // into a P-VOL's bitmap" helper (markRanges, src/replication/bitmap-marks.ts) do what their
-// callers in master-group.ts and restore/applier.ts rely on. The scan hands every durable record
+// callers in master/ and restore/applier.ts rely on. The scan hands every durable record
 // in order, in reads of at most batchBytesMax; hands a damaged record to onDamaged and goes on
 // past it, or without onDamaged fails naming its seq; stops at toSeq or when onRecord says
 // 'stop'; passes over records released under it only when told to. markRanges clamps each range

@@ -586,10 +586,13 @@ class World {
 
   /** The primary's P-VOLs hold every acknowledged write (no resync or role change overwrote them). */
   private async checkPrimary(why: string): Promise<void> {
+    // Taken before the read: a write in flight during it (the read makes the disk instant, so its
+    // I/O completes meanwhile) may be acknowledged after its blocks were read, before the check.
+    const afterUs = this.hosts.lastSettledUs;
     const images = await this.images(this.primary);
     if (images === undefined || this.role(this.primary) !== 'master') return;
     this.checks['write-order P-VOL']! += 1;
-    const order = checkWriteOrder({ log: this.hosts.log, images, recoveries: this.hosts.recoveries, afterUs: this.hosts.lastSettledUs, takenUs: this.hosts.stamp() });
+    const order = checkWriteOrder({ log: this.hosts.log, images, recoveries: this.hosts.recoveries, afterUs, takenUs: this.hosts.stamp() });
     for (const v of order.violations) this.violation(`${this.primary} P-VOLs (${why}): ${v}`);
   }
 

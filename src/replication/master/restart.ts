@@ -10,15 +10,15 @@
 // pending into the bitmaps, foldPending). Until the unit's end is in the journal, its regions
 // stay pending: the activity log keeps them, so a restart re-sends them again.
 
-import { assert } from '../errors.js';
-import type { Journal } from '../journal/index.js';
-import type { StorageEngine, Volume } from '../storage/index.js';
-import type { Logger } from '../util/log.js';
-import { RangesByLun, markRanges, regionRanges, unmarkedRanges } from './bitmap-marks.js';
-import { scanJournal } from './journal-scan.js';
-import type { PairMeta } from './model.js';
-import type { DurableRegionSet } from './region-set.js';
-import { unitMarker } from './units.js';
+import { assert } from '../../errors.js';
+import type { Journal } from '../../journal/index.js';
+import type { StorageEngine, Volume } from '../../storage/index.js';
+import type { Logger } from '../../util/log.js';
+import { RangesByLun, markRanges, regionRanges, unmarkedRanges } from '../bitmap-marks.js';
+import { scanJournal } from '../journal-scan.js';
+import type { PairMeta } from '../model.js';
+import type { DurableRegionSet } from '../region-set.js';
+import { unitMarker } from '../units.js';
 
 /** Data bytes per journal read of the redo. */
 const redoBatchBytesMax = 16 * 2 ** 20;
