@@ -11,8 +11,8 @@
 
 import { EventEmitter } from 'node:events';
 import { TwinstoreError } from '../../errors.js';
-import type { Journal, JournalRecord } from '../../journal/index.js';
-import type { StorageEngine } from '../../storage/index.js';
+import type { Journal, JournalDevice, JournalRecord } from '../../journal/index.js';
+import type { StorageEngine, Volume } from '../../storage/index.js';
 import type { Logger } from '../../util/log.js';
 import type { GroupMeta, PairDisplay, PairMeta } from '../model.js';
 import type { DirtyRanges, JournalReadRequest } from '../protocol.js';
@@ -43,6 +43,8 @@ export interface MasterGroupOptions {
   regionBytes: number;
   log: Logger;
   now?: () => number;
+  /** The device of the journal volume when it is opened again after a drive error (the factory the simulator sets). */
+  journalDevice: (volume: Volume) => JournalDevice;
 }
 
 export class MasterGroup extends EventEmitter {
@@ -86,7 +88,7 @@ export class MasterGroup extends EventEmitter {
     this.copier = new Copier({ meta: this.meta, sender: this.sender, pvolOf: (lun) => this.pvolOf(lun), persist, ...common });
     this.receiver = new ReceiverService({ meta: this.meta, sender: this.sender, fold: this.fold, persist, ...common });
     this.swap = new SwapSteps(this.now);
-    this.skip = new JournalSkip({ meta: this.meta, engine: this.engine, sender: this.sender, receiver: this.receiver, fold: this.fold, persist, now: this.now, log: this.log, report });
+    this.skip = new JournalSkip({ meta: this.meta, engine: this.engine, sender: this.sender, receiver: this.receiver, fold: this.fold, persist, now: this.now, log: this.log, report, journalDevice: options.journalDevice });
     this.resendState = new ResendState(this.pvols, this.log);
     this.hostWrites = new HostWrites({
       meta: this.meta, sender: this.sender, engine: this.engine, persist, now: this.now, report,

@@ -7,7 +7,8 @@
 import { TwinstoreError } from '../../errors.js';
 import type { StorageEngine } from '../../storage/index.js';
 import type { Logger } from '../../util/log.js';
-import { VolumeJournalDevice } from '../journal-device.js';
+import type { JournalDevice } from '../../journal/index.js';
+import type { Volume } from '../../storage/index.js';
 import type { GroupMeta } from '../model.js';
 import type { Fold } from './fold.js';
 import type { SenderJournal } from './journal-sync.js';
@@ -27,6 +28,8 @@ export interface JournalSkipOptions {
   now: () => number;
   log: Logger;
   report: ReportOutcome;
+  /** The device of the journal volume when it is opened again (the factory the simulator sets). */
+  journalDevice: (volume: Volume) => JournalDevice;
 }
 
 export class JournalSkip {
@@ -102,7 +105,7 @@ export class JournalSkip {
     const { meta, engine, sender, receiver } = this.options;
     const volume = engine.volumeById(meta.journalVolumeId);
     if (!volume) throw new TwinstoreError('VOLUME_NOT_FOUND', `journal of group ${meta.name} is missing`);
-    const recovery = await sender.reopen(new VolumeJournalDevice(volume, engine), receiver.receiverApplied);
+    const recovery = await sender.reopen(this.options.journalDevice(volume), receiver.receiverApplied);
     // Ending below what the receiver stored, the resync that called this skips past it (pastReceiver).
     receiver.servedAtLeast(sender.journal.nextSeq);
     await sender.loadUnapplied();
