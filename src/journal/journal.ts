@@ -234,8 +234,10 @@ export class Journal {
 
   /**
    * Writes a reserved record: header block + data + zero padding to 4 KiB (and its wrap marker, if
-   * any). With `handedOver` the caller gives `data` to the journal and never changes it again, so
-   * it is kept without a copy; otherwise a copy is kept (the caller's buffer may be reused).
+   * any). With `handedOver` the caller gives `data` to the journal and never changes it again, and
+   * readFrom() serves the record from memory (a receiver applying what it stored). Otherwise it is
+   * read back from the device and checked: a master sends only records whose device copy reads
+   * back intact, since a crash would lose a damaged one and give its seq to another write.
    */
   async write(reservation: Reservation, meta: WriteMeta, data: Buffer | undefined, handedOver = false): Promise<void> {
     this.checkUsable();
@@ -253,9 +255,7 @@ export class Journal {
     }
     this.pending.delete(reservation.seq);
     this.index.markWritten(reservation.seq);
-    if (this.recent.hasRoom(data?.length ?? 0)) {
-      this.recent.keep({ ...meta, seq: reservation.seq, data: data === undefined || handedOver ? data : Buffer.from(data) });
-    }
+    if (handedOver) this.recent.keep({ ...meta, seq: reservation.seq, data });
     while (this.cursor.writtenSeq < this.cursor.nextSeq && this.index.isWritten(this.cursor.writtenSeq)) this.cursor.writtenSeq += 1;
   }
 

@@ -1,10 +1,13 @@
-// Why this exists: a replicated write used to be read back from the journal
-// device twice — by the master to send it, by the receiver to apply it — each
-// read a device round trip and a checksum of every byte, for records written a
-// moment before. The journal keeps the records it wrote in this session here,
-// in memory, within a byte bound, and readFrom() serves durable records from
-// here when it holds the one asked for, from the device otherwise (after a
-// restart, past the bound, for a record written before an open). Records
+// Why this exists: the receiver used to read every record it had just stored
+// back from its restore journal to apply it (a device round trip and a checksum
+// of every byte). The journal keeps the records handed over to it in this
+// session (Journal.write's `handedOver`) here, in memory, within a byte bound,
+// and readFrom() serves durable records from here when it holds the one asked
+// for, from the device otherwise (after a restart, past the bound). The master
+// does not hand its records over: it sends only what reads back intact from its
+// device (the simulator's seed 115 showed why: a record sent from memory whose
+// device copy was damaged was lost at the master's crash, and its seq went to
+// another write). Records
 // arrive as their writes complete, so in any order; the oldest are the ones
 // read next, so past the bound new records are not kept (nothing kept is
 // pushed out), and keeping starts again as reads release the old ones.

@@ -31,22 +31,33 @@ class CountingDevice implements JournalDevice {
   }
 }
 
-test('records written in this session are read from memory, as written, even when the writer reuses its buffer', async () => {
+test('records handed over are read from memory; others come back from the device, as written, though the writer reuses its buffer', async () => {
   const device = new CountingDevice(new MemoryJournalDevice(256 * mib));
   const journal = await formatted(device);
-  const reused = Buffer.alloc(mib);
   for (let i = 0; i < 8; i++) {
-    pattern(100 + i, mib).copy(reused);
     const meta = recordMeta('write', mib, { offset: i * mib });
-    await journal.write(journal.reserve(meta, mib), meta, reused);
+    await journal.write(journal.reserve(meta, mib), meta, pattern(100 + i, mib), true);
   }
-  reused.fill(0xee); // the writer's buffer goes back to its pool and is overwritten
   await journal.sync();
   const readsBefore = device.reads;
   const records = await readAll(journal);
   assert.equal(device.reads, readsBefore, 'no device read for records the journal keeps');
   assert.equal(records.length, 8);
-  records.forEach((record, i) => assert.ok(record.data!.equals(pattern(100 + i, mib)), `seq ${record.seq}: the data written, not the reused buffer`));
+  records.forEach((record, i) => assert.ok(record.data!.equals(pattern(100 + i, mib)), `seq ${record.seq}: the data handed over`));
+  const other = new CountingDevice(new MemoryJournalDevice(256 * mib));
+  const master = await formatted(other);
+  const reused = Buffer.alloc(mib);
+  for (let i = 0; i < 4; i++) {
+    pattern(200 + i, mib).copy(reused);
+    const meta = recordMeta('write', mib, { offset: i * mib });
+    await master.write(master.reserve(meta, mib), meta, reused);
+  }
+  reused.fill(0xee); // the writer's buffer goes back to its pool and is overwritten
+  await master.sync();
+  const before = other.reads;
+  const sent = await readAll(master);
+  assert.ok(other.reads > before, 'records not handed over are read back from the device (checked) before they are sent');
+  sent.forEach((record, i) => assert.ok(record.data!.equals(pattern(200 + i, mib)), `seq ${record.seq}: the data written, not the reused buffer`));
   // Released records are forgotten: reading from below the tail is refused as before.
   journal.release(records[4]!.seq);
   await assert.rejects(journal.readFrom(records[0]!.seq, mib), { code: 'JOURNAL_RECORD_GONE' });
