@@ -32,11 +32,6 @@ export class RecordWindow {
     this.bytes += size;
   }
 
-  /** True when the bound has room for `dataBytes` more. */
-  hasRoom(dataBytes: number): boolean {
-    return this.bytes + dataBytes <= this.bytesMax;
-  }
-
   /**
    * Kept records from `fromSeq` on, below `belowSeq`, in order, up to `recordsMax` records and
    * `maxBytes` of data (at least one record if there is one); empty when `fromSeq` is not kept.
@@ -69,9 +64,5 @@ export class RecordWindow {
   clear(): void {
     this.records.clear();
     this.bytes = 0;
-  }
-
-  get keptBytes(): number {
-    return this.bytes;
   }
 }
