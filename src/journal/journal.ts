@@ -1,8 +1,8 @@
 // A journal volume (docs/architecture.md §4): a ring of checksummed records behind two
 // alternating header slots. reserve() assigns seq and ring space in one
-// synchronous step; write() puts the record on the device; sync() group-commits
-// (one flush for every record whose write completed before the round began)
-// and moves durableSeq over the contiguous prefix; readFrom() serves durable
+// synchronous step; write() puts the record on the device (record-write.ts);
+// sync() group-commits (rounds.ts: one flush for every record whose write
+// completed before the round began) and moves durableSeq over the contiguous prefix; readFrom() serves durable
 // records from memory while it keeps them (record-window.ts), else from the
 // device through an in-memory seq -> position index.
 //
@@ -17,22 +17,21 @@
 // Fail-stop: after any device error the journal refuses every further call.
 
 import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
-import { sharedPool, zeroBuffer } from '../util/buffer-pool.js';
 import { checkData, checkRecordMeta, checkRole, checkWholeNumber, type FormatInit } from './checks.js';
 import { checkEpoch, epochNotOlder, formatEpoch, sameEpoch } from './epoch.js';
 import {
   dataCrcOf, encodeHeaderSlot, headerSlotBytes, instancesMax, journalBytesMin,
-  recordBytesFor, recordDataBytesMax, recordHeaderBytes, ringStartBytes, slotOfGeneration, RecordTemplate,
+  recordBytesFor, recordDataBytesMax, ringStartBytes, slotOfGeneration, RecordTemplate,
   type InstanceEntry, type RecordFields,
 } from './layout.js';
 import { formatParts, freezeEpoch, newInstanceId, openParts, sessionMax, type JournalParts } from './open.js';
 import type { SeqIndex } from './seq-index.js';
 import { RecordWindow } from './record-window.js';
+import { writeRecordAt } from './record-write.js';
+import { RoundQueue } from './rounds.js';
 import { decodeRun, planRead, readBytesMax, readRecordsMax } from './read-runs.js';
 import type { Epoch, JournalDevice, JournalRecord, JournalRole, RecordMeta, RecoveryReport, Reservation } from './types.js';
 
-/** Records of at most this size go to the device as one pooled buffer; larger ones as header + caller's data. */
-const combinedWriteBytesMax = 64 * 1024;
 /** release() starts a header round once this share of the ring is freed but not yet reusable. */
 const releasedShareForHeader = 1 / 8;
 
@@ -48,13 +47,6 @@ interface PendingRecord {
   writing: boolean;
   spaceReady: (() => void) | undefined;
   spaceFailed: ((error: unknown) => void) | undefined;
-}
-
-interface Round {
-  header: boolean;
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (error: unknown) => void;
 }
 
 interface HeaderCapture {
@@ -97,9 +89,9 @@ export class Journal {
   /** Records written in this session, to be read back without the device. */
   private readonly recent = new RecordWindow();
   private template: RecordTemplate;
-  private roundRunning: Round | undefined;
-  private roundRunningWrittenSeq = 0;
-  private roundQueued: Round | undefined;
+  private readonly rounds = new RoundQueue((header) => this.runRound(header), (error) => this.fail(error));
+  /** writtenSeq as the running round began: that round makes every record below it durable. */
+  private roundWrittenSeq = 0;
   /** Bumped when records are discarded, so work that spans an await can tell. */
   private discards = 0;
   private failure: TwinstoreError | undefined;
@@ -151,7 +143,7 @@ export class Journal {
     if (!this.startedAgain) return;
     this.checkUsable();
     this.startedAgain = false;
-    await this.requestRound(true);
+    await this.rounds.request(true);
   }
 
   /** Started again after a lost header (Journal.open reported headerLost) and not yet acknowledged. */
@@ -228,7 +220,7 @@ export class Journal {
     this.pending.set(seq, { meta, spanStart, position, recordBytes, overBytes, writing: false, spaceReady: undefined, spaceFailed: undefined });
     this.cursor.nextSeq = seq + 1;
     this.lastEpoch = meta.epoch;
-    if (overBytes > 0) this.persistHeaderSoon();
+    if (overBytes > 0) this.rounds.soon();
     return { seq, position, recordBytes };
   }
 
@@ -263,9 +255,9 @@ export class Journal {
   async sync(): Promise<void> {
     this.checkUsable();
     if (this.cursor.writtenSeq <= this.cursor.durableSeq) return;
-    const running = this.roundRunning;
-    if (running !== undefined && this.roundRunningWrittenSeq >= this.cursor.writtenSeq) return running.promise;
-    return this.requestRound(false);
+    const running = this.rounds.current;
+    if (running !== undefined && this.roundWrittenSeq >= this.cursor.writtenSeq) return running;
+    return this.rounds.request(false);
   }
 
   /** Durable records from `seq` on, in order, up to `maxBytes` of data (at least one record if there is one). */
@@ -300,7 +292,7 @@ export class Journal {
     this.keptBytes -= bytes;
     this.releasedBytes += bytes;
     this.cursor.tailSeq = uptoSeq;
-    if (this.releasedBytes >= this.ringBytes * releasedShareForHeader) this.persistHeaderSoon();
+    if (this.releasedBytes >= this.ringBytes * releasedShareForHeader) this.rounds.soon();
   }
 
   /** Receiver cursor: every record below `uptoSeq` is applied. Persisted with the next header. */
@@ -313,7 +305,7 @@ export class Journal {
   /** Writes the next header slot (alternating, generation + CRC32C) with the cursors, then flushes. */
   async persistHeader(): Promise<void> {
     this.checkUsable();
-    return this.requestRound(true);
+    return this.rounds.request(true);
   }
 
   /** Role change: a new instance id and epoch, persisted; records are kept or discarded as asked. */
@@ -349,7 +341,7 @@ export class Journal {
     // durable, so an open that finds them but only an older header knows that header was lost.
     assert(this.session + 1 < sessionMax, 'the session counter does not wrap');
     this.session += 1;
-    return this.requestRound(true);
+    return this.rounds.request(true);
   }
 
   /** Persists the header with the clean-shutdown flag; every later call fails with SHUTTING_DOWN. */
@@ -360,7 +352,7 @@ export class Journal {
       throw new TwinstoreError('BAD_REQUEST', `${this.pending.size} reserved records are not written yet; close() waits for them`);
     }
     this.closing = true;
-    await this.requestRound(true);
+    await this.rounds.request(true);
     this.closed = true;
   }
 
@@ -422,40 +414,12 @@ export class Journal {
 
   // ---- writes -------------------------------------------------------------------
 
-  private async writeRecord(seq: number, pending: PendingRecord, meta: WriteMeta, data: Buffer | undefined): Promise<void> {
-    const template = this.templateFor(meta.epoch);
+  private writeRecord(seq: number, pending: PendingRecord, meta: WriteMeta, data: Buffer | undefined): Promise<void> {
     const fields: RecordFields = {
       kind: meta.kind, wrap: false, seq, timestampMs: meta.timestampMs, offset: meta.offset, length: meta.length, lun: meta.lun,
       session: this.session, dataCrc: dataCrcOf(data), unsyncedBefore: Math.max(0, seq - this.cursor.durableSeq),
     };
-    const borrowed: Buffer[] = [];
-    const writes: Promise<void>[] = [];
-    if (pending.spanStart !== pending.position) {
-      const marker = sharedPool.acquire(recordHeaderBytes);
-      borrowed.push(marker);
-      template.encode(marker, 0, { ...fields, kind: 'marker', wrap: true, offset: 0, length: 0, lun: 0, dataCrc: 0 });
-      writes.push(this.device.write(pending.spanStart, marker));
-    }
-    const dataBytes = data?.length ?? 0;
-    if (pending.recordBytes <= combinedWriteBytesMax) {
-      const record = sharedPool.acquire(pending.recordBytes);
-      borrowed.push(record);
-      template.encode(record, 0, fields);
-      data?.copy(record, recordHeaderBytes);
-      record.fill(0, recordHeaderBytes + dataBytes);
-      writes.push(this.device.write(pending.position, record));
-    } else {
-      const header = sharedPool.acquire(recordHeaderBytes);
-      borrowed.push(header);
-      template.encode(header, 0, fields);
-      writes.push(this.device.write(pending.position, header), this.device.write(pending.position + recordHeaderBytes, data!));
-      const paddingBytes = pending.recordBytes - recordHeaderBytes - dataBytes;
-      if (paddingBytes > 0) writes.push(this.device.write(pending.position + recordHeaderBytes + dataBytes, zeroBuffer.subarray(0, paddingBytes)));
-    }
-    const results = await Promise.allSettled(writes);
-    for (const buffer of borrowed) sharedPool.release(buffer);
-    const failed = results.find((result) => result.status === 'rejected');
-    if (failed !== undefined) throw failed.reason;
+    return writeRecordAt(this.device, this.templateFor(meta.epoch), fields, pending, data);
   }
 
   private templateFor(epoch: Epoch): RecordTemplate {
@@ -467,41 +431,13 @@ export class Journal {
 
   // ---- flush and header rounds ---------------------------------------------------
 
-  /** Joins the queued round (or queues one); a round is an optional header write plus one flush. */
-  private requestRound(header: boolean): Promise<void> {
-    let round = this.roundQueued;
-    if (round === undefined) {
-      round = newRound();
-      this.roundQueued = round;
-      if (this.roundRunning === undefined) queueMicrotask(() => this.startRound());
-    }
-    if (header) round.header = true;
-    return round.promise;
-  }
-
-  private persistHeaderSoon(): void {
-    this.requestRound(true).catch(() => undefined);
-  }
-
-  private startRound(): void {
-    const round = this.roundQueued;
-    if (round === undefined || this.roundRunning !== undefined) return;
-    this.roundQueued = undefined;
-    this.roundRunning = round;
-    this.runRound(round)
-      .then(() => round.resolve(), (error: unknown) => round.reject(this.fail(error)))
-      .finally(() => {
-        this.roundRunning = undefined;
-        this.startRound();
-      });
-  }
-
-  private async runRound(round: Round): Promise<void> {
+  /** One round's device work, for the RoundQueue: the header slot when asked, then the flush. */
+  private async runRound(header: boolean): Promise<void> {
     if (this.failure !== undefined) throw this.failure;
     const writtenSeq = this.cursor.writtenSeq;
     const discards = this.discards;
-    this.roundRunningWrittenSeq = writtenSeq;
-    const capture = round.header ? this.captureHeader() : undefined;
+    this.roundWrittenSeq = writtenSeq;
+    const capture = header ? this.captureHeader() : undefined;
     if (capture !== undefined) await this.device.write(capture.slot * headerSlotBytes, capture.bytes);
     await this.device.flush();
     if (discards === this.discards) this.cursor.durableSeq = Math.max(this.cursor.durableSeq, writtenSeq);
@@ -560,15 +496,4 @@ export class Journal {
 
 function sameMeta(a: WriteMeta, b: WriteMeta): boolean {
   return a.kind === b.kind && a.lun === b.lun && a.offset === b.offset && a.length === b.length && a.timestampMs === b.timestampMs && sameEpoch(a.epoch, b.epoch);
-}
-
-function newRound(): Round {
-  let resolve: () => void = () => undefined;
-  let reject: (error: unknown) => void = () => undefined;
-  const promise = new Promise<void>((onResolve, onReject) => {
-    resolve = onResolve;
-    reject = onReject;
-  });
-  promise.catch(() => undefined); // background rounds have no caller; callers that await still see the error
-  return { header: false, promise, resolve, reject };
 }
