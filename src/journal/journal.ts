@@ -2,9 +2,10 @@
 // alternating header slots. reserve() assigns seq and ring space in one
 // synchronous step; write() puts the record on the device (record-write.ts);
 // sync() group-commits (rounds.ts: one flush for every record whose write
-// completed before the round began) and moves durableSeq over the contiguous prefix; readFrom() serves durable
-// records from memory while it keeps them (record-window.ts), else from the
-// device through an in-memory seq -> position index.
+// completed before the round began) and moves durableSeq over the contiguous
+// prefix; readFrom() serves durable records from memory while it keeps them
+// (record-window.ts), else from the device through an in-memory seq -> position
+// index.
 //
 // Space: release() moves the tail at once, but the bytes it frees are reused
 // only after a header naming the new tail is durable. Otherwise a crash would

@@ -7,10 +7,10 @@
 // does not hand its records over: it sends only what reads back intact from its
 // device (the simulator's seed 115 showed why: a record sent from memory whose
 // device copy was damaged was lost at the master's crash, and its seq went to
-// another write). Records
-// arrive as their writes complete, so in any order; the oldest are the ones
-// read next, so past the bound new records are not kept (nothing kept is
-// pushed out), and keeping starts again as reads release the old ones.
+// another write). Records arrive as their writes complete, so in any order; the
+// oldest are the ones read next, so past the bound new records are not kept
+// (nothing kept is pushed out), and keeping starts again as reads release the
+// old ones.
 
 import type { JournalRecord } from './types.js';
 

@@ -8,7 +8,7 @@ import { recordHeaderBytes, type RecordFields, type RecordTemplate } from './lay
 import type { JournalDevice } from './types.js';
 
 /** Records of at most this size go to the device as one pooled buffer; larger ones as header + caller's data. */
-export const combinedWriteBytesMax = 64 * 1024;
+const combinedWriteBytesMax = 64 * 1024;
 
 /** Where a reserved record goes: `spanStart` differs from `position` when a wrap marker precedes it. */
 export interface RecordPlacement {
