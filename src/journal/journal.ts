@@ -27,6 +27,7 @@ import {
 } from './layout.js';
 import { formatParts, freezeEpoch, newInstanceId, openParts, sessionMax, type JournalParts } from './open.js';
 import type { SeqIndex } from './seq-index.js';
+import { sharedPool } from '../util/buffer-pool.js';
 import { RecordWindow } from './record-window.js';
 import { writeRecordAt } from './record-write.js';
 import { RoundQueue } from './rounds.js';
@@ -227,8 +228,9 @@ export class Journal {
 
   /**
    * Writes a reserved record: header block + data + zero padding to 4 KiB (and its wrap marker, if
-   * any). With `handedOver` the caller gives `data` to the journal and never changes it again, and
-   * readFrom() serves the record from memory (a receiver applying what it stored). Otherwise it is
+   * any). With `handedOver` the caller gives `data` to the journal and never uses it again, and
+   * readFrom() serves the record from memory (a receiver applying what it stored); a pooled buffer
+   * goes back to the pool once written (not kept) or released (kept). Otherwise it is
    * read back from the device and checked: a master sends only records whose device copy reads
    * back intact, since a crash would lose a damaged one and give its seq to another write.
    */
@@ -248,7 +250,8 @@ export class Journal {
     }
     this.pending.delete(reservation.seq);
     this.index.markWritten(reservation.seq);
-    if (handedOver) this.recent.keep({ ...meta, seq: reservation.seq, data });
+    // Handed over and not kept: written, so its buffer can go back to the pool (if it came from there).
+    if (handedOver && !this.recent.keep({ ...meta, seq: reservation.seq, data }) && data !== undefined) sharedPool.release(data);
     while (this.cursor.writtenSeq < this.cursor.nextSeq && this.index.isWritten(this.cursor.writtenSeq)) this.cursor.writtenSeq += 1;
   }
 
@@ -283,7 +286,11 @@ export class Journal {
     return records;
   }
 
-  /** Frees the ring space of records below `uptoSeq`; it is reused once a header with the new tail is durable. */
+  /**
+   * Frees the ring space of records below `uptoSeq`; it is reused once a header with the new tail is
+   * durable. The caller is done with every record below `uptoSeq` that readFrom() gave it: the data
+   * of handed-over ones goes back to the buffer pool.
+   */
   release(uptoSeq: number): void {
     this.checkUsable();
     this.checkDurableCursor(uptoSeq, 'uptoSeq');

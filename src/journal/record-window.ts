@@ -10,8 +10,12 @@
 // another write). Records arrive as their writes complete, so in any order; the
 // oldest are the ones read next, so past the bound new records are not kept
 // (nothing kept is pushed out), and keeping starts again as reads release the
-// old ones.
+// old ones. A released record's data goes back to the buffer pool (the link
+// decoder borrowed it there): the reader that released it is done with it, and
+// nobody else was given it. Records forgotten by clear() are left to the GC, as
+// a reader may still hold them when the journal fails.
 
+import { sharedPool, type BufferPool } from '../util/buffer-pool.js';
 import type { JournalRecord } from './types.js';
 
 /** A journal keeps at most this many data bytes of recent records in memory, and this many records. */
@@ -22,14 +26,15 @@ export class RecordWindow {
   private readonly records = new Map<number, JournalRecord>();
   private bytes = 0;
 
-  constructor(private readonly bytesMax: number = recentBytesMax) {}
+  constructor(private readonly bytesMax: number = recentBytesMax, private readonly pool: BufferPool = sharedPool) {}
 
-  /** Keeps `record` (its data is not copied: the caller hands it over) unless that would pass the bound. */
-  keep(record: JournalRecord): void {
+  /** Keeps `record` (its data is not copied: the caller hands it over) unless that would pass the bound; true when kept. */
+  keep(record: JournalRecord): boolean {
     const size = record.data?.length ?? 0;
-    if (this.bytes + size > this.bytesMax || this.records.size >= recentRecordsMax || this.records.has(record.seq)) return;
+    if (this.bytes + size > this.bytesMax || this.records.size >= recentRecordsMax || this.records.has(record.seq)) return false;
     this.records.set(record.seq, record);
     this.bytes += size;
+    return true;
   }
 
   /**
@@ -50,13 +55,14 @@ export class RecordWindow {
     return out;
   }
 
-  /** Forgets every record below `seq` (released). */
+  /** Forgets every record below `seq` (released: whoever read them is done) and gives their data back to the pool. */
   dropBelow(seq: number): void {
     if (this.records.size === 0) return;
     for (const [at, record] of this.records) {
       if (at >= seq) continue;
       this.records.delete(at);
       this.bytes -= record.data?.length ?? 0;
+      if (record.data !== undefined) this.pool.release(record.data);
     }
   }
 

@@ -3,6 +3,9 @@
 // so request payloads and read replies borrow from power-of-two size classes
 // and give the buffer back when the socket or drive is done with it. The pool
 // keeps at most `retainBytesMax` idle; beyond that released buffers are dropped.
+// Only a buffer the pool lent (the very object acquire() returned) is taken back,
+// once: a stray or second release of the same buffer is ignored, so a mistake
+// cannot put one slab in two owners' hands.
 
 import { assert } from '../errors.js';
 
@@ -11,6 +14,8 @@ const classMinBytes = 4096;
 export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
   private retainedBytes = 0;
+  /** The buffers acquire() handed out and release() has not taken back. */
+  private readonly lent = new WeakSet<Buffer>();
 
   constructor(private readonly retainBytesMax: number = 256 * 2 ** 20) {}
 
@@ -20,14 +25,20 @@ export class BufferPool {
     const size = classSize(length);
     const stack = this.free.get(size);
     const slab = stack?.pop();
+    let lent: Buffer;
     if (slab !== undefined) {
       this.retainedBytes -= size;
-      return slab.subarray(0, length);
+      lent = slab.subarray(0, length);
+    } else {
+      lent = Buffer.allocUnsafeSlow(size).subarray(0, length);
     }
-    return Buffer.allocUnsafeSlow(size).subarray(0, length);
+    this.lent.add(lent);
+    return lent;
   }
 
+  /** Takes back a buffer acquire() returned; the caller and everyone it gave the buffer to are done with it. */
   release(buffer: Buffer): void {
+    if (!this.lent.delete(buffer)) return; // not one of ours, or given back already
     const slab = Buffer.from(buffer.buffer, buffer.byteOffset, buffer.buffer.byteLength - buffer.byteOffset);
     const size = slab.length;
     if (size !== classSize(size) || buffer.byteOffset !== 0) return; // not one of ours
