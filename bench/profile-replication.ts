@@ -3,8 +3,9 @@
 // --cpu-prof`, makes a pair of empty volumes, runs one fio job against the
 // P-VOL until B has applied everything, stops both arrays (the profile is
 // written on a clean exit) and prints, for each array, where its CPU went:
-// self time by function and by source file.
-// Run: npm run bench:profile [-- --job sw1m_qd16] [--seconds N] [--pin] [--out DIR]
+// self time by function and by source file. With --trace-gc it also counts each
+// array's garbage collections (node --trace-gc) from the start of the fio job.
+// Run: npm run bench:profile [-- --job sw1m_qd16] [--seconds N] [--pin] [--out DIR] [--trace-gc]
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -23,6 +24,7 @@ const jobName = argValue('--job') ?? 'sw1m_qd16';
 const seconds = Number(argValue('--seconds') ?? 20);
 const pin = process.argv.includes('--pin');
 const out = path.resolve(argValue('--out') ?? 'profiles');
+const traceGc = process.argv.includes('--trace-gc');
 /** Rows of each table printed. */
 const topRows = 25;
 
@@ -61,13 +63,38 @@ function summarise(file: string): string {
   return `by function (self):\n${top(byFunction)}\nby file (self):\n${top(byFile)}`;
 }
 
+/** Garbage collections seen in one array's --trace-gc lines, and their pauses. */
+class GcCounts {
+  counting = false;
+  markCompacts = 0;
+  scavenges = 0;
+  pauseMs = 0;
+
+  /** A --trace-gc line: `... ms: Mark-Compact 20.0 (54.6) -> 19.1 (54.6) MB, 20.22 / 0.12 ms ...`. */
+  line(text: string): void {
+    if (!this.counting) return;
+    const kind = /ms: (Mark-Compact|Scavenge)\b/.exec(text)?.[1];
+    if (kind === undefined) return;
+    if (kind === 'Mark-Compact') this.markCompacts += 1;
+    else this.scavenges += 1;
+    const pause = /MB, ([0-9.]+) \/ [0-9.]+ ms/.exec(text)?.[1];
+    if (pause !== undefined) this.pauseMs += Number(pause);
+  }
+
+  toString(): string {
+    return `${this.markCompacts} mark-compacts, ${this.scavenges} scavenges, ${this.pauseMs.toFixed(0)} ms paused`;
+  }
+}
+
 async function main(): Promise<void> {
   fs.mkdirSync(out, { recursive: true });
   log(`job ${job!.name} (${job!.description}) for ${seconds} s; ${pin ? 'pinned: A and fio on CPU 0, B on CPU 1' : 'unpinned'}; profiles in ${out}`);
   const [a, b] = await sites.write();
   const started = Date.now();
-  await sites.start(a!, pin ? 0 : undefined, ['--cpu-prof', `--cpu-prof-dir=${out}`, `--cpu-prof-name=site-a-${started}.cpuprofile`]);
-  await sites.start(b!, pin ? 1 : undefined, ['--cpu-prof', `--cpu-prof-dir=${out}`, `--cpu-prof-name=site-b-${started}.cpuprofile`]);
+  const gc = { a: new GcCounts(), b: new GcCounts() };
+  const gcArgs = traceGc ? ['--trace-gc'] : [];
+  await sites.start(a!, pin ? 0 : undefined, [...gcArgs, '--cpu-prof', `--cpu-prof-dir=${out}`, `--cpu-prof-name=site-a-${started}.cpuprofile`], (line) => gc.a.line(line));
+  await sites.start(b!, pin ? 1 : undefined, [...gcArgs, '--cpu-prof', `--cpu-prof-dir=${out}`, `--cpu-prof-name=site-b-${started}.cpuprofile`], (line) => gc.b.line(line));
   for (const site of [a!, b!]) {
     await sites.cli(site, ['volume', 'create', 'rep', '--size', String(volumeBytes)]);
     await sites.cli(site, ['journal', 'create', 'jnl', '--size', '1GiB']);
@@ -75,6 +102,8 @@ async function main(): Promise<void> {
   await sites.cli(a!, ['pair', 'create', '--group', 'prof', '--pvol', 'rep', '--svol', 'site-b:rep', '--journal', 'jnl', '--remote-journal', 'site-b:jnl', '--overflow', 'throttle']);
   await sites.waitUntil(a!, (r) => r.status === 'PAIR' && r.lagRecords === 0, 600_000);
   const before = { a: cpuTimes(a!.server!.pid), b: cpuTimes(b!.server!.pid) };
+  gc.a.counting = true;
+  gc.b.counting = true;
   const m = await runFio(tracker, { job: job!, uri: `nbd://${a!.nbd}/rep`, seconds, imageBytes: volumeBytes, outputFile: path.join(dir, 'fio.json'), ...(pin ? { cpu: 0 } : {}) });
   await sites.waitUntil(a!, (r) => r.lagRecords === 0, 600_000);
   const gib = (m.totalIos * (job!.blockSize === '1M' ? MiB : 4096)) / 2 ** 30;
@@ -85,6 +114,7 @@ async function main(): Promise<void> {
     return `${(user + system).toFixed(1)} (user ${user.toFixed(1)}, system ${system.toFixed(1)})`;
   };
   log(`fio: ${m.value.toFixed(0)} ${job!.metric === 'bandwidth' ? 'MB/s' : 'IOPS'}, ${gib.toFixed(2)} GiB; CPU s/GiB to lag 0: A ${perGiB('a', a!.server!.pid)}, B ${perGiB('b', b!.server!.pid)}`);
+  if (traceGc) log(`GC from the job's start to lag 0: A ${gc.a}; B ${gc.b}`);
   for (const site of [a!, b!]) await tracker.stop(site.server!, 60_000);
   for (const site of ['site-a', 'site-b']) {
     const file = path.join(out, `${site}-${started}.cpuprofile`);

@@ -73,10 +73,13 @@ export class BenchSites {
     });
   }
 
-  /** Starts the array, pinned to `cpu` when given; `nodeArgs` go to node before the CLI (e.g. --cpu-prof). */
-  async start(site: Site, cpu?: number, nodeArgs: string[] = []): Promise<void> {
+  /**
+   * Starts the array, pinned to `cpu` when given; `nodeArgs` go to node before the CLI (e.g.
+   * --cpu-prof); `onLine` gets every stdout line but the ready line (e.g. --trace-gc's).
+   */
+  async start(site: Site, cpu?: number, nodeArgs: string[] = [], onLine?: (line: string) => void): Promise<void> {
     site.server = this.tracker.spawn(process.execPath, [...nodeArgs, cliEntry, 'serve', '--config', site.config], { label: `serve ${site.id}`, stdout: 'pipe', ...(cpu === undefined ? {} : { cpu }) });
-    const ready = await readReadyLine(site.server);
+    const ready = await readReadyLine(site.server, onLine);
     site.nbd = ready.nbd;
     if (ready.api !== undefined) site.api = ready.api;
   }

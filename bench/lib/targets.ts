@@ -71,18 +71,32 @@ function twinstoreConfig(driveBytes: number): string {
   ].join('\n');
 }
 
-export async function readReadyLine(server: Tracked): Promise<{ nbd: string; api: string | undefined }> {
+/**
+ * The server's ready line: its first stdout line that starts with `{` (node's own
+ * `--trace-gc` lines may come first). Every other line, before and after it, goes
+ * to `onLine` when given.
+ */
+export async function readReadyLine(server: Tracked, onLine?: (line: string) => void): Promise<{ nbd: string; api: string | undefined }> {
   const lines = readline.createInterface({ input: server.child.stdout! });
+  let ready = false;
   const line = await Promise.race([
-    new Promise<string>((resolve) => lines.once('line', resolve)),
+    new Promise<string>((resolve) => {
+      lines.on('line', (text) => {
+        if (!ready && text.startsWith('{')) {
+          ready = true;
+          resolve(text);
+        } else {
+          onLine?.(text);
+        }
+      });
+    }),
     server.exited.then((status) => Promise.reject(new Error(`twinstore serve exited (${status}) before ready:\n${server.stderrTail()}`))),
     new Promise<never>((_, reject) => setTimeout(() => reject(new Error('twinstore serve: no ready line')), serverStartMsMax).unref()),
   ]);
-  // Keep draining stdout so the server can never block on a full pipe.
-  lines.on('line', () => undefined);
-  const ready = JSON.parse(line) as { ready?: boolean; nbd?: string; api?: string };
-  if (ready.ready !== true || typeof ready.nbd !== 'string') throw new Error(`twinstore serve: unexpected ready line ${line}`);
-  return { nbd: ready.nbd, api: typeof ready.api === 'string' ? ready.api : undefined };
+  // The 'line' listener above keeps draining stdout, so the server can never block on a full pipe.
+  const parsed = JSON.parse(line) as { ready?: boolean; nbd?: string; api?: string };
+  if (parsed.ready !== true || typeof parsed.nbd !== 'string') throw new Error(`twinstore serve: unexpected ready line ${line}`);
+  return { nbd: parsed.nbd, api: typeof parsed.api === 'string' ? parsed.api : undefined };
 }
 
 /** Starts `twinstore serve`, creates the volume, and fills it from sourceFile with nbdcopy. */
