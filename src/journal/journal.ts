@@ -39,6 +39,13 @@ const releasedShareForHeader = 1 / 8;
 
 type WriteMeta = Omit<RecordMeta, 'seq'>;
 
+export interface WriteOptions {
+  /** The caller gives `data` to the journal (see write()). */
+  handedOver?: boolean;
+  /** CRC32C of `data`, checked by the caller against these bytes. */
+  dataCrc?: number;
+}
+
 interface PendingRecord {
   meta: WriteMeta;
   spanStart: number;
@@ -233,8 +240,11 @@ export class Journal {
    * goes back to the pool once written (not kept) or released (kept). Otherwise it is
    * read back from the device and checked: a master sends only records whose device copy reads
    * back intact, since a crash would lose a damaged one and give its seq to another write.
+   * `dataCrc`: the CRC32C of `data` when the caller holds one it checked against these very bytes
+   * (the link decoder does, per segment); the journal records it instead of computing another.
    */
-  async write(reservation: Reservation, meta: WriteMeta, data: Buffer | undefined, handedOver = false): Promise<void> {
+  async write(reservation: Reservation, meta: WriteMeta, data: Buffer | undefined, options: WriteOptions = {}): Promise<void> {
+    const handedOver = options.handedOver === true;
     this.checkUsable();
     const pending = this.pending.get(reservation.seq);
     assert(pending !== undefined && !pending.writing && pending.position === reservation.position, `seq ${reservation.seq} is reserved and written once`);
@@ -243,15 +253,16 @@ export class Journal {
     pending.writing = true;
     if (pending.overBytes > 0) await this.waitForSpace(pending);
     this.checkUsable();
+    const dataCrc = options.dataCrc ?? dataCrcOf(data);
     try {
-      await this.writeRecord(reservation.seq, pending, meta, data);
+      await this.writeRecord(reservation.seq, pending, meta, data, dataCrc);
     } catch (error) {
       throw this.fail(error);
     }
     this.pending.delete(reservation.seq);
     this.index.markWritten(reservation.seq);
     // Handed over and not kept: written, so its buffer can go back to the pool (if it came from there).
-    if (handedOver && !this.recent.keep({ ...meta, seq: reservation.seq, data }) && data !== undefined) sharedPool.release(data);
+    if (handedOver && !this.recent.keep({ ...meta, seq: reservation.seq, data, dataCrc }) && data !== undefined) sharedPool.release(data);
     while (this.cursor.writtenSeq < this.cursor.nextSeq && this.index.isWritten(this.cursor.writtenSeq)) this.cursor.writtenSeq += 1;
   }
 
@@ -422,10 +433,10 @@ export class Journal {
 
   // ---- writes -------------------------------------------------------------------
 
-  private writeRecord(seq: number, pending: PendingRecord, meta: WriteMeta, data: Buffer | undefined): Promise<void> {
+  private writeRecord(seq: number, pending: PendingRecord, meta: WriteMeta, data: Buffer | undefined, dataCrc: number): Promise<void> {
     const fields: RecordFields = {
       kind: meta.kind, wrap: false, seq, timestampMs: meta.timestampMs, offset: meta.offset, length: meta.length, lun: meta.lun,
-      session: this.session, dataCrc: dataCrcOf(data), unsyncedBefore: Math.max(0, seq - this.cursor.durableSeq),
+      session: this.session, dataCrc, unsyncedBefore: Math.max(0, seq - this.cursor.durableSeq),
     };
     return writeRecordAt(this.device, this.templateFor(meta.epoch), fields, pending, data);
   }

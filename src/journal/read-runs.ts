@@ -61,6 +61,7 @@ export function decodeRun(buffer: Buffer, run: ReadRun, records: JournalRecord[]
     }
     records.push({
       kind: header.kind, seq, epoch: header.epoch, timestampMs: header.timestampMs, lun: header.lun, offset: header.offset, length: header.length, data,
+      dataCrc: header.dataCrc,
     });
     at += recordBytes;
   }

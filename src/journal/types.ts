@@ -42,6 +42,8 @@ export interface RecordMeta {
 export interface JournalRecord extends RecordMeta {
   /** The data of a write or base record (`length` bytes); undefined for other kinds. */
   data: Buffer | undefined;
+  /** CRC32C of `data` (0 without), as the journal recorded it and checked it on the way out. */
+  dataCrc: number;
 }
 
 export interface Reservation {

@@ -1,8 +1,9 @@
 // Incremental decoder for link frames. It takes the chunks a socket hands out,
 // accepts a frame split at any byte, and yields whole, checked frames. Every
 // length is checked against its maximum before anything is allocated for it, the
-// header checksum before any header field is believed, and the data checksum and
-// the JSON envelope before a frame is yielded. The first bad frame yields `fatal`
+// header checksum before any header field is believed, the checksum of the
+// segment table and JSON before any segment is taken in, each segment's checksum
+// as it completes, and the JSON envelope before a frame is yielded. The first bad frame yields `fatal`
 // and the decoder stays failed: the stream cannot be trusted past it.
 //
 // Memory: queued chunks are what the socket delivered and the owner has not yet
@@ -36,8 +37,9 @@ interface Incoming {
   table: Part;
   body: Part;
   bodyDone: boolean;
-  /** Segment lengths, known once the table is in. */
+  /** Segment lengths and CRCs, known once the table is in. */
   lengths: number[] | undefined;
+  crcs: number[];
   segments: Buffer[];
   segment: Part | undefined;
   crc: number;
@@ -94,9 +96,11 @@ export class FrameDecoder {
     const incoming = this.incoming;
     const table = this.receiveTable(incoming);
     if (table !== true) return table === false ? undefined : table;
-    if (!this.receiveBody(incoming) || !this.receivePayload(incoming)) return undefined;
+    const body = this.receiveBody(incoming);
+    if (body !== true) return body === false ? undefined : body;
+    const payload = this.receivePayload(incoming);
+    if (payload !== true) return payload === false ? undefined : payload;
     this.incoming = undefined;
-    if (incoming.crc >>> 0 !== incoming.dataCrc) return `bad data checksum in a ${FRAME_TYPE_NAMES[incoming.type]} frame`;
     return finishFrame(incoming);
   }
 
@@ -138,7 +142,7 @@ export class FrameDecoder {
     if (carriesJson !== bodyBytes > 0) return carriesJson ? `a ${name} frame has no JSON` : `a ${name} frame cannot carry JSON`;
     return {
       type, requestId, payloadBytes, dataCrc: header.readUInt32BE(24),
-      table: part(segments * SEGMENT_ENTRY_BYTES), body: part(bodyBytes), bodyDone: false, lengths: undefined, segments: [], segment: undefined, crc: 0,
+      table: part(segments * SEGMENT_ENTRY_BYTES), body: part(bodyBytes), bodyDone: false, lengths: undefined, crcs: [], segments: [], segment: undefined, crc: 0,
     };
   }
 
@@ -147,7 +151,10 @@ export class FrameDecoder {
     if (incoming.lengths !== undefined) return true;
     if (!this.fill(incoming.table)) return false;
     const lengths: number[] = [];
-    for (let at = 0; at < incoming.table.data.length; at += SEGMENT_ENTRY_BYTES) lengths.push(incoming.table.data.readUInt32BE(at));
+    for (let at = 0; at < incoming.table.data.length; at += SEGMENT_ENTRY_BYTES) {
+      lengths.push(incoming.table.data.readUInt32BE(at));
+      incoming.crcs.push(incoming.table.data.readUInt32BE(at + 4));
+    }
     const sum = lengths.reduce((total, length) => total + length, 0);
     if (sum !== incoming.payloadBytes) return `payload segments add up to ${sum} bytes, but the header says ${incoming.payloadBytes}`;
     incoming.crc = crc32c(incoming.table.data);
@@ -155,25 +162,32 @@ export class FrameDecoder {
     return true;
   }
 
-  private receiveBody(incoming: Incoming): boolean {
+  /** True once the JSON is in and the table and JSON match the header's checksum; a string when they do not. */
+  private receiveBody(incoming: Incoming): boolean | string {
     if (incoming.bodyDone) return true;
     if (!this.fill(incoming.body)) return false;
     incoming.crc = crc32c(incoming.body.data, incoming.crc);
+    if (incoming.crc >>> 0 !== incoming.dataCrc) return `bad data checksum in a ${FRAME_TYPE_NAMES[incoming.type]} frame`;
     incoming.bodyDone = true;
     return true;
   }
 
-  private receivePayload(incoming: Incoming): boolean {
+  /** True once every segment is in, each matching its checksum; a string for the first that does not. */
+  private receivePayload(incoming: Incoming): boolean | string {
     const lengths = incoming.lengths!;
     for (;;) {
+      const index = incoming.segments.length;
       if (incoming.segment === undefined) {
-        const length = lengths[incoming.segments.length];
+        const length = lengths[index];
         if (length === undefined) return true;
         incoming.segment = { data: this.pool.acquire(length), filled: 0 };
       }
       if (!this.fill(incoming.segment)) return false;
-      incoming.crc = crc32c(incoming.segment.data, incoming.crc);
-      incoming.segments.push(incoming.segment.data);
+      const data = incoming.segment.data;
+      if (crc32c(data) >>> 0 !== incoming.crcs[index]) {
+        return `bad checksum in payload segment ${index} of ${lengths.length} (${data.length} bytes) of a ${FRAME_TYPE_NAMES[incoming.type]} frame`;
+      }
+      incoming.segments.push(data);
       incoming.segment = undefined;
     }
   }
@@ -206,11 +220,11 @@ function finishFrame(incoming: Incoming): Frame | string {
       const method = json.method;
       if (typeof method !== 'string' || method.length === 0 || method.length > METHOD_CHARS_MAX) return `a request frame has no method of 1-${METHOD_CHARS_MAX} characters`;
       if (requestId === 0) return 'a request frame has request id 0';
-      return { type, requestId, method, body: json.body, payload: incoming.segments };
+      return { type, requestId, method, body: json.body, payload: incoming.segments, payloadCrcs: incoming.crcs };
     }
     case FRAME_TYPE.RESPONSE:
       if (requestId === 0) return 'a response frame has request id 0';
-      return { type, requestId, body: json.body, payload: incoming.segments };
+      return { type, requestId, body: json.body, payload: incoming.segments, payloadCrcs: incoming.crcs };
     case FRAME_TYPE.ERROR: {
       const { code, message } = json;
       if (typeof code !== 'string' || typeof message !== 'string') return 'an error frame lacks code or message';

@@ -5,6 +5,9 @@
 // {"method","body"}, a response {"body"}, an error {"code","message"}, a hello
 // {"protocolVersion","arrayId","heartbeatMs"}; pings and pongs carry no JSON.
 // Payload buffers are written as they are, after the header: never copied.
+// `payloadCrcs`: the CRC32C of each payload segment. A sender may give the ones
+// it holds already (checked against those very bytes), and the encoder computes
+// the rest; a decoded frame always has them, each checked.
 
 import { crc32c } from '@node-rs/crc32';
 import { TwinstoreError, assert } from '../errors.js';
@@ -15,8 +18,8 @@ import {
 
 export type Frame =
   | { type: typeof FRAME_TYPE.HELLO; requestId: number; hello: HelloBody }
-  | { type: typeof FRAME_TYPE.REQUEST; requestId: number; method: string; body: unknown; payload: Buffer[] }
-  | { type: typeof FRAME_TYPE.RESPONSE; requestId: number; body: unknown; payload: Buffer[] }
+  | { type: typeof FRAME_TYPE.REQUEST; requestId: number; method: string; body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }
+  | { type: typeof FRAME_TYPE.RESPONSE; requestId: number; body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }
   | { type: typeof FRAME_TYPE.ERROR; requestId: number; error: ErrorBody }
   | { type: typeof FRAME_TYPE.PING | typeof FRAME_TYPE.PONG; requestId: number };
 
@@ -38,6 +41,10 @@ function envelope(frame: Frame): unknown {
 
 function payloadOf(frame: Frame): readonly Buffer[] {
   return frame.type === FRAME_TYPE.REQUEST || frame.type === FRAME_TYPE.RESPONSE ? frame.payload : [];
+}
+
+function knownCrcsOf(frame: Frame): readonly number[] | undefined {
+  return frame.type === FRAME_TYPE.REQUEST || frame.type === FRAME_TYPE.RESPONSE ? frame.payloadCrcs : undefined;
 }
 
 function jsonText(value: unknown): string {
@@ -67,12 +74,17 @@ export function encodeFrame(frame: Frame): Buffer[] {
   if (payloadBytes > PAYLOAD_BYTES_MAX || payload.length > PAYLOAD_SEGMENTS_MAX) {
     throw new TwinstoreError('LINK_FRAME_TOO_LARGE', `a link frame's payload is ${payloadBytes} bytes in ${payload.length} buffers, more than the maximum of ${PAYLOAD_BYTES_MAX} bytes in ${PAYLOAD_SEGMENTS_MAX} buffers`);
   }
+  const known = knownCrcsOf(frame);
+  assert(known === undefined || known.length === payload.length, 'a payload CRC is given for every segment or for none');
   const tableBytes = payload.length * SEGMENT_ENTRY_BYTES;
   const head = Buffer.alloc(HEADER_BYTES + tableBytes + bodyBytes);
-  payload.forEach((buffer, i) => head.writeUInt32BE(buffer.length, HEADER_BYTES + i * SEGMENT_ENTRY_BYTES));
+  payload.forEach((buffer, i) => {
+    const at = HEADER_BYTES + i * SEGMENT_ENTRY_BYTES;
+    head.writeUInt32BE(buffer.length, at);
+    head.writeUInt32BE((known?.[i] ?? crc32c(buffer)) >>> 0, at + 4);
+  });
   head.write(text, HEADER_BYTES + tableBytes, 'utf8');
-  let dataCrc = crc32c(head.subarray(HEADER_BYTES));
-  for (const buffer of payload) dataCrc = crc32c(buffer, dataCrc);
+  const dataCrc = crc32c(head.subarray(HEADER_BYTES));
   writeHeader(head, { type: frame.type, segments: payload.length, requestId: frame.requestId, bodyBytes, payloadBytes, dataCrc });
   return [head, ...payload.filter((buffer) => buffer.length > 0)];
 }

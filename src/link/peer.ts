@@ -292,7 +292,7 @@ export class PeerLink extends EventEmitter<PeerLinkEvents> {
         this.checkHello(attempt, frame.hello);
         return;
       case FRAME_TYPE.RESPONSE:
-        this.settle(frame.requestId, (pending) => pending.resolve({ body: frame.body, payload: frame.payload }));
+        this.settle(frame.requestId, (pending) => pending.resolve({ body: frame.body, payload: frame.payload, ...(frame.payloadCrcs === undefined ? {} : { payloadCrcs: frame.payloadCrcs }) }));
         return;
       case FRAME_TYPE.ERROR: {
         const error = frame.error;

@@ -2,19 +2,26 @@
 // TLS choice. docs/link-protocol.md describes the same wire format for people;
 // keep the two in step.
 //
-// A frame is a 32-byte header, then a table of payload segment lengths (u32 each),
-// then the JSON body, then the payload bytes. All integers are big-endian.
+// A frame is a 32-byte header, then a table of payload segments (u32 length and
+// u32 CRC32C each), then the JSON body, then the payload bytes. All integers are
+// big-endian.
 //
 //   0  u32 magic 'TLNK'        16 u32 body bytes
 //   4  u8  protocol version    20 u32 payload bytes (sum of the segments)
-//   5  u8  frame type          24 u32 CRC32C of segment table + body + payload
+//   5  u8  frame type          24 u32 CRC32C of segment table + body
 //   6  u16 payload segments    28 u32 CRC32C of header bytes 0..27
 //   8  u64 request id
+//
+// Each segment carries its own CRC so that a sender that already holds a
+// checked CRC of a buffer (a journal record's, read back and verified) sends it
+// without another pass over the bytes, and the receiver checks each segment
+// once and can keep the CRC (its restore journal records it as it is).
 
 export const FRAME_MAGIC = 0x544c4e4b; // 'TLNK'
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const HEADER_BYTES = 32;
-export const SEGMENT_ENTRY_BYTES = 4;
+/** A segment table entry: u32 length, u32 CRC32C of the segment. */
+export const SEGMENT_ENTRY_BYTES = 8;
 
 export const FRAME_TYPE = {
   HELLO: 1,

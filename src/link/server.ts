@@ -35,6 +35,8 @@ export interface LinkRequest {
 export interface LinkResponse {
   body: unknown;
   payload: Buffer[];
+  /** CRC32C of each payload segment: a sender gives the ones it holds (checked); a received answer has them all, checked. */
+  payloadCrcs?: readonly number[];
 }
 
 /** Throw a TwinstoreError and the caller's request rejects with a TwinstoreError of the same code and message. */
@@ -261,7 +263,10 @@ class InboundSession {
     let reply: Frame;
     try {
       const response = await this.options.handler(peerId, { method: frame.method, body: frame.body, payload: frame.payload });
-      reply = { type: FRAME_TYPE.RESPONSE, requestId: frame.requestId, body: response.body ?? null, payload: response.payload };
+      reply = {
+        type: FRAME_TYPE.RESPONSE, requestId: frame.requestId, body: response.body ?? null, payload: response.payload,
+        ...(response.payloadCrcs === undefined ? {} : { payloadCrcs: response.payloadCrcs }),
+      };
     } catch (error) {
       reply = this.errorReply(frame, error);
     }

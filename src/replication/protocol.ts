@@ -15,7 +15,7 @@ import { Fields, type Refuse } from './wire-fields.js';
 /** The link as replication uses it (a PeerLink, or the simulator's). Send through linkRequest. */
 export interface PeerChannel {
   readonly connected: boolean;
-  request(method: string, body: unknown, payload?: Buffer[], options?: { timeoutMs?: number }): Promise<{ body: unknown; payload: Buffer[] }>;
+  request(method: string, body: unknown, payload?: Buffer[], options?: { timeoutMs?: number }): Promise<{ body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }>;
 }
 
 export interface Ok {
@@ -94,14 +94,21 @@ interface JournalReadFullCopy extends JournalReadAnswerBase {
 
 export type JournalReadAnswer = JournalReadRecords | JournalReadFullCopy;
 
-/** Records read from the master journal as they go on the wire: their data as payload segments, in order. */
-export function wireRecords(records: readonly JournalRecord[]): { records: WireRecord[]; payload: Buffer[] } {
+/**
+ * Records read from the master journal as they go on the wire: their data as payload segments, in
+ * order, with the data CRCs the journal checked them against (the link sends those, no new pass).
+ */
+export function wireRecords(records: readonly JournalRecord[]): { records: WireRecord[]; payload: Buffer[]; payloadCrcs: number[] } {
   const payload: Buffer[] = [];
+  const payloadCrcs: number[] = [];
   const wire = records.map((r): WireRecord => {
-    if (r.data) payload.push(r.data);
+    if (r.data) {
+      payload.push(r.data);
+      payloadCrcs.push(r.dataCrc);
+    }
     return { kind: r.kind, seq: r.seq, epoch: r.epoch, timestampMs: r.timestampMs, lun: r.lun, offset: r.offset, length: r.length, dataBytes: r.data?.length ?? 0 };
   });
-  return { records: wire, payload };
+  return { records: wire, payload, payloadCrcs };
 }
 
 // ---- pairs ------------------------------------------------------------------------------
@@ -420,28 +427,32 @@ export function checkAnswer<M extends LinkMethod>(method: M, body: unknown, payl
 }
 
 /** Sends a request to the peer and checks its answer before the caller sees it. */
-export async function linkRequest<M extends LinkMethod>(peer: PeerChannel, method: M, body: RequestOf<M>, options: { timeoutMs?: number } = {}): Promise<{ body: AnswerOf<M>; payload: Buffer[] }> {
+export async function linkRequest<M extends LinkMethod>(peer: PeerChannel, method: M, body: RequestOf<M>, options: { timeoutMs?: number } = {}): Promise<{ body: AnswerOf<M>; payload: Buffer[]; payloadCrcs?: readonly number[] }> {
   const response = await peer.request(method, body, [], options);
-  return { body: checkAnswer(method, response.body, response.payload), payload: response.payload };
+  return {
+    body: checkAnswer(method, response.body, response.payload), payload: response.payload,
+    ...(response.payloadCrcs === undefined ? {} : { payloadCrcs: response.payloadCrcs }),
+  };
 }
 
-/** What a handler answers: the body, and for journal.read the records' data. */
+/** What a handler answers: the body, and for journal.read the records' data and their checked CRCs. */
 export interface LinkAnswer<M extends LinkMethod> {
   body: AnswerOf<M>;
   payload?: Buffer[];
+  payloadCrcs?: readonly number[];
 }
 
 /** One handler per method, each given the request already checked. */
 export type LinkHandlers = { [M in LinkMethod]: (body: RequestOf<M>, peer: string) => Promise<LinkAnswer<M>> };
 
 /** The answering side: an unknown method or a body that fails its check is refused with BAD_REQUEST. */
-export async function answerLinkRequest(handlers: LinkHandlers, peer: string, request: { method: string; body: unknown }): Promise<{ body: unknown; payload: Buffer[] }> {
+export async function answerLinkRequest(handlers: LinkHandlers, peer: string, request: { method: string; body: unknown }): Promise<{ body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }> {
   if (!isLinkMethod(request.method)) throw new TwinstoreError('BAD_REQUEST', `unknown link method ${request.method} from ${peer}`);
   return answerWith(handlers, request.method, peer, request.body);
 }
 
-async function answerWith<M extends LinkMethod>(handlers: LinkHandlers, method: M, peer: string, body: unknown): Promise<{ body: unknown; payload: Buffer[] }> {
+async function answerWith<M extends LinkMethod>(handlers: LinkHandlers, method: M, peer: string, body: unknown): Promise<{ body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }> {
   const handler: LinkHandlers[M] = handlers[method];
   const answer = await handler(checkRequest(method, body), peer);
-  return { body: answer.body, payload: answer.payload ?? [] };
+  return { body: answer.body, payload: answer.payload ?? [], ...(answer.payloadCrcs === undefined ? {} : { payloadCrcs: answer.payloadCrcs }) };
 }

@@ -7,6 +7,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { crc32c } from '@node-rs/crc32';
 import { Journal, MemoryJournalDevice, type JournalDevice } from '../../src/journal/index.js';
 import { append, epochA, epochB, formatted, hasData, kinds, memoryDevice, pattern, readAll, recordMeta } from './helpers.js';
 
@@ -26,7 +27,8 @@ test('every kind of record round-trips with all its fields, before and after reo
     assert.equal(records.length, cases.length);
     records.forEach((record, i) => {
       const meta = cases[i]!;
-      assert.deepEqual({ ...record, data: undefined }, { ...meta, seq: 40 + i, data: undefined });
+      assert.deepEqual({ ...record, data: undefined, dataCrc: undefined }, { ...meta, seq: 40 + i, data: undefined, dataCrc: undefined });
+      assert.equal(record.dataCrc, record.data === undefined || record.data.length === 0 ? 0 : crc32c(record.data), `seq ${record.seq}: dataCrc is the CRC32C of its data`);
       if (hasData(meta.kind)) assert.ok(record.data!.equals(pattern(40 + i, meta.length)), `seq ${record.seq} data`);
       else assert.equal(record.data, undefined);
     });

@@ -36,7 +36,7 @@ test('records handed over are read from memory; others come back from the device
   const journal = await formatted(device);
   for (let i = 0; i < 8; i++) {
     const meta = recordMeta('write', mib, { offset: i * mib });
-    await journal.write(journal.reserve(meta, mib), meta, pattern(100 + i, mib), true);
+    await journal.write(journal.reserve(meta, mib), meta, pattern(100 + i, mib), { handedOver: true });
   }
   await journal.sync();
   const readsBefore = device.reads;
@@ -70,7 +70,7 @@ test('past the byte bound and after a reopen, records come from the device, chec
   const count = recentBytesMax / mib + 8;
   for (let i = 0; i < count; i++) {
     const meta = recordMeta('write', mib, { offset: i * mib });
-    await journal.write(journal.reserve(meta, mib), meta, pattern(i, mib), true);
+    await journal.write(journal.reserve(meta, mib), meta, pattern(i, mib), { handedOver: true });
   }
   await journal.sync();
   const readsBefore = device.reads;

@@ -16,21 +16,27 @@ import { FrameDecoder, type Decoded } from '../../src/link/decoder.js';
 import { encodeFrame, type Frame } from '../../src/link/frame.js';
 import { BODY_BYTES_MAX, PAYLOAD_BYTES_MAX } from '../../src/link/protocol.js';
 import { TwinstoreError } from '../../src/errors.js';
-import { TYPE, rawFrame, rawHello, rawRequest } from './helpers.js';
+import { LINK_VERSION, TYPE, rawFrame, rawHello, rawRequest } from './helpers.js';
+import { crc32c } from '@node-rs/crc32';
+
+/** Each segment's CRC32C, as a decoded frame carries them. */
+function crcs(...segments: Buffer[]): number[] {
+  return segments.map((segment) => crc32c(segment) >>> 0);
+}
 
 const payloadA = Buffer.from('first segment');
 const payloadB = Buffer.alloc(3000, 0x5a);
 
 /** The hand-built stream and the frames it must decode to. */
 const cases: Array<{ bytes: Buffer; frame: Frame }> = [
-  { bytes: rawHello('site-a', 250), frame: { type: 1, requestId: 0, hello: { protocolVersion: 1, arrayId: 'site-a', heartbeatMs: 250 } } },
+  { bytes: rawHello('site-a', 250), frame: { type: 1, requestId: 0, hello: { protocolVersion: LINK_VERSION, arrayId: 'site-a', heartbeatMs: 250 } } },
   {
     bytes: rawRequest(1, 'journal.read', { afterSeq: 41, bytesMax: 65536 }, [payloadA, Buffer.alloc(0), payloadB]),
-    frame: { type: 2, requestId: 1, method: 'journal.read', body: { afterSeq: 41, bytesMax: 65536 }, payload: [payloadA, Buffer.alloc(0), payloadB] },
+    frame: { type: 2, requestId: 1, method: 'journal.read', body: { afterSeq: 41, bytesMax: 65536 }, payload: [payloadA, Buffer.alloc(0), payloadB], payloadCrcs: crcs(payloadA, Buffer.alloc(0), payloadB) },
   },
-  { bytes: rawRequest(2 ** 40 + 7, 'status', null), frame: { type: 2, requestId: 2 ** 40 + 7, method: 'status', body: null, payload: [] } },
-  { bytes: rawFrame({ type: TYPE.response, requestId: 1, json: { body: [1, 'two', { three: 3 }] }, segments: [payloadB] }), frame: { type: 3, requestId: 1, body: [1, 'two', { three: 3 }], payload: [payloadB] } },
-  { bytes: rawFrame({ type: TYPE.response, requestId: 9, json: {} }), frame: { type: 3, requestId: 9, body: undefined, payload: [] } },
+  { bytes: rawRequest(2 ** 40 + 7, 'status', null), frame: { type: 2, requestId: 2 ** 40 + 7, method: 'status', body: null, payload: [], payloadCrcs: [] } },
+  { bytes: rawFrame({ type: TYPE.response, requestId: 1, json: { body: [1, 'two', { three: 3 }] }, segments: [payloadB] }), frame: { type: 3, requestId: 1, body: [1, 'two', { three: 3 }], payload: [payloadB], payloadCrcs: crcs(payloadB) } },
+  { bytes: rawFrame({ type: TYPE.response, requestId: 9, json: {} }), frame: { type: 3, requestId: 9, body: undefined, payload: [], payloadCrcs: [] } },
   { bytes: rawFrame({ type: TYPE.error, requestId: 2, json: { code: 'VOLUME_NOT_FOUND', message: 'no volume ü' } }), frame: { type: 4, requestId: 2, error: { code: 'VOLUME_NOT_FOUND', message: 'no volume ü' } } },
   { bytes: rawFrame({ type: TYPE.ping, requestId: 0 }), frame: { type: 5, requestId: 0 } },
   { bytes: rawFrame({ type: TYPE.pong, requestId: 0 }), frame: { type: 6, requestId: 0 } },
@@ -62,6 +68,12 @@ function frames(decoded: Decoded[]): Frame[] {
     assert.equal(d.kind, 'frame', d.kind === 'fatal' ? d.reason : '');
     return (d as { frame: Frame }).frame;
   });
+}
+
+/** The frame with its last byte changed (a payload byte, when it has a payload). */
+function flipLastByte(frame: Buffer): Buffer {
+  frame[frame.length - 1] = frame[frame.length - 1]! ^ 0x01;
+  return frame;
 }
 
 describe('frame decoder: split input', () => {
@@ -114,6 +126,16 @@ describe('frame encoder', () => {
     }
   });
 
+  test('sends the payload CRCs it is given as they are, and computes them when it is given none', () => {
+    const segments = [Buffer.from('abc'), Buffer.alloc(0), Buffer.alloc(5000, 7)];
+    const computed = Buffer.concat(encodeFrame({ type: 3, requestId: 4, body: null, payload: segments }));
+    assert.deepEqual(computed, rawFrame({ type: TYPE.response, requestId: 4, json: { body: null }, segments }), 'computed CRCs: the documented layout');
+    const given = [0x11111111, 0, 0x33333333];
+    const head = encodeFrame({ type: 3, requestId: 4, body: null, payload: segments, payloadCrcs: given })[0]!;
+    assert.deepEqual([0, 1, 2].map((i) => head.readUInt32BE(32 + 8 * i + 4)), given, 'the given CRCs, no pass over the bytes');
+    assert.throws(() => encodeFrame({ type: 3, requestId: 4, body: null, payload: segments, payloadCrcs: [1] }), /a payload CRC is given for every segment or for none/);
+  });
+
   test('refuses frames over the limits with LINK_FRAME_TOO_LARGE', () => {
     const tooLarge = (frame: Frame): void => assert.throws(() => encodeFrame(frame), (error: unknown) => error instanceof TwinstoreError && error.code === 'LINK_FRAME_TOO_LARGE');
     tooLarge({ type: 2, requestId: 1, method: 'm', body: 'x'.repeat(BODY_BYTES_MAX), payload: [] });
@@ -128,9 +150,12 @@ describe('frame decoder: malformed frames', () => {
   const malformed: Array<{ name: string; bytes: Buffer; reason: RegExp }> = [
     { name: 'bad magic', bytes: rawFrame({ type: TYPE.ping, magic: 0x47455420 }), reason: /bad magic 0x47455420/ },
     { name: 'bad header checksum', bytes: rawFrame({ type: TYPE.ping, breakHeaderCrc: true }), reason: /bad header checksum/ },
-    { name: 'bad data checksum', bytes: rawRequest(5, 'm', {}, [Buffer.from('abc')]).fill(0x41, 32 + 4 + 14), reason: /bad data checksum/ },
+    { name: 'bad data checksum', bytes: rawRequest(5, 'm', {}, [Buffer.from('abc')]).fill(0x41, 32 + 8 + 14), reason: /bad data checksum/ },
     { name: 'bad data checksum (field)', bytes: rawFrame({ type: TYPE.request, requestId: 5, json: { method: 'm' }, breakDataCrc: true }), reason: /bad data checksum/ },
-    { name: 'other protocol version', bytes: rawFrame({ type: TYPE.ping, version: 2 }), reason: /unsupported protocol version 2/ },
+    { name: 'a flipped payload byte', bytes: flipLastByte(rawRequest(5, 'm', {}, [Buffer.from('abc'), Buffer.from('defg')])), reason: /bad checksum in payload segment 1 of 2 \(4 bytes\) of a request frame/ },
+    { name: 'bad segment checksum (field)', bytes: rawFrame({ type: TYPE.response, requestId: 5, json: {}, segments: [Buffer.alloc(10), Buffer.alloc(0)], breakSegmentCrc: 0 }), reason: /bad checksum in payload segment 0 of 2/ },
+    { name: 'other protocol version', bytes: rawFrame({ type: TYPE.ping, version: LINK_VERSION + 1 }), reason: new RegExp(`unsupported protocol version ${LINK_VERSION + 1}`) },
+    { name: 'the previous protocol version', bytes: rawFrame({ type: TYPE.ping, version: 1 }), reason: /unsupported protocol version 1/ },
     { name: 'unknown frame type', bytes: rawFrame({ type: 9 }), reason: /unknown frame type 9/ },
     { name: 'oversize JSON length', bytes: rawFrame({ type: TYPE.request, requestId: 1, json: { method: 'm' }, bodyBytes: BODY_BYTES_MAX + 1 }), reason: /more than the 1048576-byte maximum/ },
     { name: 'oversize payload length', bytes: rawFrame({ type: TYPE.response, requestId: 1, json: {}, segments: [Buffer.alloc(1)], payloadBytes: PAYLOAD_BYTES_MAX + 1 }), reason: /more than the 67108864-byte maximum/ },

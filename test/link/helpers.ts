@@ -97,6 +97,8 @@ export async function startPair(t: TestContext, options: {
 // Frames built by hand from the layout in docs/link-protocol.md.
 
 export const TYPE = { hello: 1, request: 2, response: 3, error: 4, ping: 5, pong: 6 } as const;
+/** The link protocol version of docs/link-protocol.md (written out: a change to it must be a deliberate one). */
+export const LINK_VERSION = 2;
 
 export interface RawFrame {
   type: number;
@@ -108,9 +110,10 @@ export interface RawFrame {
   /** Overrides of header fields, written before the checksums are computed. */
   bodyBytes?: number;
   payloadBytes?: number;
-  /** Flip a bit of the data checksum, or of the header checksum. */
+  /** Flip a bit of the data checksum (segment table + JSON), of the header checksum, or of segment N's checksum in the table. */
   breakDataCrc?: boolean;
   breakHeaderCrc?: boolean;
+  breakSegmentCrc?: number;
   /** Raw JSON bytes instead of `json`. */
   jsonBytes?: Buffer;
 }
@@ -118,25 +121,28 @@ export interface RawFrame {
 export function rawFrame(frame: RawFrame): Buffer {
   const segments = frame.segments ?? [];
   const body = frame.jsonBytes ?? (frame.json === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(frame.json), 'utf8'));
-  const table = Buffer.alloc(4 * segments.length);
-  segments.forEach((segment, i) => table.writeUInt32BE(segment.length, 4 * i));
-  const data = Buffer.concat([table, body, ...segments]);
+  const table = Buffer.alloc(8 * segments.length);
+  segments.forEach((segment, i) => {
+    table.writeUInt32BE(segment.length, 8 * i);
+    table.writeUInt32BE((crc32c(segment) ^ (frame.breakSegmentCrc === i ? 1 : 0)) >>> 0, 8 * i + 4);
+  });
+  const checked = Buffer.concat([table, body]);
   const header = Buffer.alloc(32);
   const id = BigInt(frame.requestId ?? 0);
   header.writeUInt32BE(frame.magic ?? 0x544c4e4b, 0);
-  header.writeUInt8(frame.version ?? 1, 4);
+  header.writeUInt8(frame.version ?? LINK_VERSION, 4);
   header.writeUInt8(frame.type, 5);
   header.writeUInt16BE(segments.length, 6);
   header.writeBigUInt64BE(id, 8);
   header.writeUInt32BE(frame.bodyBytes ?? body.length, 16);
   header.writeUInt32BE(frame.payloadBytes ?? segments.reduce((sum, s) => sum + s.length, 0), 20);
-  header.writeUInt32BE((crc32c(data) ^ (frame.breakDataCrc === true ? 1 : 0)) >>> 0, 24);
+  header.writeUInt32BE((crc32c(checked) ^ (frame.breakDataCrc === true ? 1 : 0)) >>> 0, 24);
   header.writeUInt32BE((crc32c(header.subarray(0, 28)) ^ (frame.breakHeaderCrc === true ? 1 : 0)) >>> 0, 28);
-  return Buffer.concat([header, data]);
+  return Buffer.concat([header, checked, ...segments]);
 }
 
 export function rawHello(arrayId: string, heartbeatMs = 1000): Buffer {
-  return rawFrame({ type: TYPE.hello, json: { protocolVersion: 1, arrayId, heartbeatMs } });
+  return rawFrame({ type: TYPE.hello, json: { protocolVersion: LINK_VERSION, arrayId, heartbeatMs } });
 }
 
 export function rawRequest(requestId: number, method: string, body: unknown, segments: Buffer[] = []): Buffer {
@@ -171,7 +177,7 @@ export function frameTypes(stream: Buffer): Array<{ type: number; requestId: num
     const segments = stream.readUInt16BE(at + 6);
     const bodyBytes = stream.readUInt32BE(at + 16);
     const payloadBytes = stream.readUInt32BE(at + 20);
-    const bodyAt = at + 32 + 4 * segments;
+    const bodyAt = at + 32 + 8 * segments;
     if (bodyAt + bodyBytes + payloadBytes > stream.length) break;
     const json = bodyBytes === 0 ? undefined : JSON.parse(stream.subarray(bodyAt, bodyAt + bodyBytes).toString('utf8'));
     frames.push({ type: stream.readUInt8(at + 5), requestId: Number(stream.readBigUInt64BE(at + 8)), json });

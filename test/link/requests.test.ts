@@ -7,6 +7,7 @@
 // (port 0), with handlers that echo, delay at random (seeded), throw, or hold
 // requests until released; both are closed in t.after.
 
+import { crc32c } from '@node-rs/crc32';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { TwinstoreError } from '../../src/errors.js';
@@ -44,7 +45,8 @@ test('JSON and multi-buffer payloads round-trip, in both directions', async (t) 
   assert.deepEqual(seen, [{ peerId: 'site-a', method: 'test.echo', body, sizes: [3, 0, big.length] }]);
 
   const empty = await peer.request('test.empty', undefined);
-  assert.deepEqual(empty, { body: { count: 0 }, payload: [Buffer.from('head')] }, 'undefined is left out, as JSON does');
+  assert.deepEqual(empty, { body: { count: 0 }, payload: [Buffer.from('head')], payloadCrcs: [crc32c(Buffer.from('head'))] }, 'undefined is left out, as JSON does');
+  assert.deepEqual(response.payloadCrcs, response.payload.map((b) => crc32c(b) >>> 0), 'each segment\'s CRC, checked, comes with the answer');
 });
 
 test('200 pipelined requests are answered out of order, each to its own caller', async (t) => {

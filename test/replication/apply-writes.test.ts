@@ -10,11 +10,13 @@ import assert from 'node:assert/strict';
 import { applyInOrder, applyWritesInFlightMax } from '../../src/replication/restore/apply-writes.js';
 import type { JournalRecord } from '../../src/journal/index.js';
 import { Prng } from '../../src/util/prng.js';
+import { crc32c } from '@node-rs/crc32';
 
 const epoch = { counter: 1, arrayId: 'site-a', nonce: '0123456789abcdef' };
 
 function record(seq: number, lun: number, offset: number, length: number): JournalRecord {
-  return { kind: 'write', seq, epoch, timestampMs: seq, lun, offset, length, data: Buffer.alloc(length, seq & 0xff) };
+  const data = Buffer.alloc(length, seq & 0xff);
+  return { kind: 'write', seq, epoch, timestampMs: seq, lun, offset, length, data, dataCrc: crc32c(data) };
 }
 
 test('overlapping records land in batch order; others are in flight together, within the bound', async () => {

@@ -71,7 +71,7 @@ test('a journal gives handed-over data back when released, not while it is kept 
     pattern(300 + i, mib).copy(data);
     kept.push(data);
     const meta = recordMeta('write', mib, { offset: i * mib });
-    await journal.write(journal.reserve(meta, mib), meta, data, true);
+    await journal.write(journal.reserve(meta, mib), meta, data, { handedOver: true });
   }
   await journal.sync();
   const records = await readAll(journal);
@@ -92,12 +92,12 @@ test('a handed-over buffer the journal does not keep goes back once written', as
   const count = recentBytesMax / mib;
   for (let i = 0; i < count; i++) {
     const meta = recordMeta('write', mib, { offset: i * mib });
-    await journal.write(journal.reserve(meta, mib), meta, pattern(i, mib), true);
+    await journal.write(journal.reserve(meta, mib), meta, pattern(i, mib), { handedOver: true });
   }
   const extra = sharedPool.acquire(mib);
   pattern(999, mib).copy(extra);
   const meta = recordMeta('write', mib, { offset: count * mib });
-  await journal.write(journal.reserve(meta, mib), meta, extra, true);
+  await journal.write(journal.reserve(meta, mib), meta, extra, { handedOver: true });
   assert.equal(comesBack(sharedPool, extra), true, 'written past the keep bound, the buffer is the pool\'s again');
   await journal.sync();
   const records = await readAll(journal);

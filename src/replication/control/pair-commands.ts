@@ -194,18 +194,18 @@ export class PairCommands {
   }
 
   /** The master side of `journal.read`. */
-  async readJournal(body: JournalReadRequest): Promise<{ body: JournalReadAnswer; payload: Buffer[] }> {
+  async readJournal(body: JournalReadRequest): Promise<{ body: JournalReadAnswer; payload: Buffer[]; payloadCrcs: number[] }> {
     const group = this.groups.master(body.group);
     if (!group) throw new TwinstoreError('PAIR_INVALID', `no group ${body.group} sends from ${this.engine.arrayId}`);
-    const { records, payload } = wireRecords(await group.readJournal(body));
+    const { records, payload, payloadCrcs } = wireRecords(await group.readJournal(body));
     const pairs = group.meta.pairs.map((p) => ({ pvolLun: p.pvolLun, status: p.status, statusReason: p.statusReason }));
     const skipTo = group.meta.skipTo ?? 0;
     // Until the receiver has applied past the skip point (records it stored below it may be held
     // by an atomic unit that never ends), each answer says it.
     const skip = body.fromSeq < skipTo || body.appliedSeq < skipTo;
     // A receiver that lost its journal: every region is marked now (readJournal did it), and its journal goes on at skipTo.
-    if (body.journalLost === true) return { body: { records: [], masterNextSeq: group.journal.nextSeq, pairs, skipTo, fullCopyMarked: true }, payload: [] };
-    return { body: { records, masterNextSeq: group.journal.nextSeq, pairs, ...(skip ? { skipTo } : {}) }, payload };
+    if (body.journalLost === true) return { body: { records: [], masterNextSeq: group.journal.nextSeq, pairs, skipTo, fullCopyMarked: true }, payload: [], payloadCrcs: [] };
+    return { body: { records, masterNextSeq: group.journal.nextSeq, pairs, ...(skip ? { skipTo } : {}) }, payload, payloadCrcs };
   }
 
   /** Ends every pair of the group on this array: volumes back to simplex, the journal free again. */

@@ -140,8 +140,10 @@ export class Puller {
     let payloadIndex = 0;
     const writes: Promise<void>[] = [];
     for (const record of reply.records) {
-      // protocol.ts checked that each record with data has its segment.
-      const data = record.dataBytes > 0 ? response.payload[payloadIndex++] : undefined;
+      // protocol.ts checked that each record with data has its segment; the link checked the segment's CRC.
+      const index = record.dataBytes > 0 ? payloadIndex++ : undefined;
+      const data = index === undefined ? undefined : response.payload[index];
+      const dataCrc = index === undefined ? undefined : response.payloadCrcs?.[index];
       if (record.seq !== journal.nextSeq) {
         throw new TwinstoreError('LINK_PROTOCOL', `record ${record.seq} arrived where ${journal.nextSeq} was expected`);
       }
@@ -155,7 +157,7 @@ export class Puller {
         throw error;
       }
       // The payload buffer is the journal's from here (it keeps it to apply from: record-window.ts).
-      writes.push(journal.write(reservation, meta, data, true));
+      writes.push(journal.write(reservation, meta, data, { handedOver: true, ...(dataCrc === undefined ? {} : { dataCrc }) }));
     }
     if (writes.length === 0) return { durable: Promise.resolve(), ...(skipTo === undefined ? {} : { skipTo }) };
     const durable = Promise.all(writes)
