@@ -57,10 +57,8 @@ export class NbdTls {
       handshakeTimeout: handshakeTimeoutMs,
       ...(config.pskFile === undefined ? {} : {
         pskCallback: (socket: tls.TLSSocket, identity: string) => {
-          const key = this.psk.get(identity);
-          if (key === undefined) return null;
           this.pskIdentities.set(socket, identity);
-          return key;
+          return this.psk.get(identity) ?? null;
         },
       }),
     });
@@ -121,12 +119,14 @@ export class NbdTls {
       return;
     }
     this.waiting.delete(raw);
+    const pskIdentity = this.pskIdentities.get(socket);
     if (error !== undefined) {
       socket.destroy();
-      outcome.failed(describe(error, socket));
+      const known = pskIdentity === undefined ? '' : this.psk.has(pskIdentity) ? ` (PSK identity ${pskIdentity})` : ` (unknown PSK identity ${JSON.stringify(pskIdentity)})`;
+      outcome.failed(describe(error, socket, this.config.pskFile !== undefined) + known);
       return;
     }
-    const identity = this.config.pskFile !== undefined ? this.pskIdentities.get(socket) : peerCommonName(socket);
+    const identity = this.config.pskFile !== undefined ? pskIdentity : peerCommonName(socket);
     outcome.secure(socket, identity);
   }
 }
@@ -136,11 +136,12 @@ function peerCommonName(socket: tls.TLSSocket): string | undefined {
   return Array.isArray(cn) ? cn[0] : cn;
 }
 
-function describe(error: Error & { code?: string }, socket: tls.TLSSocket): string {
+function describe(error: Error & { code?: string }, socket: tls.TLSSocket, psk: boolean): string {
   const verify = socket.authorizationError;
   if (verify !== undefined && verify !== null) return `client certificate refused: ${String(verify)}`;
   const code = error.code ?? '';
-  if (/PSK|BAD_RECORD_MAC|DECRYPT/.test(code)) return `PSK handshake failed (unknown identity or wrong key): ${code}`;
+  if (psk && /PSK_IDENTITY_NOT_FOUND/.test(code)) return `PSK handshake failed: unknown identity (${code})`;
+  if (psk && /BAD_RECORD_MAC|DECRYPT/.test(code)) return `PSK handshake failed: wrong key (${code})`;
   if (/CERTIFICATE|PEER_DID_NOT_RETURN/.test(code)) return `client certificate refused: ${code}`;
   return code === '' ? error.message : `${error.message.split('\n')[0]} (${code})`;
 }
