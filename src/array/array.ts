@@ -62,6 +62,8 @@ export class TwinstoreArray implements ArrayControl {
     let engine: StorageEngine | undefined;
     let array: TwinstoreArray | undefined;
     try {
+      // The TLS files first: one that does not load stops the start before a drive is opened.
+      const tls = config.nbdTls.mode === 'off' ? undefined : new NbdTls(config.nbdTls, log, config.nbd.handshakeTimeoutMs);
       const drives = config.drives.map((d) => ({ ...d, syncReadBytesMax: config.tuning.syncReadBytesMax, syncWriteBytesMax: config.tuning.syncWriteBytesMax }));
       engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
       const token = ensureToken(config.dataDir, config.apiToken);
@@ -69,7 +71,6 @@ export class TwinstoreArray implements ArrayControl {
       const replication = new ArrayReplication(config, engine, log);
       const api = new ApiServer({ token, control: () => control!, replication: () => replication, log });
       const registry = new ExportRegistry();
-      const tls = config.nbdTls.mode === 'off' ? undefined : new NbdTls(config.nbdTls, log, config.nbd.handshakeTimeoutMs);
       const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd, tls, access: new AccessPolicy(config.nbdAccess) });
       array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, token, log);
       control = array;

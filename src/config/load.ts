@@ -155,9 +155,9 @@ function checkNbdTls(nbd: ParsedConfig['nbd'], base: string, fail: (keyPath: Arr
     if (nbd.pskFile !== undefined && (nbd.certFile !== undefined || nbd.keyFile !== undefined)) {
       fail(['nbd', 'pskFile'], 'choose certificates (certFile, keyFile) or pskFile, not both');
     }
-    if (nbd.pskFile === undefined && nbd.certFile === undefined) fail(['nbd', 'tls'], `${nbd.tls} needs nbd.certFile and nbd.keyFile, or nbd.pskFile (make them with twinstore tls)`);
     if (nbd.certFile !== undefined && nbd.keyFile === undefined) fail(['nbd', 'certFile'], 'needs nbd.keyFile too');
     if (nbd.keyFile !== undefined && nbd.certFile === undefined) fail(['nbd', 'keyFile'], 'needs nbd.certFile too');
+    if (nbd.pskFile === undefined && nbd.certFile === undefined) fail(['nbd', 'tls'], `${nbd.tls} needs nbd.certFile and nbd.keyFile, or nbd.pskFile (make them with twinstore tls)`);
     if (nbd.clientCaFile !== undefined && nbd.certFile === undefined) fail(['nbd', 'clientCaFile'], 'needs nbd.certFile and nbd.keyFile (client certificates are X.509)');
   }
   return {
