@@ -309,6 +309,10 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
     this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'NBD TLS established');
     this.socket = secure;
     this.watch(secure);
+    // A bad record or alert after the handshake: OpenSSL's reason, then the connection closes.
+    secure.on('error', (error: Error & { code?: string }) => {
+      if (!this.stopping) this.log.warn({ err: error.message, code: error.code }, 'closing NBD connection after a TLS error');
+    });
     this.negotiation.tlsEstablished(identity);
     this.upgrading = false;
     this.readingStopped = false;

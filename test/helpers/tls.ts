@@ -81,8 +81,17 @@ export class RawNbd {
   private ended = false;
   readonly closed: Promise<void>;
 
+  /** The TCP socket, under TLS after startTls. */
+  private readonly tcp: net.Socket;
+
   private constructor(private socket: net.Socket) {
+    this.tcp = socket;
     this.closed = this.attach(socket);
+  }
+
+  /** Bytes straight onto TCP, under any TLS (a forged record). */
+  sendRaw(bytes: Buffer): void {
+    this.tcp.write(bytes);
   }
 
   static connect(array: RunningArray, localAddress = '127.0.0.1'): Promise<RawNbd> {

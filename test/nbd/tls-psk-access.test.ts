@@ -4,7 +4,8 @@
 // Method: PSK files made at test time by the real `twinstore tls psk`; a real
 // `twinstore serve` with `nbd.tls: require` and `nbd.pskFile`: qemu-img info
 // with tls-creds-psk, nbdinfo with tls-psk-file, nbdsh with set_tls_psk_file;
-// a wrong key and an unknown identity are refused and logged. Grants
+// a raw client sees TLS 1.2 with an (EC)DHE-PSK suite and its renegotiation
+// refused; a wrong key and an unknown identity are refused and logged. Grants
 // (`nbd.access`) by identity: a client not on a volume's list does not see it
 // in LIST and gets ERR_UNKNOWN (libnbd: ENOENT) for it; a read-only grant
 // exports it READ_ONLY and writes get EPERM. Grants by address, with TLS off:
@@ -68,6 +69,25 @@ test('TLS-PSK: qemu-img, nbdinfo and nbdsh connect; a wrong key or unknown ident
   assert.match(runOk('nbdinfo', ['--size', `nbds://host-a@127.0.0.1:${port}/vol0?tls-psk-file=${path.join(hostA, 'keys.psk')}`]), /^33554432/);
   const probe = pskProbe(port, path.join(psk.hosts['host-b']!, 'keys.psk'), 'host-b', 'vol0');
   assert.deepEqual(probe, { listed: ['vol0'], open: 'ok', readOnly: false, write: 'ok' });
+
+  // TLS 1.2 with a forward-secret PSK suite; a renegotiation the client asks for is refused.
+  const [identity, hex] = fs.readFileSync(path.join(hostA, 'keys.psk'), 'utf8').trim().split(':') as [string, string];
+  const raw = await RawNbd.connect(array);
+  await raw.greet();
+  const secure = await raw.startTls({
+    minVersion: 'TLSv1.2', maxVersion: 'TLSv1.3', ciphers: 'ECDHE-PSK-CHACHA20-POLY1305:DHE-PSK-AES256-GCM-SHA384',
+    checkServerIdentity: () => undefined, pskCallback: () => ({ identity, psk: Buffer.from(hex, 'hex') }),
+  });
+  assert.equal(secure.getProtocol(), 'TLSv1.2');
+  assert.match(secure.getCipher().name, /^(ECDHE|DHE)-PSK-/);
+  raw.sendOption(OPT.LIST);
+  assert.deepEqual(listedNames(await raw.replies()), ['vol0']);
+  const renegotiated = await new Promise<Error | null>((resolve) => {
+    secure.once('error', resolve);
+    if (!secure.renegotiate({}, (error) => resolve(error))) resolve(new Error('renegotiate() refused locally'));
+  });
+  assert.ok(renegotiated !== null, 'the array accepted a TLS renegotiation');
+  raw.destroy();
 
   const wrong = path.join(dir, 'wrong.psk');
   fs.writeFileSync(wrong, `host-a:${'ab'.repeat(32)}\n`, { mode: 0o600 });

@@ -7,8 +7,8 @@
 // with set_tls(TLS_REQUIRE). A raw client checks what the clients hide: a plain
 // client gets ERR_TLS_REQD and an empty LIST, EXPORT_NAME before TLS closes,
 // a second STARTTLS over TLS gets ERR_INVALID, a stalled handshake is cut by
-// nbd.handshakeTimeoutMs, garbage instead of a TLS record closes only that
-// connection. With clientCaFile: no certificate or one from another CA is
+// nbd.handshakeTimeoutMs, garbage instead of a TLS record or a forged record
+// after the handshake closes only that connection, with a log line. With clientCaFile: no certificate or one from another CA is
 // refused, and the array logs why. Data is checked by reading it back.
 
 import assert from 'node:assert/strict';
@@ -144,7 +144,7 @@ test('nbd.tls require: qemu, nbdinfo, nbdcopy and nbdsh over X.509; plain client
   assert.notEqual(refused.code, 0, 'a plain libnbd client connected to a require array');
 });
 
-test('a stalled TLS handshake is cut by nbd.handshakeTimeoutMs; garbage after the ACK closes only that connection', async (t) => {
+test('a stalled TLS handshake is cut by nbd.handshakeTimeoutMs; garbage after the ACK or a forged record closes only that connection', async (t) => {
   const dir = tempDir(t);
   const files = makeX509(dir, ['host-a']);
   const array = await startArray(t, { extraConfig: x509Config(files, 'require', { extra: [`  handshakeTimeoutMs: ${handshakeTimeoutMs}`] }) });
@@ -169,6 +169,15 @@ test('a stalled TLS handshake is cut by nbd.handshakeTimeoutMs; garbage after th
   garbage.send(Buffer.alloc(4096, 0x47));
   await waitFor('the array to close a connection that sent garbage instead of a TLS record', () => garbage.isClosed, 10_000, 20);
   await waitFor('a log line for the failed handshake', () => /NBD TLS handshake failed/.test(array.stderr), 10_000);
+  // A record that fails its integrity check after the handshake (type 23, TLS 1.2 version, 64 bytes of noise).
+  const forged = await RawNbd.connect(array);
+  await forged.greet();
+  await forged.startTls({ ca: fs.readFileSync(path.join(files.clients['host-a']!, 'ca-cert.pem')), servername: 'localhost' });
+  forged.sendOption(OPT.LIST);
+  assert.deepEqual(listedNames(await forged.replies()), ['vol0'], 'LIST over TLS before the forged record');
+  forged.sendRaw(Buffer.concat([Buffer.from([23, 3, 3, 0, 64]), crypto.randomBytes(64)]));
+  await waitFor('the array to close a connection that sent a forged TLS record', () => forged.isClosed, 10_000, 20);
+  await waitFor('a log line for the forged record', () => array.stderr.includes('closing NBD connection after a TLS error'), 10_000);
   assert.match(runOk('nbdinfo', ['--size', uri]), /^16777216/, 'a good client after the bad ones');
 });
 
