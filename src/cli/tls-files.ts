@@ -11,6 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { TwinstoreError } from '../errors.js';
@@ -66,7 +67,7 @@ export function makeLeaf(options: { caDir: string; out: string; kind: 'server' |
   for (const file of [caCert, caKey]) {
     if (!fs.existsSync(file)) throw new TwinstoreError('BAD_REQUEST', `--ca ${options.caDir} has no ${path.basename(file)} (make a CA with: twinstore tls ca --out DIR)`, { field: 'ca' });
   }
-  if (options.kind === 'server' && !hostPattern.test(options.name)) {
+  if (options.kind === 'server' && !hostPattern.test(options.name) && net.isIP(options.name) === 0) {
     throw new TwinstoreError('BAD_REQUEST', `--name "${options.name}" is not a host name`, { field: 'name' });
   }
   if (options.kind === 'client') checkIdentity(options.name, 'name');
@@ -81,7 +82,7 @@ export function makeLeaf(options: { caDir: string; out: string; kind: 'server' |
     const csr = path.join(scratch, 'leaf.csr');
     openssl(['req', '-new', '-key', keyTmp, '-subj', `/CN=${options.name}`, '-out', csr]);
     const usage = options.kind === 'server'
-      ? ['extendedKeyUsage=serverAuth', `subjectAltName=${/^[0-9.]+$/.test(options.name) ? `IP:${options.name}` : `DNS:${options.name}`},IP:127.0.0.1`]
+      ? ['extendedKeyUsage=serverAuth', `subjectAltName=${[...new Set([net.isIP(options.name) ? `IP:${options.name}` : `DNS:${options.name}`, 'IP:127.0.0.1'])].join(',')}`]
       : ['extendedKeyUsage=clientAuth'];
     const ext = extensions(scratch, ['basicConstraints=critical,CA:FALSE', 'keyUsage=critical,digitalSignature,keyEncipherment', ...usage]);
     const certTmp = path.join(scratch, 'leaf-cert.pem');
