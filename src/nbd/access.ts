@@ -10,6 +10,7 @@
 
 import net from 'node:net';
 import type { NbdGrant } from '../config/index.js';
+import { TwinstoreError } from '../errors.js';
 import type { Extent } from '../storage/index.js';
 import type { BlockExport } from './exports.js';
 
@@ -97,7 +98,7 @@ export class ReadOnlyExport implements BlockExport {
   }
 
   write(): Promise<void> {
-    return Promise.reject(new Error('assertion failed: a write reached a read-only grant'));
+    return Promise.reject(new TwinstoreError('INTERNAL', 'assertion failed: a write reached a read-only grant'));
   }
 
   writeZeroes(): Promise<void> {
