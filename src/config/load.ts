@@ -113,6 +113,9 @@ export function parseConfig(text: string, file: string): ArrayConfig {
   for (const [volume, grants] of Object.entries(access)) {
     nbdAccess.set(volume, grants.map((g, i) => {
       if (g.identity !== undefined && nbdTls.mode === 'off') fail(['nbd', 'access', volume, i, 'identity'], 'an identity needs nbd.tls on or require (plain clients have none)');
+      if (g.identity !== undefined && nbdTls.clientCaFile === undefined && nbdTls.pskFile === undefined) {
+        fail(['nbd', 'access', volume, i, 'identity'], 'an identity needs nbd.clientCaFile or nbd.pskFile (without them a client proves none)');
+      }
       return { identity: g.identity, address: g.address === undefined ? undefined : parseCidr(g.address), readOnly: g.readOnly };
     }));
   }

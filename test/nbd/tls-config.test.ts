@@ -62,6 +62,7 @@ test('combinations that cannot work name the key and its line', () => {
     [['nbd:', '  tls: on', '  pskFile: k.psk', '  clientCaFile: ca.pem'], /line 13: nbd\.clientCaFile: needs nbd\.certFile/],
     [['nbd:', '  tls: on', '  certFile: a.pem', '  keyFile: b.pem', '  pskFile: k.psk'], /line 14: nbd\.pskFile: choose certificates \(certFile, keyFile\) or pskFile, not both/],
     [['nbd:', '  access:', '    vol0:', '      - identity: host-a'], /line 13: nbd\.access\.vol0\[0\]\.identity: an identity needs nbd\.tls on or require/],
+    [['nbd:', '  tls: on', '  certFile: a.pem', '  keyFile: b.pem', '  access:', '    vol0:', '      - identity: host-a'], /line 16: nbd\.access\.vol0\[0\]\.identity: an identity needs nbd\.clientCaFile or nbd\.pskFile/],
     [['nbd:', '  access:', '    vol0:', '      - readOnly: true'], /line 13: nbd\.access\.vol0\[0\]: a grant names an identity, an address, or both/],
     [['nbd:', '  access:', '    vol0:', '      - address: 10.0.0.0/33'], /line 13: nbd\.access\.vol0\[0\]\.address: must be an IP address or CIDR block/],
     [['nbd:', '  access:', '    vol0:', '      - address: host.example'], /nbd\.access\.vol0\[0\]\.address: must be an IP address/],
