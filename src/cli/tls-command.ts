@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import { addPsk, checkIdentity, makeCa, makeLeaf, type Written } from './tls-files.js';
 
 function report(written: Written, hints: string[]): void {
-  const lines = written.files.map((file) => `wrote ${file}${/key\.pem$|\.psk$/.test(file) || !file.endsWith('.pem') ? ' (mode 0600)' : ''}`);
+  const lines = written.files.map((file) => `wrote ${file}${file.endsWith('.pem') && !file.endsWith('key.pem') ? '' : ' (mode 0600)'}`);
   process.stdout.write([...lines, ...hints, ''].join('\n'));
 }
 
@@ -76,7 +76,7 @@ export function addTlsCommand(program: Command): void {
         `In the array config: nbd.pskFile: ${file}`,
         `A host needs its own line only (grep '^${opts.identity}:' ${file} > keys.psk), mode 0600:`,
         `  qemu-img info --object tls-creds-psk,id=tls0,dir=FOLDER_WITH_keys.psk,username=${opts.identity},endpoint=client ...`,
-        `  nbdinfo 'nbds://ARRAY:10809/VOLUME?tls-psk-file=keys.psk&tls-username=${opts.identity}'`,
+        `  nbdinfo 'nbds://${opts.identity}@ARRAY:10809/VOLUME?tls-psk-file=keys.psk'   (libnbd takes the PSK identity from the URI's user part)`,
       ]);
     });
 }
