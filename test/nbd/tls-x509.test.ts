@@ -9,7 +9,8 @@
 // a second STARTTLS over TLS gets ERR_INVALID, a stalled handshake is cut by
 // nbd.handshakeTimeoutMs, garbage instead of a TLS record or a forged record
 // after the handshake closes only that connection, with a log line. With clientCaFile: no certificate or one from another CA is
-// refused, and the array logs why. Data is checked by reading it back.
+// refused, and the array logs why. `nbd.tls: on` serves plain and TLS clients.
+// Data is checked by reading it back.
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -207,4 +208,21 @@ test('nbd.clientCaFile: a client certificate from the CA is required; none or an
   assert.notEqual(none.code, 0, 'a client without a certificate was accepted');
   await waitFor('a log line for the missing certificate', () => /client certificate refused: .*PEER_DID_NOT_RETURN_A_CERTIFICATE/.test(array.stderr), 10_000);
   assert.match(runOk('qemu-img', ['info', ...qemuTls(good), '--image-opts', qemuImage(port, 'vol0')]), /virtual size: 16 MiB/);
+});
+
+test('nbd.tls on: a plain client and a TLS client are both served, each told what it negotiated', async (t) => {
+  const dir = tempDir(t);
+  const files = makeX509(dir, ['host-a']);
+  const array = await startArray(t, { extraConfig: x509Config(files, 'on') });
+  createVolume(array, 'vol0', '16MiB');
+  const port = nbdPort(array);
+  const probe = (tls: string): string => runOk('nbdsh', ['-c', [
+    `h.set_tls(${tls})`,
+    `h.set_tls_certificates(${JSON.stringify(files.clients['host-a']!)})`,
+    `h.connect_uri("nbd://127.0.0.1:${port}/vol0")`,
+    'print(h.get_tls_negotiated(), h.get_size())',
+  ].join('\n')]).trim();
+  assert.equal(probe('nbd.TLS_DISABLE'), 'False 16777216');
+  assert.equal(probe('nbd.TLS_REQUIRE'), 'True 16777216');
+  assert.equal(probe('nbd.TLS_ALLOW'), 'True 16777216', 'a client that may use TLS gets it');
 });
