@@ -8,9 +8,10 @@
 // client gets ERR_TLS_REQD and an empty LIST, EXPORT_NAME before TLS closes,
 // a second STARTTLS over TLS gets ERR_INVALID, a stalled handshake is cut by
 // nbd.handshakeTimeoutMs, garbage instead of a TLS record or a forged record
-// after the handshake closes only that connection, with a log line. With clientCaFile: no certificate or one from another CA is
-// refused, and the array logs why. `nbd.tls: on` serves plain and TLS clients.
-// Data is checked by reading it back.
+// after the handshake closes only that connection, with a log line. With
+// clientCaFile: no certificate or one from another CA is refused, and the
+// array logs why. `nbd.tls: on` serves plain and TLS clients. Data is checked
+// by reading it back.
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
