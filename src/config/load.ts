@@ -108,7 +108,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     throw new TwinstoreError('CONFIG_INVALID', `${file} line ${lineOf(doc, lines, keyPath)}: ${formatPath(keyPath)}: ${message}`, { field: formatPath(keyPath) });
   };
   const nbdTls = checkNbdTls(config.nbd, base, fail);
-  const { tls: _mode, certFile: _cert, keyFile: _key, clientCaFile: _ca, pskFile: _psk, access, ...nbdLimits } = config.nbd;
+  const { connectionsMax, connectionsPerAddressMax, handshakeTimeoutMs, payloadStallMs, replyStallMs, bufferedBytesMax, access } = config.nbd;
   const nbdAccess = new Map<string, NbdGrant[]>();
   for (const [volume, grants] of Object.entries(access)) {
     nbdAccess.set(volume, grants.map((g, i) => {
@@ -136,7 +136,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     bitmapRegionBytes: config.bitmap.regionBytes,
     apiToken: config.api.token,
     tuning: config.tuning,
-    nbd: nbdLimits,
+    nbd: { connectionsMax, connectionsPerAddressMax, handshakeTimeoutMs, payloadStallMs, replyStallMs, bufferedBytesMax },
     nbdTls,
     nbdAccess,
     takeover: config.takeover,
