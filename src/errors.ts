@@ -40,6 +40,7 @@ export const ERROR_CODES = {
   LISTEN_FAILED: { status: 500, summary: 'a listener (NBD, API or link) could not bind its address' },
   SWAP_DRAIN_TIMEOUT: { status: 504, summary: 'a planned swap was aborted, nothing changed: the primary\'s drain did not bring the lag under swap.lagBytesMax within swap.drainMsMax' },
   DRIVE_OWNED: { status: 409, summary: 'a drive belongs to another array or data folder, or another process holds it; the message names the path and the owner' },
+  TLS_TOOL_FAILED: { status: 500, summary: 'twinstore tls could not run openssl, or openssl failed; the message gives its first error line' },
   INTERNAL: { status: 500, summary: 'a bug: an invariant did not hold' },
 } as const;
 

@@ -6,7 +6,7 @@
 import { TwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { StorageEngine, volatileCacheMode, type EngineSyncFailure, type Volume } from '../storage/index.js';
-import { ExportRegistry, NbdServer } from '../nbd/index.js';
+import { AccessPolicy, ExportRegistry, NbdServer, NbdTls } from '../nbd/index.js';
 import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
 import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
@@ -62,6 +62,8 @@ export class TwinstoreArray implements ArrayControl {
     let engine: StorageEngine | undefined;
     let array: TwinstoreArray | undefined;
     try {
+      // The TLS files first: one that does not load stops the start before a drive is opened.
+      const tls = config.nbdTls.mode === 'off' ? undefined : new NbdTls(config.nbdTls, log, config.nbd.handshakeTimeoutMs);
       const drives = config.drives.map((d) => ({ ...d, syncReadBytesMax: config.tuning.syncReadBytesMax, syncWriteBytesMax: config.tuning.syncWriteBytesMax }));
       engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
       const token = ensureToken(config.dataDir, config.apiToken);
@@ -69,7 +71,7 @@ export class TwinstoreArray implements ArrayControl {
       const replication = new ArrayReplication(config, engine, log);
       const api = new ApiServer({ token, control: () => control!, replication: () => replication, log });
       const registry = new ExportRegistry();
-      const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd });
+      const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd, tls, access: new AccessPolicy(config.nbdAccess) });
       array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, token, log);
       control = array;
       return { array, ready: await array.listen() };
@@ -131,6 +133,12 @@ export class TwinstoreArray implements ArrayControl {
     if (wasReadOnly !== undefined && wasReadOnly !== this.exportedReadOnly.get(volume.name)) {
       this.registry.closeSessions(volume.name, `volume ${volume.name} is now ${volume.meta.role}`);
     }
+  }
+
+  /** SIGHUP: new NBD connections use the TLS files as they are now; false (logged) keeps the old ones. */
+  reloadTls(): boolean {
+    this.log.info('SIGHUP: reloading the NBD TLS files');
+    return this.nbd.reloadTls();
   }
 
   status(): StatusJson {

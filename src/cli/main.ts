@@ -10,6 +10,7 @@ import { demo } from './demo.js';
 import { addVolumeCommands } from './volume-commands.js';
 import { addReplicationCommands } from './replication-commands.js';
 import { addKeysCommand } from './keys-command.js';
+import { addTlsCommand } from './tls-command.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('twinstore')
@@ -37,6 +38,7 @@ export async function main(argv: string[]): Promise<void> {
   addVolumeCommands(program, () => program.opts());
   addReplicationCommands(program, () => program.opts());
   addKeysCommand(program);
+  addTlsCommand(program);
 
   try {
     await program.parseAsync(argv);

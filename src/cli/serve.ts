@@ -1,4 +1,5 @@
 // `twinstore serve --config FILE`: runs one array until SIGTERM or SIGINT.
+// SIGHUP re-reads the NBD TLS files (new connections use them).
 // Once listening it prints exactly one JSON line on stdout (the bound
 // addresses); everything else goes to the log on stderr. A start that fails
 // prints `twinstore: CODE: message` and exits 1 at once.
@@ -46,4 +47,7 @@ export async function serve(configFile: string): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    if (!stopping) array.reloadTls();
+  });
 }

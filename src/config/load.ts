@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import { TwinstoreError } from '../errors.js';
-import { configSchema, type HostPort } from './schema.js';
+import { configSchema, parseCidr, type Cidr, type HostPort, type ParsedConfig } from './schema.js';
 
 /** The NBD server's bounds on what clients may hold (docs/config.md, `nbd.*`). */
 export interface NbdLimits {
@@ -16,6 +16,24 @@ export interface NbdLimits {
   payloadStallMs: number;
   replyStallMs: number;
   bufferedBytesMax: number;
+}
+
+/** NBD over TLS (docs/security.md): `on` offers STARTTLS, `require` refuses everything else before it. Paths are absolute. */
+export interface NbdTlsConfig {
+  mode: 'off' | 'on' | 'require';
+  certFile: string | undefined;
+  keyFile: string | undefined;
+  /** Set: a client certificate signed by this CA is required, and its subject CN is the client's identity. */
+  clientCaFile: string | undefined;
+  /** `identity:hexkey` lines; the PSK identity is the client's identity. */
+  pskFile: string | undefined;
+}
+
+/** One grant of `nbd.access.VOLUME`: a client matches when every part it names matches. */
+export interface NbdGrant {
+  identity: string | undefined;
+  address: Cidr | undefined;
+  readOnly: boolean;
 }
 
 /** What a P-VOL does while its link is down: keep writing (`never`) or refuse writes (`data`). */
@@ -35,6 +53,9 @@ export interface ArrayConfig {
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
   nbd: NbdLimits;
+  nbdTls: NbdTlsConfig;
+  /** Volumes named here are seen and used only by the clients a grant matches; others by every client. */
+  nbdAccess: Map<string, NbdGrant[]>;
   takeover: { peerTimeoutMs: number; startHoldMs: number };
   swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
 }
@@ -83,6 +104,21 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     const key = config.peers.length > 0 ? ['peers'] : ['listen', 'link'];
     throw new TwinstoreError('CONFIG_INVALID', `${file} line ${lineOf(doc, lines, key)}: link.pskFile: is required when listen.link or peers are set (make a key with twinstore keys)`, { field: 'link.pskFile' });
   }
+  const fail = (keyPath: Array<string | number>, message: string): never => {
+    throw new TwinstoreError('CONFIG_INVALID', `${file} line ${lineOf(doc, lines, keyPath)}: ${formatPath(keyPath)}: ${message}`, { field: formatPath(keyPath) });
+  };
+  const nbdTls = checkNbdTls(config.nbd, base, fail);
+  const { connectionsMax, connectionsPerAddressMax, handshakeTimeoutMs, payloadStallMs, replyStallMs, bufferedBytesMax, access } = config.nbd;
+  const nbdAccess = new Map<string, NbdGrant[]>();
+  for (const [volume, grants] of Object.entries(access)) {
+    nbdAccess.set(volume, grants.map((g, i) => {
+      if (g.identity !== undefined && nbdTls.mode === 'off') fail(['nbd', 'access', volume, i, 'identity'], 'an identity needs nbd.tls on or require (plain clients have none)');
+      if (g.identity !== undefined && nbdTls.clientCaFile === undefined && nbdTls.pskFile === undefined) {
+        fail(['nbd', 'access', volume, i, 'identity'], 'an identity needs nbd.clientCaFile or nbd.pskFile (without them a client proves none)');
+      }
+      return { identity: g.identity, address: g.address === undefined ? undefined : parseCidr(g.address), readOnly: g.readOnly };
+    }));
+  }
   return {
     file: path.resolve(file),
     arrayId: config.array.id,
@@ -100,9 +136,39 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     bitmapRegionBytes: config.bitmap.regionBytes,
     apiToken: config.api.token,
     tuning: config.tuning,
-    nbd: config.nbd,
+    nbd: { connectionsMax, connectionsPerAddressMax, handshakeTimeoutMs, payloadStallMs, replyStallMs, bufferedBytesMax },
+    nbdTls,
+    nbdAccess,
     takeover: config.takeover,
     swap: config.swap,
+  };
+}
+
+/**
+ * The TLS keys that go together: with TLS on, certFile and keyFile (X.509) or pskFile (TLS-PSK), not
+ * both (Node 20 has no PSK on TLS 1.3, so one port cannot offer X.509 on 1.3 and PSK on 1.2 without
+ * lowering X.509 clients to 1.2); clientCaFile only with a certificate; no file with TLS off.
+ */
+function checkNbdTls(nbd: ParsedConfig['nbd'], base: string, fail: (keyPath: Array<string | number>, message: string) => never): NbdTlsConfig {
+  const resolve = (file: string | undefined): string | undefined => (file === undefined ? undefined : path.resolve(base, file));
+  if (nbd.tls === 'off') {
+    const set = (['certFile', 'keyFile', 'clientCaFile', 'pskFile'] as const).find((key) => nbd[key] !== undefined);
+    if (set !== undefined) fail(['nbd', set], 'is set but nbd.tls is off (set nbd.tls: on or require)');
+  } else {
+    if (nbd.pskFile !== undefined && (nbd.certFile !== undefined || nbd.keyFile !== undefined)) {
+      fail(['nbd', 'pskFile'], 'choose certificates (certFile, keyFile) or pskFile, not both');
+    }
+    if (nbd.certFile !== undefined && nbd.keyFile === undefined) fail(['nbd', 'certFile'], 'needs nbd.keyFile too');
+    if (nbd.keyFile !== undefined && nbd.certFile === undefined) fail(['nbd', 'keyFile'], 'needs nbd.certFile too');
+    if (nbd.pskFile === undefined && nbd.certFile === undefined) fail(['nbd', 'tls'], `${nbd.tls} needs nbd.certFile and nbd.keyFile, or nbd.pskFile (make them with twinstore tls)`);
+    if (nbd.clientCaFile !== undefined && nbd.certFile === undefined) fail(['nbd', 'clientCaFile'], 'needs nbd.certFile and nbd.keyFile (client certificates are X.509)');
+  }
+  return {
+    mode: nbd.tls,
+    certFile: resolve(nbd.certFile),
+    keyFile: resolve(nbd.keyFile),
+    clientCaFile: resolve(nbd.clientCaFile),
+    pskFile: resolve(nbd.pskFile),
   };
 }
 

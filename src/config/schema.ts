@@ -2,6 +2,7 @@
 // disk. Sizes may be written "4GiB"; addresses as host:port (port 0 picks a
 // free port). Unknown keys are errors, so a typo never passes silently.
 
+import net from 'node:net';
 import { z } from 'zod';
 import { parseSize } from '../util/size.js';
 
@@ -39,6 +40,35 @@ const address = z.string().transform((value, ctx) => {
 const extentBytes = sizeBytes.refine((n) => n >= 65536 && n <= 64 * 2 ** 20 && (n & (n - 1)) === 0, {
   message: 'must be a power of two from 64KiB to 64MiB',
 });
+
+/** An address or a CIDR block (10.0.0.0/24, fd00::/8); a bare address is one host. */
+const cidr = z.string().refine((value) => parseCidr(value) !== undefined, { message: 'must be an IP address or CIDR block (e.g. 10.0.0.0/24)' });
+
+/** Who may see and use a volume over NBD: an identity (certificate CN or PSK identity), an address block, or both (both must match). */
+const grant = z
+  .strictObject({
+    identity: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/, 'must be a certificate CN or PSK identity (A-Z a-z 0-9 . _ @ -)').optional(),
+    address: cidr.optional(),
+    readOnly: z.boolean().default(false),
+  })
+  .refine((g) => g.identity !== undefined || g.address !== undefined, { message: 'a grant names an identity, an address, or both' });
+
+export interface Cidr {
+  address: string;
+  prefix: number;
+  family: 'ipv4' | 'ipv6';
+}
+
+export function parseCidr(text: string): Cidr | undefined {
+  const [address = '', prefixText, extra] = text.trim().split('/');
+  if (extra !== undefined) return undefined;
+  const version = net.isIP(address);
+  if (version === 0) return undefined;
+  const bits = version === 4 ? 32 : 128;
+  const prefix = prefixText === undefined ? bits : /^\d{1,3}$/.test(prefixText) ? Number(prefixText) : NaN;
+  if (!(prefix >= 0 && prefix <= bits)) return undefined;
+  return { address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' };
+}
 
 export const configSchema = z.strictObject({
   array: z.strictObject({
@@ -96,6 +126,12 @@ export const configSchema = z.strictObject({
     .default({ lagBytesMax: 64 * 2 ** 20, drainMsMax: 60_000, freezeMsMax: 10_000 }),
   nbd: z
     .strictObject({
+      tls: z.enum(['off', 'on', 'require']).default('off'),
+      certFile: z.string().min(1).optional(),
+      keyFile: z.string().min(1).optional(),
+      clientCaFile: z.string().min(1).optional(),
+      pskFile: z.string().min(1).optional(),
+      access: z.record(z.string().min(1), z.array(grant).min(1, 'a volume named here needs at least one grant (remove it to let every client in)')).default({}),
       connectionsMax: z.number().int().min(1).max(65_536).default(1024),
       connectionsPerAddressMax: z.number().int().min(1).max(65_536).default(64),
       handshakeTimeoutMs: z.number().int().min(100).max(3_600_000).default(10_000),
@@ -103,7 +139,7 @@ export const configSchema = z.strictObject({
       replyStallMs: z.number().int().min(100).max(3_600_000).default(30_000),
       bufferedBytesMax: sizeBytes.refine((n) => n >= 128 * 2 ** 20, { message: 'must be at least 128MiB (four 32 MiB requests)' }).default(2 ** 30),
     })
-    .default({ connectionsMax: 1024, connectionsPerAddressMax: 64, handshakeTimeoutMs: 10_000, payloadStallMs: 30_000, replyStallMs: 30_000, bufferedBytesMax: 2 ** 30 }),
+    .default({ tls: 'off', access: {}, connectionsMax: 1024, connectionsPerAddressMax: 64, handshakeTimeoutMs: 10_000, payloadStallMs: 30_000, replyStallMs: 30_000, bufferedBytesMax: 2 ** 30 }),
   tuning: z
     .strictObject({
       pollMicros: z.number().int().min(0).max(10_000).default(200),

@@ -1,9 +1,16 @@
 // The handshake phase (fixed newstyle): options in, replies out. Pure apart from
 // looking exports up, so it is unit-tested without sockets. Each call returns the
-// bytes to send and what the session does next.
+// bytes to send and what the session does next. With TLS configured, STARTTLS
+// is answered ACK and the session runs the handshake (`starttls`), then calls
+// tlsEstablished, which discards what was negotiated before (the spec: all
+// prior state). Under `require` every option but STARTTLS and ABORT gets
+// ERR_TLS_REQD before TLS (EXPORT_NAME, which has no error reply, closes).
+// Every export named or listed goes through the access policy: one the client
+// has no grant for is unknown to it.
 
 import { infoBlockSize, infoExport, infoText, metaContext, optionReply, serverEntry, exportNameReply } from './encoder.js';
 import type { BlockExport, ExportRegistry } from './exports.js';
+import { AccessPolicy, type ClientIdentity } from './access.js';
 import {
   BASE_ALLOCATION, BASE_ALLOCATION_ID, CLIENT_FLAG_FIXED_NEWSTYLE, CLIENT_FLAG_NO_ZEROES, INFO, OPT, OPTIONS_PER_SESSION_MAX,
   REP, STRING_BYTES_MAX, TFLAG,
@@ -12,6 +19,7 @@ import {
 export type NextStep =
   | { step: 'continue' }
   | { step: 'close'; reason: string; graceful: boolean }
+  | { step: 'starttls' }
   | { step: 'transmission'; exported: BlockExport; structured: boolean; allocationContext: boolean };
 
 export interface OptionOutcome {
@@ -21,14 +29,43 @@ export interface OptionOutcome {
 
 const CONTINUE: NextStep = { step: 'continue' };
 
+export interface NegotiationOptions {
+  /** `off`: STARTTLS gets ERR_POLICY. */
+  tls: 'off' | 'on' | 'require';
+  access: AccessPolicy;
+  /** The client's address (for address grants). */
+  address: string;
+}
+
 export class Negotiation {
   private noZeroes = false;
   private structured = false;
   /** The export SET_META_CONTEXT named, if base:allocation was selected for it. */
   private allocationFor: string | undefined;
   private optionCount = 0;
+  private tlsActive = false;
+  private readonly client: ClientIdentity;
+  private readonly tls: NegotiationOptions['tls'];
+  private readonly access: AccessPolicy;
 
-  constructor(private readonly registry: ExportRegistry) {}
+  constructor(private readonly registry: ExportRegistry, options: NegotiationOptions = { tls: 'off', access: new AccessPolicy(), address: '' }) {
+    this.client = { address: options.address, identity: undefined };
+    this.tls = options.tls;
+    this.access = options.access;
+  }
+
+  /** The TLS handshake after STARTTLS finished: what was negotiated in the clear is forgotten. */
+  tlsEstablished(identity: string | undefined): void {
+    this.tlsActive = true;
+    this.client.identity = identity;
+    this.structured = false;
+    this.allocationFor = undefined;
+  }
+
+  /** The export `name` as this client may see it (undefined: unknown to it). */
+  private lookup(name: string): BlockExport | undefined {
+    return this.access.view(this.registry.get(name), this.client);
+  }
 
   /** Client flags: unknown bits close the connection (spec: MUST). */
   clientFlags(flags: number): NextStep {
@@ -44,6 +81,10 @@ export class Negotiation {
     if (this.optionCount > OPTIONS_PER_SESSION_MAX) {
       return { replies: [], next: { step: 'close', reason: `more than ${OPTIONS_PER_SESSION_MAX} options`, graceful: false } };
     }
+    if (this.tls === 'require' && !this.tlsActive && option !== OPT.STARTTLS && option !== OPT.ABORT) {
+      if (option === OPT.EXPORT_NAME) return { replies: [], next: { step: 'close', reason: 'EXPORT_NAME before STARTTLS (nbd.tls is require)', graceful: false } };
+      return error(option, REP.ERR_TLS_REQD, 'this array requires TLS: send STARTTLS first');
+    }
     switch (option) {
       case OPT.EXPORT_NAME:
         return this.exportName(data);
@@ -52,9 +93,7 @@ export class Negotiation {
       case OPT.LIST:
         return this.list(data);
       case OPT.STARTTLS:
-        return data.length > 0
-          ? error(option, REP.ERR_INVALID, 'STARTTLS carries no data')
-          : error(option, REP.ERR_POLICY, 'TLS is not configured on this array');
+        return this.startTls(data);
       case OPT.INFO:
       case OPT.GO:
         return this.infoOrGo(option, data);
@@ -70,9 +109,16 @@ export class Negotiation {
     }
   }
 
+  private startTls(data: Buffer): OptionOutcome {
+    if (data.length > 0) return error(OPT.STARTTLS, REP.ERR_INVALID, 'STARTTLS carries no data');
+    if (this.tls === 'off') return error(OPT.STARTTLS, REP.ERR_POLICY, 'TLS is not configured on this array');
+    if (this.tlsActive) return error(OPT.STARTTLS, REP.ERR_INVALID, 'TLS is already active');
+    return { replies: [optionReply(OPT.STARTTLS, REP.ACK)], next: { step: 'starttls' } };
+  }
+
   private exportName(data: Buffer): OptionOutcome {
     const name = data.toString('utf8');
-    const exported = this.registry.get(name);
+    const exported = this.lookup(name);
     if (!exported) return { replies: [], next: { step: 'close', reason: `EXPORT_NAME for unknown export "${name}"`, graceful: false } };
     const flags = transmissionFlags(exported, this.structured);
     const allocationContext = this.structured && this.allocationFor === exported.name;
@@ -84,7 +130,8 @@ export class Negotiation {
 
   private list(data: Buffer): OptionOutcome {
     if (data.length > 0) return error(OPT.LIST, REP.ERR_INVALID, 'LIST carries no data');
-    const replies = this.registry.list().map((e) => optionReply(OPT.LIST, REP.SERVER, serverEntry(e.name, e.description)));
+    const visible = this.registry.list().filter((e) => this.access.grantOf(e.name, this.client) !== 'none');
+    const replies = visible.map((e) => optionReply(OPT.LIST, REP.SERVER, serverEntry(e.name, e.description)));
     replies.push(optionReply(OPT.LIST, REP.ACK));
     return { replies, next: CONTINUE };
   }
@@ -92,7 +139,7 @@ export class Negotiation {
   private infoOrGo(option: number, data: Buffer): OptionOutcome {
     const parsed = parseInfoRequest(data);
     if (typeof parsed === 'string') return error(option, REP.ERR_INVALID, parsed);
-    const exported = this.registry.get(parsed.name);
+    const exported = this.lookup(parsed.name);
     if (!exported) return error(option, REP.ERR_UNKNOWN, `no export named "${parsed.name}"`);
     const replies = [optionReply(option, REP.INFO, infoExport(exported.sizeBytes, transmissionFlags(exported, this.structured)))];
     if (parsed.requests.includes(INFO.NAME)) replies.push(optionReply(option, REP.INFO, infoText(INFO.NAME, exported.name)));
@@ -110,7 +157,7 @@ export class Negotiation {
     const parsed = parseMetaRequest(data);
     if (typeof parsed === 'string') return error(option, REP.ERR_INVALID, parsed);
     if (setting && !this.structured) return error(option, REP.ERR_INVALID, 'SET_META_CONTEXT needs STRUCTURED_REPLY first');
-    if (!this.registry.get(parsed.name)) return error(option, REP.ERR_UNKNOWN, `no export named "${parsed.name}"`);
+    if (!this.lookup(parsed.name)) return error(option, REP.ERR_UNKNOWN, `no export named "${parsed.name}"`);
     const matches = parsed.queries.length === 0
       ? !setting
       : parsed.queries.some((q) => q === BASE_ALLOCATION || (!setting && q === 'base:'));

@@ -6,7 +6,8 @@
 // payload buffer of the WRITE being received and the kernel copies into it
 // directly. Node only offers `onread` when it constructs the socket, so the
 // accepted socket's handle is moved into a new Socket that has it (the one use
-// of Node's private `_handle`); without a handle it falls back to 'data' events.
+// of Node's private `_handle`); without a handle it falls back to 'data' events,
+// as does a connection after STARTTLS (TLS decrypts into its own buffers).
 
 import net from 'node:net';
 
@@ -35,7 +36,7 @@ interface StreamHandle {
 /** Takes over a socket accepted with `pauseOnConnect: true`. */
 export function adoptSocket(raw: net.Socket, sink: ByteSink): Receiver {
   const handle = (raw as unknown as { _handle?: StreamHandle | null })._handle;
-  if (!handle || typeof handle.useUserBuffer !== 'function') return fallback(raw, sink);
+  if (!handle || typeof handle.useUserBuffer !== 'function') return streamReceiver(raw, sink);
   (raw as unknown as { _handle: null })._handle = null;
   raw.destroy(); // releases the server's connection count; the handle lives on below
   const socket = new net.Socket({
@@ -62,7 +63,8 @@ export function adoptSocket(raw: net.Socket, sink: ByteSink): Receiver {
   };
 }
 
-function fallback(socket: net.Socket, sink: ByteSink): Receiver {
+/** Reads a stream that hands out its own chunks ('data' events): a TLS socket, or a socket without a handle. */
+export function streamReceiver(socket: net.Socket, sink: ByteSink): Receiver {
   socket.on('data', (chunk: Buffer) => {
     sink.push(chunk);
     if (!sink.onBytes()) socket.pause();

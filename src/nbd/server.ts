@@ -19,6 +19,8 @@ import { ByteBudget } from './budget.js';
 import type { ExportRegistry } from './exports.js';
 import { NbdSession } from './session.js';
 import { AdaptivePoller } from '../util/poller.js';
+import { AccessPolicy } from './access.js';
+import type { NbdTls } from './tls.js';
 
 /** Descriptors kept free of NBD connections for the API, the link, drives and journals. */
 export const descriptorsReserved = 256;
@@ -29,6 +31,9 @@ const sweepMsMin = 50;
 export interface NbdServerOptions {
   pollMicros: number;
   limits: NbdLimits;
+  /** STARTTLS; undefined when nbd.tls is off. */
+  tls?: NbdTls | undefined;
+  access?: AccessPolicy;
 }
 
 export class NbdServer {
@@ -38,6 +43,8 @@ export class NbdServer {
   private readonly poller: AdaptivePoller;
   private readonly budget: ByteBudget;
   private readonly limits: NbdLimits;
+  private readonly tls: NbdTls | undefined;
+  private readonly access: AccessPolicy;
   /** min(nbd.connectionsMax, soft nofile − descriptorsReserved). */
   readonly connectionsMax: number;
   private readonly sweep: NodeJS.Timeout;
@@ -51,6 +58,8 @@ export class NbdServer {
     options: NbdServerOptions,
   ) {
     this.limits = options.limits;
+    this.tls = options.tls;
+    this.access = options.access ?? new AccessPolicy();
     this.poller = new AdaptivePoller(options.pollMicros);
     this.budget = new ByteBudget(options.limits.bufferedBytesMax);
     const nofile = softOpenFilesLimit();
@@ -93,6 +102,8 @@ export class NbdServer {
       handshakeTimeoutMs: this.limits.handshakeTimeoutMs,
       payloadStallMs: this.limits.payloadStallMs,
       replyStallMs: this.limits.replyStallMs,
+      tls: this.tls,
+      access: this.access,
     });
     this.sessions.add(session);
     void session.closedPromise().then(() => {
@@ -116,6 +127,11 @@ export class NbdServer {
     }, 'refusing NBD connection over the cap');
     this.refusalLoggedAt = now;
     this.refusedSince = 0;
+  }
+
+  /** SIGHUP: re-reads the TLS files for new connections (false, logged, when they do not load; true without TLS). */
+  reloadTls(): boolean {
+    return this.tls === undefined ? true : this.tls.reload();
   }
 
   private checkDeadlines(): void {

@@ -13,14 +13,21 @@
 // a session being closed (the array stopping) whose requests are done but whose
 // replies the client does not read, `closeGraceMs` after the close began. A bad frame that
 // desynchronises the stream closes this connection only, after a log line;
-// anything else gets the spec's error.
+// anything else gets the spec's error. STARTTLS: once its ACK has left, reading
+// stops and tls.ts runs the handshake on the same socket (the handshake deadline
+// still runs); on success the session goes on over the TLS socket, read through
+// 'data' events; a failed handshake is logged and closes the connection.
 
 import type net from 'node:net';
-import { adoptSocket, type ByteSink, type Receiver } from './receiver.js';
+import type tls from 'node:tls';
+import { adoptSocket, streamReceiver, type ByteSink, type Receiver } from './receiver.js';
+import type { AccessPolicy } from './access.js';
+import type { NbdTls } from './tls.js';
 import { isTwinstoreError } from '../errors.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import type { Logger } from '../util/log.js';
 import { NbdDecoder, type NbdRequest } from './decoder.js';
+import { errorNumber, errorText } from './errno.js';
 import {
   blockStatusChunk, errorChunk, greeting, noneChunk, offsetDataHeader, offsetHoleChunk, simpleReply,
 } from './encoder.js';
@@ -58,6 +65,9 @@ export interface SessionOptions {
   handshakeTimeoutMs: number;
   payloadStallMs: number;
   replyStallMs: number;
+  /** Undefined: nbd.tls is off. */
+  tls: NbdTls | undefined;
+  access: AccessPolicy;
 }
 
 export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
@@ -70,10 +80,14 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
   private closed = false;
   /** Reading stopped for back-pressure; resumed when requests complete. */
   private readingStopped = false;
-  private readonly log: Logger;
+  private log: Logger;
   private readonly done: Promise<void>;
-  private readonly receiver: Receiver;
-  private readonly socket: net.Socket;
+  private resolveDone!: () => void;
+  /** Replaced by the TLS socket and its receiver after STARTTLS. */
+  private receiver: Receiver;
+  private socket: net.Socket;
+  /** STARTTLS was acknowledged: nothing is read until the handshake has finished. */
+  private upgrading = false;
   private readonly registry: ExportRegistry;
   private readonly pool: BufferPool;
   private readonly budget: ByteBudget;
@@ -98,15 +112,21 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
     this.poller = options.poller;
     this.log = options.log.child({ client: `${raw.remoteAddress}:${raw.remotePort}` });
     this.decoder = new NbdDecoder(this.pool, this.budget);
-    this.negotiation = new Negotiation(this.registry);
+    this.negotiation = new Negotiation(this.registry, { tls: options.tls?.mode ?? 'off', access: options.access, address: raw.remoteAddress ?? '' });
     this.receiver = adoptSocket(raw, this);
     const socket = this.receiver.socket;
     this.socket = socket;
     socket.setNoDelay(true);
-    this.done = new Promise((resolve) => socket.once('close', () => resolve()));
+    this.done = new Promise((resolve) => {
+      this.resolveDone = resolve;
+    });
+    this.watch(socket);
+    socket.write(greeting());
+  }
+
+  private watch(socket: net.Socket): void {
     socket.on('close', () => this.onClosed());
     socket.on('error', (error) => this.log.debug({ err: error.message }, 'socket error'));
-    socket.write(greeting());
   }
 
   /** Resolves once the socket has closed. */
@@ -193,7 +213,7 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
 
   /** Decodes and dispatches what has arrived; returns whether reading may go on. */
   private pump(): boolean {
-    while (!this.stopping && !this.closed) {
+    while (!this.stopping && !this.closed && !this.upgrading) {
       if (this.parked !== undefined || this.requestsInFlight >= requestsInFlightMax) return false;
       if (this.bytesInFlight + this.socket.writableLength >= bytesInFlightMax) return false;
       const message = this.decoder.next();
@@ -217,11 +237,11 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
           break;
       }
     }
-    return !this.stopping && !this.closed && this.decoder.readTarget().length > 0;
+    return !this.stopping && !this.closed && !this.upgrading && this.decoder.readTarget().length > 0;
   }
 
   private resumeIfStopped(): void {
-    if (!this.readingStopped || this.stopping || this.closed) return;
+    if (!this.readingStopped || this.stopping || this.closed || this.upgrading) return;
     if (this.pump()) {
       this.readingStopped = false;
       this.receiver.resume();
@@ -242,8 +262,9 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
 
   private onOption(option: number, data: Buffer): void {
     const outcome = this.negotiation.option(option, data);
-    this.send(outcome.replies);
     const next = outcome.next;
+    if (next.step === 'starttls') return this.startTls(outcome.replies);
+    this.send(outcome.replies);
     if (next.step === 'close') {
       if (next.graceful) {
         this.stopping = true;
@@ -255,6 +276,47 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
       this.decoder.enterTransmission();
       this.log.debug({ export: next.exported.name, structured: next.structured }, 'transmission started');
     }
+  }
+
+  /** STARTTLS acknowledged: stop reading, and once the ACK has left, hand the socket to the handshake. */
+  private startTls(replies: Buffer[]): void {
+    if (this.decoder.buffered > 0) return this.abort('bytes sent after STARTTLS before its reply');
+    this.upgrading = true;
+    const raw = this.socket;
+    this.send(replies.slice(0, -1));
+    raw.write(replies.at(-1)!, () => {
+      if (this.closed || this.stopping || raw.destroyed) return;
+      this.options.tls!.upgrade(raw, {
+        secure: (secure, identity) => this.secured(secure, identity),
+        failed: (reason) => {
+          // A session that closed the connection itself (its deadline, the array stopping) said why already.
+          if (!this.stopping) this.log.warn({ reason }, 'NBD TLS handshake failed; connection closed');
+          this.stopping = true;
+          raw.destroy();
+        },
+      });
+    });
+  }
+
+  private secured(secure: tls.TLSSocket, identity: string | undefined): void {
+    if (this.closed || this.stopping) {
+      secure.destroy();
+      return;
+    }
+    const raw = this.socket;
+    secure.once('close', () => raw.destroy());
+    this.log = this.log.child({ identity: identity ?? null });
+    this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'NBD TLS established');
+    this.socket = secure;
+    this.watch(secure);
+    // A bad record or alert after the handshake: OpenSSL's reason, then the connection closes.
+    secure.on('error', (error: Error & { code?: string }) => {
+      if (!this.stopping) this.log.warn({ err: error.message, code: error.code }, 'closing NBD connection after a TLS error');
+    });
+    this.negotiation.tlsEstablished(identity);
+    this.upgrading = false;
+    this.readingStopped = false;
+    this.receiver = streamReceiver(secure, this);
   }
 
   private onRequest(request: NbdRequest): void {
@@ -434,23 +496,14 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
     this.socket.end(() => this.socket.destroy());
   }
 
+  /** Runs once, for whichever socket (plain or TLS) closes first; the other is destroyed with it. */
   private onClosed(): void {
+    if (this.closed) return;
     this.closed = true;
+    this.socket.destroy();
+    this.resolveDone();
     this.budget.forget(this);
     this.decoder.dispose();
     if (this.transmission) this.registry.detach(this.transmission.exported.name, this);
   }
-}
-
-function errorNumber(error: unknown): number {
-  if (isTwinstoreError(error)) {
-    if (error.code === 'NO_SPACE') return NBD_ERR.ENOSPC;
-    if (error.code === 'SHUTTING_DOWN') return NBD_ERR.ESHUTDOWN;
-    if (error.code === 'VOLUME_FENCED') return NBD_ERR.EPERM;
-  }
-  return NBD_ERR.EIO;
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
