@@ -268,6 +268,10 @@ export class ArrayReplication implements ReplicationControl {
     return this.manager.groupStats();
   }
 
+  unready(): string[] {
+    return this.manager.unready();
+  }
+
   async setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }> {
     const restore = this.manager.restoreGroup(group);
     if (!restore) throw new TwinstoreError('GROUP_NOT_FOUND', `group ${group} does not receive on ${this.config.arrayId}`, { field: 'group' });

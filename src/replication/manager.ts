@@ -65,6 +65,7 @@ export class ReplicationManager {
   writerOf(volume: Volume): { group: MasterGroup | RestoreGroup; lun: number } | undefined { return this.groups.writerOf(volume); }
   display(groupName?: string): PairDisplay[] { return this.groups.display(groupName); }
   groupStats(): GroupStats[] { return this.groups.groupStats(); }
+  unready(): string[] { return this.groups.unready(); }
   groupMetas(): GroupMeta[] { return this.groups.groupMetas(); }
   groupRole(name: string): 'master' | 'restore' | undefined { return this.groups.groupRole(name); }
   peerOfGroup(name: string): string { return this.groups.peerOfGroup(name); }

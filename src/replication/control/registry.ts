@@ -370,6 +370,23 @@ export class GroupRegistry {
     return out;
   }
 
+  /**
+   * Why this array is not ready (GET /readyz), one reason per group; empty once every persisted
+   * group is open here and no sending group still holds host writes for its peer's epoch at start.
+   */
+  unready(): string[] {
+    if (!this.openedAll) return ['the journal groups are still being opened'];
+    const reasons: string[] = [];
+    for (const name of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).keys()) {
+      if (this.changing.has(name)) reasons.push(`group ${name}: its role is changing`);
+      else if (!this.holds(name)) reasons.push(`group ${name}: not open (a role change stopped half-way; the next hello from the peer opens it again)`);
+    }
+    for (const group of this.masters.values()) {
+      if (group.startHold?.holding) reasons.push(`group ${group.meta.name}: start hold, host writes wait until ${group.meta.peer} has told its epoch`);
+    }
+    return reasons;
+  }
+
   /** Read-only: every group's journal numbers (for /metrics). */
   groupStats(): GroupStats[] {
     const out: GroupStats[] = [];
