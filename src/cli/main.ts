@@ -1,6 +1,7 @@
 // The `twinstore` command: serve and demo run arrays; every other verb is an
 // HTTP client of an array's management API. Errors print their stable code;
-// exit status 1 means the command failed, 2 that it was called wrongly.
+// exit status 1 means the command failed, 2 that it was called wrongly; a
+// closed stdout (a pipe into head) ends any verb with 0.
 
 import { Command, CommanderError } from 'commander';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
@@ -34,6 +35,10 @@ export async function main(argv: string[]): Promise<void> {
     .option('--dir <dir>', 'where the demo keeps its config and data', 'twinstore-data')
     .action(async (opts: { dir: string }) => demo(opts.dir));
 
+  // Not for serve and demo: an array must not end because whoever started it closed its stdout.
+  program.hook('preAction', (_program, action) => {
+    if (action.name() !== 'serve' && action.name() !== 'demo') endOnClosedPipe();
+  });
   addVolumeCommands(program, () => program.opts());
   addReplicationCommands(program, () => program.opts());
   addKeysCommand(program);
@@ -52,4 +57,15 @@ export async function main(argv: string[]): Promise<void> {
     }
     throw error;
   }
+}
+
+/**
+ * The reader of stdout went away (`twinstore pair display --watch | head -1`): what it wanted it
+ * has, so the command ends with status 0 and no stack trace, whatever verb is running.
+ */
+function endOnClosedPipe(): void {
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(0);
+    throw error;
+  });
 }
