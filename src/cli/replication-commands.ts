@@ -6,7 +6,8 @@ import type { Command } from 'commander';
 import { TwinstoreError } from '../errors.js';
 import type { PairDisplay } from '../replication/index.js';
 import { formatSize, parseSize } from '../util/size.js';
-import { connect, type ConnectionOptions } from './client.js';
+import { connect, type ApiClient, type ConnectionOptions } from './client.js';
+import { watch } from './watch.js';
 import { print, table } from './table.js';
 
 type GlobalOptions = ConnectionOptions & { json?: boolean };
@@ -182,14 +183,11 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
     .option('--json', 'print JSON (a stable contract)')
     .option('--watch', 'refresh every second until Ctrl-C')
     .action(async (opts: { group?: string; json?: boolean; watch?: boolean }) => {
-      const client = connect(globals());
       const query = opts.group === undefined ? '' : `?group=${encodeURIComponent(opts.group)}`;
-      for (;;) {
-        const { pairs } = await client.request<{ pairs: PairDisplay[] }>('GET', `/v1/pairs${query}`);
-        if (opts.watch && !opts.json) process.stdout.write('\x1b[2J\x1b[H' + new Date().toISOString() + '\n');
-        print(opts.json ?? globals().json, { pairs }, () => pairTable(pairs));
-        if (!opts.watch) return;
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+      const fetch = (client: ApiClient): Promise<{ pairs: PairDisplay[] }> => client.request<{ pairs: PairDisplay[] }>('GET', `/v1/pairs${query}`);
+      const json = opts.json ?? globals().json ?? false;
+      if (opts.watch) await watch({ connection: globals(), json, fetch, human: ({ pairs }) => pairTable(pairs) });
+      const { pairs } = await fetch(connect(globals()));
+      print(json, { pairs }, () => pairTable(pairs));
     });
 }
