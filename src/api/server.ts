@@ -26,6 +26,8 @@ export interface VolumeJson {
   allocatedBytes: number;
   role: string;
   readOnly: boolean;
+  /** Why host writes are refused now (a FENCED or swapping P-VOL, fence data), else null; readOnly is the export's flag. */
+  writesRefused: string | null;
   exported: boolean;
   nbdUri: string | null;
   sessions: number;

@@ -240,6 +240,7 @@ export class TwinstoreArray implements ArrayControl {
       allocatedBytes: volume.allocatedBytes(),
       role: meta.role,
       readOnly: exported?.readOnly ?? true,
+      writesRefused: this.replication.manager.writesRefusedOf(volume) ?? null,
       exported: exported !== undefined,
       nbdUri: exported ? `nbd://${this.nbdAddress}/${encodeURIComponent(meta.name)}` : null,
       sessions: this.registry.sessionCount(volume.name),

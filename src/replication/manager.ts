@@ -64,6 +64,7 @@ export class ReplicationManager {
   masterOf(volume: Volume): { group: MasterGroup; lun: number } | undefined { return this.groups.masterOf(volume); }
   writerOf(volume: Volume): { group: MasterGroup | RestoreGroup; lun: number } | undefined { return this.groups.writerOf(volume); }
   display(groupName?: string): PairDisplay[] { return this.groups.display(groupName); }
+  writesRefusedOf(volume: Volume): string | undefined { return this.groups.writesRefusedOf(volume); }
   groupStats(): GroupStats[] { return this.groups.groupStats(); }
   unready(): string[] { return this.groups.unready(); }
   groupMetas(): GroupMeta[] { return this.groups.groupMetas(); }

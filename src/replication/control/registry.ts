@@ -10,6 +10,7 @@ import type { Logger } from '../../util/log.js';
 import { VolumeJournalDevice } from '../journal-device.js';
 import { MasterGroup } from '../master/group.js';
 import { startHoldFor } from '../start-hold.js';
+import { writeRefusal } from '../master/status.js';
 import { RestoreGroup } from '../restore/group.js';
 import type { PeerChannel, PeerPair } from '../protocol.js';
 import { GROUP_DOCUMENT, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay } from '../model.js';
@@ -331,6 +332,12 @@ export class GroupRegistry {
       if (pair) return { group, lun: pair.pvolLun };
     }
     return undefined;
+  }
+
+  /** Why hosts cannot write a P-VOL here now (FENCED, frozen for a swap, fence data), or undefined (volume list shows it). */
+  writesRefusedOf(volume: Volume): string | undefined {
+    const master = this.masterOf(volume);
+    return master === undefined ? undefined : writeRefusal(master.group.meta, false)?.message;
   }
 
   /**
