@@ -11,6 +11,7 @@ import { VolumeJournalDevice } from '../journal-device.js';
 import { MasterGroup } from '../master/group.js';
 import { startHoldFor } from '../start-hold.js';
 import { writeRefusal } from '../master/status.js';
+import { CopyRates } from '../copy-rate.js';
 import { RestoreGroup } from '../restore/group.js';
 import type { PeerChannel, PeerPair } from '../protocol.js';
 import { GROUP_DOCUMENT, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay } from '../model.js';
@@ -62,6 +63,8 @@ export class GroupRegistry {
   private readonly changing = new Set<string>();
   /** start() has opened every group. */
   private openedAll = false;
+  /** The copies' rates, from what the displays saw. */
+  private readonly copyRates = new CopyRates();
 
   constructor(readonly options: ReplicationOptions) {
     this.engine = options.engine;
@@ -374,7 +377,7 @@ export class GroupRegistry {
       if (groupName === undefined || group.meta.name === groupName) out.push(...group.display());
     }
     if (groupName !== undefined && out.length === 0) throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${groupName} on ${this.engine.arrayId}`);
-    return out;
+    return this.copyRates.annotate(out, Date.now());
   }
 
   /**
