@@ -15,6 +15,8 @@ import { CopyRates } from '../copy-rate.js';
 import { RestoreGroup } from '../restore/group.js';
 import type { PeerChannel, PeerPair } from '../protocol.js';
 import { GROUP_DOCUMENT, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay } from '../model.js';
+import { noEvents, type EventSink } from '../../events/bus.js';
+import { StatusReports } from './status-reports.js';
 
 /** Makes the journal device of a journal volume; the simulator wraps the real one to inject faults. */
 export type JournalDeviceFactory = (volume: Volume, engine: StorageEngine) => JournalDevice;
@@ -30,6 +32,8 @@ export interface ReplicationOptions {
   suspendAfterMs?: number;
   /** At start, host writes of a sending group wait at most this long for the peer's epoch (start-hold.ts); default 10 s, 0: no hold. */
   startHoldMs?: number;
+  /** Where changes are reported (the array's event bus); default: nowhere. */
+  events?: EventSink;
 }
 
 /**
@@ -65,10 +69,13 @@ export class GroupRegistry {
   private openedAll = false;
   /** The copies' rates, from what the displays saw. */
   private readonly copyRates = new CopyRates();
+  /** The pair-status events of the persisted group documents. */
+  private readonly reports: StatusReports;
 
   constructor(readonly options: ReplicationOptions) {
     this.engine = options.engine;
     this.log = options.log;
+    this.reports = new StatusReports(options.events ?? noEvents, this.engine.arrayId);
     this.engine.on('sync-failed', (failure: EngineSyncFailure) => this.syncFailed(failure));
   }
 
@@ -106,6 +113,7 @@ export class GroupRegistry {
    */
   async start(): Promise<MasterGroup[]> {
     const resumed: MasterGroup[] = [];
+    for (const meta of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).values()) this.reports.seed(meta);
     for (const meta of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).values()) {
       const { journal, recovery } = await Journal.open(this.journalDevice(this.journalVolume(meta)));
       this.log.info({ group: meta.name, role: meta.role, recovery }, 'journal group opened');
@@ -209,8 +217,15 @@ export class GroupRegistry {
     return group;
   }
 
-  persist(meta: GroupMeta): Promise<void> {
-    return this.engine.persist([{ t: 'doc', kind: GROUP_DOCUMENT, key: meta.name, value: meta }]);
+  /** Every change of a group document is persisted here, and then each pair whose role, status or reason changed is reported. */
+  async persist(meta: GroupMeta): Promise<void> {
+    await this.engine.persist([{ t: 'doc', kind: GROUP_DOCUMENT, key: meta.name, value: meta }]);
+    this.reports.persisted(meta);
+  }
+
+  /** A group is deleted here: reported. */
+  reportDeleted(name: string): void {
+    this.reports.deleted(name);
   }
 
   /** The group is no longer open here (stopped by the caller: deleted, or changing its role). */
