@@ -18,6 +18,7 @@ import { addReplicationRoutes, type ReplicationControl } from './replication-rou
 import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
 import { boundConnections, boundedServerOptions } from './connection-bounds.js';
 import { HEALTH_PATH, READY_PATH, addHealthRoutes } from './health-routes.js';
+import { addEventRoutes, type EventFeed } from './event-routes.js';
 
 export interface VolumeJson {
   name: string;
@@ -91,7 +92,7 @@ export class ApiServer {
   private readonly app: FastifyInstance;
   private readonly token: Buffer;
 
-  constructor(options: { token: string; control: () => ArrayControl; replication: () => ReplicationControl; log: Logger }) {
+  constructor(options: { token: string; control: () => ArrayControl; replication: () => ReplicationControl; events: () => EventFeed; log: Logger }) {
     assert(options.token.length > 0, 'the API token is not empty');
     this.token = Buffer.from(options.token, 'utf8');
     this.app = Fastify({ logger: false, ...boundedServerOptions() });
@@ -103,6 +104,7 @@ export class ApiServer {
     addReplicationRoutes(this.app, options.replication);
     addMetricsRoutes(this.app, options.replication, () => options.control().status());
     addHealthRoutes(this.app, options.replication);
+    addEventRoutes(this.app, options.events);
   }
 
   /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here. */

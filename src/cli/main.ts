@@ -11,6 +11,7 @@ import { demo } from './demo.js';
 import { addVolumeCommands } from './volume-commands.js';
 import { addReplicationCommands } from './replication-commands.js';
 import { addKeysCommand } from './keys-command.js';
+import { addEventsCommand } from './events-command.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('twinstore')
@@ -42,6 +43,7 @@ export async function main(argv: string[]): Promise<void> {
   addVolumeCommands(program, () => program.opts());
   addReplicationCommands(program, () => program.opts());
   addKeysCommand(program);
+  addEventsCommand(program, () => program.opts());
 
   try {
     await program.parseAsync(argv);
