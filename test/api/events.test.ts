@@ -12,7 +12,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { startArray, createVolume, type RunningArray } from '../helpers/array.js';
+import path from 'node:path';
+import readline from 'node:readline';
+import { spawn } from 'node:child_process';
+import { projectRoot, startArray, createVolume, type RunningArray } from '../helpers/array.js';
 import { display, startSite, waitFor, waitForPairAndLag0 } from '../helpers/replication.js';
 
 interface Event {
@@ -87,6 +90,25 @@ test('events: the token is needed; --now prints the snapshot and exits; an unkno
   await stale.until('snapshot-end after resynced', (e) => e.type === 'snapshot-end');
   assert.equal(stale.events[0]!.type, 'resynced', 'an id of another run: resynced first');
   assert.deepEqual(stale.events.filter((e) => e.type === 'volume').map((e) => e.data.volume).sort(), ['vol1', 'vol2'], 'then a fresh snapshot');
+});
+
+test('twinstore events --json across a restart of the array: a notice, then resynced and a fresh snapshot', { timeout: 120_000 }, async (t) => {
+  const array = await startArray(t);
+  createVolume(array, 'vol1', '16MiB');
+  const child = spawn(process.execPath, [path.join(projectRoot, 'bin', 'twinstore.js'), '--config', array.configFile, 'events', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => { child.kill('SIGKILL'); });
+  const lines: any[] = [];
+  readline.createInterface({ input: child.stdout }).on('line', (line) => lines.push(JSON.parse(line)));
+  const seen = (what: string, check: (line: any) => boolean): Promise<void> => waitFor(`events --json: ${what} (lines: ${JSON.stringify(lines.slice(-4))})`, () => lines.some(check), 60_000, 50);
+  await seen('the first snapshot-end', (line) => line.type === 'snapshot-end');
+  await array.stop();
+  await seen('a line saying the stream ended or the array is unreachable', (line) => line.unreachable === true);
+  assert.equal(child.exitCode, null, 'events goes on while the array is away');
+  await array.start();
+  await seen('resynced after the restart (its last id is of the earlier run)', (line) => line.type === 'resynced');
+  const from = lines.findIndex((line) => line.type === 'resynced');
+  await waitFor('a fresh snapshot after resynced', () => lines.slice(from).some((line) => line.type === 'snapshot-end'), 60_000, 50);
+  assert.ok(lines.slice(from).some((line) => line.type === 'volume' && line.data.volume === 'vol1'), 'the fresh snapshot has the volume');
 });
 
 test('events under split, resync and a planned swap: every status change once, in order; Last-Event-ID resumes exactly', { timeout: 300_000 }, async (t) => {
