@@ -31,6 +31,8 @@ export interface ReplicationControl {
   takeover(group: string, force: boolean): Promise<unknown>;
   /** Read-only journal numbers per group, for /metrics. */
   groupStats(): GroupStats[];
+  /** Why the array is not ready yet (GET /readyz); empty when it is. */
+  unready(): string[];
 }
 
 const peerSchema = z.strictObject({ id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be an array id'), link: z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[^\]]+\]:\d{1,5}$/, 'must be HOST:PORT') });

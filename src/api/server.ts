@@ -1,5 +1,6 @@
 // The management API: HTTP + JSON under /v1/, bearer-token authenticated, and
-// Prometheus metrics at /metrics (no token: metrics-routes.ts says why). Its
+// Prometheus metrics at /metrics and the probes /healthz and /readyz (no token:
+// metrics-routes.ts and health-routes.ts say why). Its
 // connections and request times are bounded (connection-bounds.ts).
 // Bodies are validated with zod and a bad one gets 400 naming the field; every
 // error answers {"error": {"code", "message", "field"?}} with a code from the
@@ -16,6 +17,8 @@ import { parseSize } from '../util/size.js';
 import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
 import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
 import { boundConnections, boundedServerOptions } from './connection-bounds.js';
+import { HEALTH_PATH, READY_PATH, addHealthRoutes } from './health-routes.js';
+import { addEventRoutes, type EventFeed } from './event-routes.js';
 
 export interface VolumeJson {
   name: string;
@@ -24,6 +27,8 @@ export interface VolumeJson {
   allocatedBytes: number;
   role: string;
   readOnly: boolean;
+  /** Why host writes are refused now (a FENCED or swapping P-VOL, fence data), else null; readOnly is the export's flag. */
+  writesRefused: string | null;
   exported: boolean;
   nbdUri: string | null;
   sessions: number;
@@ -87,7 +92,7 @@ export class ApiServer {
   private readonly app: FastifyInstance;
   private readonly token: Buffer;
 
-  constructor(options: { token: string; control: () => ArrayControl; replication: () => ReplicationControl; log: Logger }) {
+  constructor(options: { token: string; control: () => ArrayControl; replication: () => ReplicationControl; events: () => EventFeed; log: Logger }) {
     assert(options.token.length > 0, 'the API token is not empty');
     this.token = Buffer.from(options.token, 'utf8');
     this.app = Fastify({ logger: false, ...boundedServerOptions() });
@@ -98,6 +103,8 @@ export class ApiServer {
     this.routes(options.control);
     addReplicationRoutes(this.app, options.replication);
     addMetricsRoutes(this.app, options.replication, () => options.control().status());
+    addHealthRoutes(this.app, options.replication);
+    addEventRoutes(this.app, options.events);
   }
 
   /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here. */
@@ -123,7 +130,9 @@ export class ApiServer {
 
   private authenticate(request: FastifyRequest): void {
     // Prometheus scrapes without a token; /metrics shows no secrets (metrics-routes.ts).
-    if (request.routeOptions.url === METRICS_PATH) return;
+    // Probes carry no token either; /healthz and /readyz show no secrets (health-routes.ts).
+    const route = request.routeOptions.url;
+    if (route === METRICS_PATH || route === HEALTH_PATH || route === READY_PATH) return;
     const header = request.headers.authorization ?? '';
     // RFC 7235: the auth scheme is case-insensitive (`bearer`, `BEARER`), followed by one or more spaces.
     const match = /^bearer[ \t]+(.+)$/i.exec(header);

@@ -13,6 +13,8 @@ import { createLogger, type Logger } from '../util/log.js';
 import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, scrubStoredToken, type CommandDeviceDocument } from './command-device.js';
 import { VolumeExport, isExported } from './volume-export.js';
 import { ArrayReplication, errorFrom, listening } from './replication-control.js';
+import { ArrayEvents } from './array-events.js';
+import { EventBus } from '../events/bus.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
 
 export const VERSION = '0.1.0';
@@ -39,6 +41,7 @@ export class TwinstoreArray implements ArrayControl {
     private readonly nbd: NbdServer,
     private readonly api: ApiServer,
     private readonly replication: ArrayReplication,
+    private readonly events: ArrayEvents,
     private readonly releaseLock: () => void,
     private readonly token: string,
     readonly log: Logger,
@@ -68,11 +71,18 @@ export class TwinstoreArray implements ArrayControl {
       engine = await StorageEngine.open({ arrayId: config.arrayId, dataDir: config.dataDir, extentBytes: config.extentBytes, drives });
       const token = ensureToken(config.dataDir, config.apiToken);
       let control: TwinstoreArray | undefined;
-      const replication = new ArrayReplication(config, engine, log);
-      const api = new ApiServer({ token, control: () => control!, replication: () => replication, log });
+      const bus = new EventBus();
+      const replication = new ArrayReplication(config, engine, log, { events: bus });
+      const events = new ArrayEvents(bus, {
+        volumes: () => control!.listVolumes(),
+        peers: () => replication.listPeers(),
+        groups: () => replication.manager.groupMetas(),
+        pairs: () => replication.manager.display(),
+      });
+      const api = new ApiServer({ token, control: () => control!, replication: () => replication, events: () => events, log });
       const registry = new ExportRegistry();
       const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd, tls, access: new AccessPolicy(config.nbdAccess) });
-      array = new TwinstoreArray(config, registry, engine, nbd, api, replication, releaseLock, token, log);
+      array = new TwinstoreArray(config, registry, engine, nbd, api, replication, events, releaseLock, token, log);
       control = array;
       return { array, ready: await array.listen() };
     } catch (error) {
@@ -90,6 +100,7 @@ export class TwinstoreArray implements ArrayControl {
     this.engine.on('volume-created', (volume: Volume) => this.exportVolume(volume));
     this.engine.on('volume-deleted', (volume: Volume) => this.registry.remove(volume.name, `volume ${volume.name} deleted`));
     this.engine.on('volume-role', (volume: Volume) => this.reexport(volume));
+    this.events.start(this.engine);
     const nbd = await listening('listen.nbd', this.config.listen.nbd, this.nbd.listen(this.config.listen.nbd.host, this.config.listen.nbd.port));
     const api = await listening('listen.api', this.config.listen.api, this.api.listen(this.config.listen.api.host, this.config.listen.api.port));
     this.nbdAddress = formatAddress(nbd.address, nbd.port);
@@ -248,6 +259,7 @@ export class TwinstoreArray implements ArrayControl {
       allocatedBytes: volume.allocatedBytes(),
       role: meta.role,
       readOnly: exported?.readOnly ?? true,
+      writesRefused: this.replication.manager.writesRefusedOf(volume) ?? null,
       exported: exported !== undefined,
       nbdUri: exported ? `nbd://${this.nbdAddress}/${encodeURIComponent(meta.name)}` : null,
       sessions: this.registry.sessionCount(volume.name),
@@ -269,6 +281,7 @@ export class TwinstoreArray implements ArrayControl {
   /** Listeners first (no new request), then links and groups, then the drives; each step runs even if one before failed. */
   private async close(): Promise<void> {
     let failed: unknown;
+    this.events.stop();
     for (const step of [() => this.api.close(), () => this.nbd.close(), () => this.replication.stop(), () => this.engine.close()]) {
       try {
         await step();

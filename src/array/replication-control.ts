@@ -10,6 +10,7 @@ import {
   OK, ReplicationManager, PEER_DOCUMENT, answerLinkRequest, groupsOfPeer, linkRequest, volumeUse, type GroupStats, type JournalDeviceFactory, type LinkHandlers, type PeerMeta,
 } from '../replication/index.js';
 import type { ReplicationControl } from '../api/index.js';
+import { noEvents, type EventSink } from '../events/bus.js';
 import type { StorageEngine, Volume } from '../storage/index.js';
 import { COMMAND_DEVICE_DOCUMENT, type CommandDeviceDocument } from './command-device.js';
 import type { Logger } from '../util/log.js';
@@ -22,6 +23,8 @@ export type ApiInjector = (method: string, url: string, body: unknown) => Promis
 export interface ReplicationParts {
   transport?: LinkTransport;
   journalDevice?: JournalDeviceFactory;
+  /** Where the groups and links report their changes (the array's event bus); the simulator sets none. */
+  events?: EventSink;
 }
 
 export class ArrayReplication implements ReplicationControl {
@@ -41,8 +44,12 @@ export class ArrayReplication implements ReplicationControl {
       defaults: { ...config.groupDefaults, regionBytes: config.bitmapRegionBytes },
       suspendAfterMs: config.link.suspendAfterMs,
       startHoldMs: config.takeover.startHoldMs,
+      ...(parts.events === undefined ? {} : { events: parts.events }),
     });
+    this.events = parts.events ?? noEvents;
   }
+
+  private readonly events: EventSink;
 
   async start(): Promise<void> {
     const pskFile = this.config.link.pskFile;
@@ -90,9 +97,13 @@ export class ArrayReplication implements ReplicationControl {
     const peer = new PeerLink({ identity: this.identity, peerId: id, address, log: this.log, heartbeatMs: this.config.link.heartbeatMs, ...this.transportOption() });
     peer.on('up', () => {
       this.log.info({ peer: id }, 'link up');
+      this.events.publish('link', { peer: id, up: true });
       this.manager.peerUp(id);
     });
-    peer.on('down', (reason: unknown) => this.log.warn({ peer: id, reason: String(reason) }, 'link down'));
+    peer.on('down', (reason: unknown) => {
+      this.log.warn({ peer: id, reason: String(reason) }, 'link down');
+      this.events.publish('link', { peer: id, up: false, reason: String(reason) });
+    });
     this.peers.set(id, peer);
     peer.start();
   }
@@ -268,6 +279,10 @@ export class ArrayReplication implements ReplicationControl {
     return this.manager.groupStats();
   }
 
+  unready(): string[] {
+    return this.manager.unready();
+  }
+
   async setRestorePaused(group: string, paused: boolean): Promise<{ group: string; paused: boolean }> {
     const restore = this.manager.restoreGroup(group);
     if (!restore) throw new TwinstoreError('GROUP_NOT_FOUND', `group ${group} does not receive on ${this.config.arrayId}`, { field: 'group' });
@@ -299,7 +314,15 @@ export class ArrayReplication implements ReplicationControl {
 
   /** takeover: run on the receiving array (docs/architecture.md §6). */
   async takeover(group: string, force: boolean): Promise<unknown> {
-    return this.manager.takeover(group, { force, peerTimeoutMs: this.config.takeover.peerTimeoutMs, swap: this.config.swap });
+    this.events.publish('takeover-step', { group, step: 'started', force });
+    try {
+      const result = await this.manager.takeover(group, { force, peerTimeoutMs: this.config.takeover.peerTimeoutMs, swap: this.config.swap });
+      this.events.publish('takeover-step', { group, step: 'done', kind: result.kind, epoch: result.epoch, consistencySeq: result.consistencySeq });
+      return result;
+    } catch (error) {
+      this.events.publish('takeover-step', { group, step: 'failed', error: isTwinstoreError(error) ? error.toJSON() : { code: 'INTERNAL', message: (error as Error).message } });
+      throw error;
+    }
   }
 
   private async forwardToMaster(group: string, method: string, url: string, body: unknown): Promise<unknown> {

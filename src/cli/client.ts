@@ -15,6 +15,8 @@ export interface ConnectionOptions {
 
 export interface ApiClient {
   request<T>(method: string, path: string, body?: unknown): Promise<T>;
+  /** A GET whose body is read as it comes (the event stream); an answer that is not 2xx throws as request does. */
+  stream(path: string, headers?: Record<string, string>): Promise<ReadableStream<Uint8Array>>;
   readonly baseUrl: string;
 }
 
@@ -39,6 +41,20 @@ export function connect(options: ConnectionOptions): ApiClient {
         throw new TwinstoreError(error.code, error.message, error.field === undefined ? {} : { field: error.field });
       }
       return json as T;
+    },
+    async stream(path: string, headers: Record<string, string> = {}): Promise<ReadableStream<Uint8Array>> {
+      let response: Response;
+      try {
+        response = await fetch(`${baseUrl}${path}`, { headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream', ...headers } });
+      } catch (error) {
+        throw new TwinstoreError('API_UNREACHABLE', `cannot reach the array API at ${baseUrl}: ${(error as Error).message}`);
+      }
+      if (!response.ok || response.body === null) {
+        const json = (await response.json().catch(() => ({}))) as { error?: { code: ErrorCode; message: string; field?: string } };
+        const error = json.error ?? { code: 'INTERNAL' as ErrorCode, message: `HTTP ${response.status}` };
+        throw new TwinstoreError(error.code, error.message, error.field === undefined ? {} : { field: error.field });
+      }
+      return response.body;
     },
   };
 }

@@ -1,6 +1,7 @@
 // The `twinstore` command: serve and demo run arrays; every other verb is an
 // HTTP client of an array's management API. Errors print their stable code;
-// exit status 1 means the command failed, 2 that it was called wrongly.
+// exit status 1 means the command failed, 2 that it was called wrongly; a
+// closed stdout (a pipe into head) ends any verb with 0.
 
 import { Command, CommanderError } from 'commander';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
@@ -11,6 +12,7 @@ import { addVolumeCommands } from './volume-commands.js';
 import { addReplicationCommands } from './replication-commands.js';
 import { addKeysCommand } from './keys-command.js';
 import { addTlsCommand } from './tls-command.js';
+import { addEventsCommand } from './events-command.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('twinstore')
@@ -35,10 +37,15 @@ export async function main(argv: string[]): Promise<void> {
     .option('--dir <dir>', 'where the demo keeps its config and data', 'twinstore-data')
     .action(async (opts: { dir: string }) => demo(opts.dir));
 
+  // Not for serve and demo: an array must not end because whoever started it closed its stdout.
+  program.hook('preAction', (_program, action) => {
+    if (action.name() !== 'serve' && action.name() !== 'demo') endOnClosedPipe();
+  });
   addVolumeCommands(program, () => program.opts());
   addReplicationCommands(program, () => program.opts());
   addKeysCommand(program);
   addTlsCommand(program);
+  addEventsCommand(program, () => program.opts());
 
   try {
     await program.parseAsync(argv);
@@ -54,4 +61,15 @@ export async function main(argv: string[]): Promise<void> {
     }
     throw error;
   }
+}
+
+/**
+ * The reader of stdout went away (`twinstore pair display --watch | head -1`): what it wanted it
+ * has, so the command ends with status 0 and no stack trace, whatever verb is running.
+ */
+function endOnClosedPipe(): void {
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(0);
+    throw error;
+  });
 }

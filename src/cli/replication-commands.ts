@@ -6,7 +6,8 @@ import type { Command } from 'commander';
 import { TwinstoreError } from '../errors.js';
 import type { PairDisplay } from '../replication/index.js';
 import { formatSize, parseSize } from '../util/size.js';
-import { connect, type ConnectionOptions } from './client.js';
+import { connect, type ApiClient, type ConnectionOptions } from './client.js';
+import { watch } from './watch.js';
 import { print, table } from './table.js';
 
 type GlobalOptions = ConnectionOptions & { json?: boolean };
@@ -14,10 +15,37 @@ type GlobalOptions = ConnectionOptions & { json?: boolean };
 
 export function pairTable(pairs: PairDisplay[]): string {
   if (pairs.length === 0) return 'no pairs';
-  return table(
-    ['GROUP', 'DIRECTION', 'P-VOL', 'S-VOL', 'STATUS', 'COPY%', 'JNL%', 'LAG(rec)', 'LAG(s)', 'CONSISTENT@', 'REASON'],
-    pairs.map((p) => [p.group, p.direction, p.pvol, p.svol, p.status, String(p.copyPercent), String(p.journalUsedPercent), String(p.lagRecords), String(p.lagSeconds), String(p.consistencySeq), p.statusReason ?? '-']),
+  const rows = table(
+    ['GROUP', 'DIRECTION', 'P-VOL', 'S-VOL', 'STATUS', 'COPY%', 'JNL%', 'LAG(rec)', 'LAG(s)', 'PENDING', 'CONSISTENT@', 'REASON'],
+    pairs.map((p) => [
+      p.group, p.direction, p.pvol, p.svol, p.restorePaused ? `${p.status} (paused)` : p.status, copyCell(p), String(p.journalUsedPercent),
+      String(p.lagRecords), String(p.lagSeconds), pendingCell(p), String(p.consistencySeq), p.statusReason ?? '-',
+    ]),
   );
+  const hints = [...new Set(pairs.filter((p) => p.recovery !== null).map((p) => `${p.group}: ${p.recovery}`))];
+  return hints.length === 0 ? rows : `${rows}\n\n${hints.join('\n')}`;
+}
+
+/** COPY% with the rate and ETA while a copy runs (when known). */
+function copyCell(p: PairDisplay): string {
+  if (p.status !== 'COPY' || p.copyPercent < 0) return p.copyPercent < 0 ? '-' : String(p.copyPercent);
+  if (p.copyRateBytesPerSecond === null) return `${p.copyPercent} (${formatSize(p.copyRemainingBytes)} left)`;
+  const eta = p.copyEtaSeconds === null ? '?' : formatSeconds(p.copyEtaSeconds);
+  return `${p.copyPercent} (${formatSize(p.copyRateBytesPerSecond)}/s, ETA ${eta})`;
+}
+
+/** What a suspended pair owes: its bitmap's regions and bytes, and the journal's backlog. */
+function pendingCell(p: PairDisplay): string {
+  const suspended = p.status === 'PSUS' || p.status === 'PSUE' || p.status === 'SSWS' || p.status === 'FENCED';
+  if (!suspended && p.pendingRegions === 0) return '-';
+  const journal = p.lagBytes > 0 ? ` + ${formatSize(p.lagBytes)} jnl` : p.lagRecords > 0 ? ` + ${p.lagRecords} rec jnl` : '';
+  return `${p.pendingRegions} regions (${formatSize(p.pendingBytes)})${journal}`;
+}
+
+function formatSeconds(seconds: number): string {
+  if (seconds < 120) return `${seconds}s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
+  return `${Math.round(seconds / 3600)}h`;
 }
 
 /** A row of journal list (GET /v1/journals): usage only for a journal a group has open. */
@@ -182,14 +210,11 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
     .option('--json', 'print JSON (a stable contract)')
     .option('--watch', 'refresh every second until Ctrl-C')
     .action(async (opts: { group?: string; json?: boolean; watch?: boolean }) => {
-      const client = connect(globals());
       const query = opts.group === undefined ? '' : `?group=${encodeURIComponent(opts.group)}`;
-      for (;;) {
-        const { pairs } = await client.request<{ pairs: PairDisplay[] }>('GET', `/v1/pairs${query}`);
-        if (opts.watch && !opts.json) process.stdout.write('\x1b[2J\x1b[H' + new Date().toISOString() + '\n');
-        print(opts.json ?? globals().json, { pairs }, () => pairTable(pairs));
-        if (!opts.watch) return;
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+      const fetch = (client: ApiClient): Promise<{ pairs: PairDisplay[] }> => client.request<{ pairs: PairDisplay[] }>('GET', `/v1/pairs${query}`);
+      const json = opts.json ?? globals().json ?? false;
+      if (opts.watch) await watch({ connection: globals(), json, fetch, human: ({ pairs }) => pairTable(pairs) });
+      const { pairs } = await fetch(connect(globals()));
+      print(json, { pairs }, () => pairTable(pairs));
     });
 }

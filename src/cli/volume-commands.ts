@@ -14,8 +14,15 @@ type GlobalOptions = ConnectionOptions & { json?: boolean };
 function volumeRows(volumes: VolumeJson[]): string {
   return table(
     ['NAME', 'LUN', 'SIZE', 'ALLOCATED', 'ROLE', 'ACCESS', 'SESSIONS', 'NBD URI'],
-    volumes.map((v) => [v.name, String(v.lun), formatSize(v.sizeBytes), formatSize(v.allocatedBytes), v.role, v.exported ? (v.readOnly ? 'ro' : 'rw') : '-', String(v.sessions), v.nbdUri ?? '-']),
+    volumes.map((v) => [v.name, String(v.lun), formatSize(v.sizeBytes), formatSize(v.allocatedBytes), v.role, accessCell(v), String(v.sessions), v.nbdUri ?? '-']),
   );
+}
+
+/** ro or rw as exported; `fenced` when the array refuses host writes to it now (volume show gives the reason). */
+function accessCell(v: VolumeJson): string {
+  if (!v.exported) return '-';
+  if (v.writesRefused !== null) return 'fenced';
+  return v.readOnly ? 'ro' : 'rw';
 }
 
 export function addVolumeCommands(program: Command, globals: () => GlobalOptions): void {

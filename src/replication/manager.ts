@@ -64,7 +64,9 @@ export class ReplicationManager {
   masterOf(volume: Volume): { group: MasterGroup; lun: number } | undefined { return this.groups.masterOf(volume); }
   writerOf(volume: Volume): { group: MasterGroup | RestoreGroup; lun: number } | undefined { return this.groups.writerOf(volume); }
   display(groupName?: string): PairDisplay[] { return this.groups.display(groupName); }
+  writesRefusedOf(volume: Volume): string | undefined { return this.groups.writesRefusedOf(volume); }
   groupStats(): GroupStats[] { return this.groups.groupStats(); }
+  unready(): string[] { return this.groups.unready(); }
   groupMetas(): GroupMeta[] { return this.groups.groupMetas(); }
   groupRole(name: string): 'master' | 'restore' | undefined { return this.groups.groupRole(name); }
   peerOfGroup(name: string): string { return this.groups.peerOfGroup(name); }

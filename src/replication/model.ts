@@ -124,6 +124,18 @@ export interface PairDisplay {
   restoring: boolean;
   /** Bytes sent as base and trim records by the current or last copy (initial copy or resync). */
   copyBytes: number;
+  /** COPY on the master: bytes the copy has still to send; 0 when not copying, -1 where unknown (the S-VOL array). */
+  copyRemainingBytes: number;
+  /** COPY on the master: bytes per second over the last displays (copy-rate.ts), and the seconds left at that rate; else null. */
+  copyRateBytesPerSecond: number | null;
+  copyEtaSeconds: number | null;
+  /** Regions marked in this side's bitmap (changes a resync copies) and their bytes: what PSUS, PSUE and SSWS owe beside the journal. */
+  pendingRegions: number;
+  pendingBytes: number;
+  /** The S-VOL array: restore is paused (pair restore --pause); records arrive and are stored, not applied. False on the master. */
+  restorePaused: boolean;
+  /** The command that brings a suspended pair back (PSUS, PSUE, SSWS, FENCED), naming where to run it; else null. */
+  recovery: string | null;
 }
 
 export function formatEpoch(epoch: Epoch): string {

@@ -59,6 +59,11 @@ export class StartHold {
     return this.state === 'holding' || (this.state === 'expired' && this.options.refuseAfterBound);
   }
 
+  /** Host writes wait here for the peer's epoch (neither settled, nor past the bound, nor released). */
+  get holding(): boolean {
+    return this.state === 'holding';
+  }
+
   /** A host write waits here: resolves once it may go on; rejects past the bound with fence `data`. */
   async admit(): Promise<void> {
     if (this.state === 'holding') {

@@ -52,7 +52,7 @@ interface VolumeJson {
   nbdUri: string | null;
 }
 
-const volumeFields = ['name', 'lun', 'sizeBytes', 'allocatedBytes', 'role', 'readOnly', 'exported', 'nbdUri', 'sessions', 'createdAt'];
+const volumeFields = ['name', 'lun', 'sizeBytes', 'allocatedBytes', 'role', 'readOnly', 'writesRefused', 'exported', 'nbdUri', 'sessions', 'createdAt'];
 
 test('API: status needs the bearer token; the token file is private', async (t) => {
   const array = await startArray(t);

@@ -21,7 +21,8 @@ import { createVolume, projectRoot, runOk, startArray, startPairOfArrays, tempDi
 const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
 
 /** docs/architecture.md §8: the `pair display --json` contract. */
-const displayFields = ['group', 'direction', 'epoch', 'pvol', 'svol', 'status', 'statusReason', 'copyPercent', 'journalUsedPercent', 'lagRecords', 'lagBytes', 'lagSeconds', 'consistencySeq', 'consistencyTime', 'restoring', 'copyBytes'];
+const displayFields = ['group', 'direction', 'epoch', 'pvol', 'svol', 'status', 'statusReason', 'copyPercent', 'journalUsedPercent', 'lagRecords', 'lagBytes', 'lagSeconds', 'consistencySeq', 'consistencyTime', 'restoring', 'copyBytes',
+  'copyRemainingBytes', 'copyRateBytesPerSecond', 'copyEtaSeconds', 'pendingRegions', 'pendingBytes', 'restorePaused', 'recovery'];
 
 interface PairRow {
   group: string;

@@ -222,6 +222,7 @@ export class PairCommands {
     const journal = this.engine.volumeById(group.meta.journalVolumeId);
     if (journal) await this.engine.setRole(journal.name, 'journal-free');
     await this.engine.persist([{ t: 'doc', kind: GROUP_DOCUMENT, key: name }]);
+    this.groups.reportDeleted(name);
     this.groups.log.info({ group: name }, 'journal group deleted');
   }
 

@@ -10,9 +10,13 @@ import type { Logger } from '../../util/log.js';
 import { VolumeJournalDevice } from '../journal-device.js';
 import { MasterGroup } from '../master/group.js';
 import { startHoldFor } from '../start-hold.js';
+import { writeRefusal } from '../master/status.js';
+import { CopyRates } from '../copy-rate.js';
 import { RestoreGroup } from '../restore/group.js';
 import type { PeerChannel, PeerPair } from '../protocol.js';
 import { GROUP_DOCUMENT, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay } from '../model.js';
+import { noEvents, type EventSink } from '../../events/bus.js';
+import { StatusReports } from './status-reports.js';
 
 /** Makes the journal device of a journal volume; the simulator wraps the real one to inject faults. */
 export type JournalDeviceFactory = (volume: Volume, engine: StorageEngine) => JournalDevice;
@@ -28,6 +32,8 @@ export interface ReplicationOptions {
   suspendAfterMs?: number;
   /** At start, host writes of a sending group wait at most this long for the peer's epoch (start-hold.ts); default 10 s, 0: no hold. */
   startHoldMs?: number;
+  /** Where changes are reported (the array's event bus); default: nowhere. */
+  events?: EventSink;
 }
 
 /**
@@ -61,10 +67,15 @@ export class GroupRegistry {
   private readonly changing = new Set<string>();
   /** start() has opened every group. */
   private openedAll = false;
+  /** The copies' rates, from what the displays saw. */
+  private readonly copyRates = new CopyRates();
+  /** The pair-status events of the persisted group documents. */
+  private readonly reports: StatusReports;
 
   constructor(readonly options: ReplicationOptions) {
     this.engine = options.engine;
     this.log = options.log;
+    this.reports = new StatusReports(options.events ?? noEvents, this.engine.arrayId);
     this.engine.on('sync-failed', (failure: EngineSyncFailure) => this.syncFailed(failure));
   }
 
@@ -102,6 +113,7 @@ export class GroupRegistry {
    */
   async start(): Promise<MasterGroup[]> {
     const resumed: MasterGroup[] = [];
+    for (const meta of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).values()) this.reports.seed(meta);
     for (const meta of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).values()) {
       const { journal, recovery } = await Journal.open(this.journalDevice(this.journalVolume(meta)));
       this.log.info({ group: meta.name, role: meta.role, recovery }, 'journal group opened');
@@ -205,8 +217,15 @@ export class GroupRegistry {
     return group;
   }
 
-  persist(meta: GroupMeta): Promise<void> {
-    return this.engine.persist([{ t: 'doc', kind: GROUP_DOCUMENT, key: meta.name, value: meta }]);
+  /** Every change of a group document is persisted here, and then each pair whose role, status or reason changed is reported. */
+  async persist(meta: GroupMeta): Promise<void> {
+    await this.engine.persist([{ t: 'doc', kind: GROUP_DOCUMENT, key: meta.name, value: meta }]);
+    this.reports.persisted(meta);
+  }
+
+  /** A group is deleted here: reported. */
+  reportDeleted(name: string): void {
+    this.reports.deleted(name);
   }
 
   /** The group is no longer open here (stopped by the caller: deleted, or changing its role). */
@@ -333,6 +352,12 @@ export class GroupRegistry {
     return undefined;
   }
 
+  /** Why hosts cannot write a P-VOL here now (FENCED, frozen for a swap, fence data), or undefined (volume list shows it). */
+  writesRefusedOf(volume: Volume): string | undefined {
+    const master = this.masterOf(volume);
+    return master === undefined ? undefined : writeRefusal(master.group.meta, false)?.message;
+  }
+
   /**
    * Where a group stands after a takeover, on this array: `fenced` (the other array took over),
    * `reclaiming` (a resync --discard of the other is under way here) or `took-over` (this array
@@ -367,7 +392,24 @@ export class GroupRegistry {
       if (groupName === undefined || group.meta.name === groupName) out.push(...group.display());
     }
     if (groupName !== undefined && out.length === 0) throw new TwinstoreError('GROUP_NOT_FOUND', `no journal group ${groupName} on ${this.engine.arrayId}`);
-    return out;
+    return this.copyRates.annotate(out, Date.now());
+  }
+
+  /**
+   * Why this array is not ready (GET /readyz), one reason per group; empty once every persisted
+   * group is open here and no sending group still holds host writes for its peer's epoch at start.
+   */
+  unready(): string[] {
+    if (!this.openedAll) return ['the journal groups are still being opened'];
+    const reasons: string[] = [];
+    for (const name of this.engine.documents<GroupMeta>(GROUP_DOCUMENT).keys()) {
+      if (this.changing.has(name)) reasons.push(`group ${name}: its role is changing`);
+      else if (!this.holds(name)) reasons.push(`group ${name}: not open (a role change stopped half-way; the next hello from the peer opens it again)`);
+    }
+    for (const group of this.masters.values()) {
+      if (group.startHold?.holding) reasons.push(`group ${group.meta.name}: start hold, host writes wait until ${group.meta.peer} has told its epoch`);
+    }
+    return reasons;
   }
 
   /** Read-only: every group's journal numbers (for /metrics). */

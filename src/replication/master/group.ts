@@ -438,7 +438,7 @@ export class MasterGroup extends EventEmitter {
     const { meta, journal, receiver } = this;
     return pairDisplay({
       meta, arrayId: this.engine.arrayId, journal, unapplied: this.sender.unapplied, receiver: receiver.cursors,
-      consistencyTimeMs: receiver.consistencyTimeMs, draining: this.swap.draining, peerConnected, nowMs: this.now(),
+      consistencyTimeMs: receiver.consistencyTimeMs, draining: this.swap.draining, peerConnected, nowMs: this.now(), pvols: this.pvols,
     });
   }
 

@@ -126,6 +126,11 @@ export class Applier {
     }
   }
 
+  /** Restore is held by the operator (pair restore --pause). */
+  get paused(): boolean {
+    return this.heldByOperator;
+  }
+
   /** Ends every hold (a takeover applies what it can before it stops). */
   releaseHolds(): void {
     this.heldByGroup = false;

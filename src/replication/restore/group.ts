@@ -15,6 +15,7 @@ import type { Logger } from '../../util/log.js';
 import { bitmapSetName, formatEpoch, type GroupMeta, type PairDisplay, type PairMeta } from '../model.js';
 import type { DamagedRecord, DirtyRanges, JournalReadAnswer, PeerChannel, ReceiverDriveError } from '../protocol.js';
 import { DurableRegionSet } from '../region-set.js';
+import { recoveryHint } from '../recovery-hint.js';
 import { Applier, sleep } from './applier.js';
 import { Puller } from './puller.js';
 
@@ -399,23 +400,36 @@ export class RestoreGroup extends EventEmitter {
 
   display(): PairDisplay[] {
     const applied = this.journal.appliedSeq;
-    return this.meta.pairs.map((pair) => ({
-      group: this.meta.name,
-      direction: `${this.meta.peer}->${this.engine.arrayId}`,
-      epoch: formatEpoch(this.meta.epoch),
-      pvol: `${this.meta.peer}:${pair.pvolName}`,
-      svol: `${this.engine.arrayId}:${pair.svolName}`,
-      status: pair.status,
-      statusReason: pair.statusReason ?? (this.peer.connected ? null : 'link-down'),
-      copyPercent: pair.status === 'COPY' ? -1 : 100,
-      journalUsedPercent: Math.round((1000 * this.journal.usedBytes) / Math.max(1, this.journal.capacityBytes)) / 10,
-      lagRecords: Math.max(0, this.masterNextSeq - applied),
-      lagBytes: -1,
-      lagSeconds: -1,
-      consistencySeq: applied - 1,
-      consistencyTime: this.lastApplied ? new Date(this.lastApplied.timestampMs).toISOString() : null,
-      restoring: this.journal.appliedSeq < this.journal.durableSeq,
-      copyBytes: pair.copyDoneBytes ?? 0,
-    }));
+    const paused = this.applier.paused;
+    return this.meta.pairs.map((pair) => {
+      const statusReason = pair.statusReason ?? (this.peer.connected ? (paused ? 'restore paused' : null) : 'link-down');
+      // The S-VOL's bitmap holds host writes of a split --rw (a resync copies them back from the P-VOL).
+      const pendingRegions = this.bitmapOf(pair.pvolLun).size;
+      return {
+        group: this.meta.name,
+        direction: `${this.meta.peer}->${this.engine.arrayId}`,
+        epoch: formatEpoch(this.meta.epoch),
+        pvol: `${this.meta.peer}:${pair.pvolName}`,
+        svol: `${this.engine.arrayId}:${pair.svolName}`,
+        status: pair.status,
+        statusReason,
+        copyPercent: pair.status === 'COPY' ? -1 : 100,
+        journalUsedPercent: Math.round((1000 * this.journal.usedBytes) / Math.max(1, this.journal.capacityBytes)) / 10,
+        lagRecords: Math.max(0, this.masterNextSeq - applied),
+        lagBytes: -1,
+        lagSeconds: -1,
+        consistencySeq: applied - 1,
+        consistencyTime: this.lastApplied ? new Date(this.lastApplied.timestampMs).toISOString() : null,
+        restoring: this.journal.appliedSeq < this.journal.durableSeq,
+        copyBytes: pair.copyDoneBytes ?? 0,
+        copyRemainingBytes: pair.status === 'COPY' ? -1 : 0,
+        copyRateBytesPerSecond: null,
+        copyEtaSeconds: null,
+        pendingRegions,
+        pendingBytes: Math.min(pendingRegions * this.regionBytes, pair.sizeBytes),
+        restorePaused: paused,
+        recovery: recoveryHint({ group: this.meta.name, status: pair.status, statusReason, arrayId: this.engine.arrayId, peer: this.meta.peer, divergentWrites: 0 }),
+      };
+    });
   }
 }
