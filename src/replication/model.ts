@@ -132,7 +132,7 @@ export interface PairDisplay {
   /** Regions marked in this side's bitmap (changes a resync copies) and their bytes: what PSUS, PSUE and SSWS owe beside the journal. */
   pendingRegions: number;
   pendingBytes: number;
-  /** The S-VOL array: restore is paused (pair restore --pause); records arrive and are stored, not applied. False on the master. */
+  /** Restore is paused on the S-VOL array (pair restore --pause): records arrive and are stored, not applied. The master shows what the receiver's last pull said. */
   restorePaused: boolean;
   /** The command that brings a suspended pair back (PSUS, PSUE, SSWS, FENCED), naming where to run it; else null. */
   recovery: string | null;

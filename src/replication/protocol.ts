@@ -59,6 +59,8 @@ export interface JournalReadRequest extends GroupRequest {
   driveError?: ReceiverDriveError;
   /** The receiver's restore journal was started again after its header was lost: its cursors mean nothing. */
   journalLost?: boolean;
+  /** Restore is paused on the receiver (pair restore --pause): records are stored, not applied. */
+  restorePaused?: boolean;
 }
 
 /** A record on the wire: its data (write and base records) is the next payload segment. */
@@ -297,6 +299,7 @@ function journalReadRequest(body: Fields): JournalReadRequest {
     request.driveError = { seq: e.whole('seq'), message: e.text('message'), resyncFromSeq: e.whole('resyncFromSeq') };
   }
   if (body.has('journalLost')) request.journalLost = body.flag('journalLost');
+  if (body.has('restorePaused')) request.restorePaused = body.flag('restorePaused');
   return request;
 }
 

@@ -42,14 +42,16 @@ test('pair display: copy rate and ETA, paused restore, pending regions and recov
   assert.match(await table(site.a), /COPY\s+\d+ \([\d.]+\w+\/s, ETA \d+[smh]\)/, 'the table shows rate and ETA');
   await waitForPairAndLag0(site);
 
-  // A paused restore says so on the S-VOL array.
+  // A paused restore says so on the S-VOL array, and on the master once B's next pull has said it.
   await setRestorePaused(site.b, true);
   const paused = (await display(site.b))[0]!;
   assert.equal(paused.restorePaused, true);
   assert.equal(paused.statusReason, 'restore paused');
   assert.match(await table(site.b), /PAIR \(paused\)/);
+  await waitFor('A to show the paused restore B reported', async () => (await display(site.a))[0]!.restorePaused, 30_000, 100);
   await setRestorePaused(site.b, false);
   assert.equal((await display(site.b))[0]!.restorePaused, false);
+  await waitFor('A to show the restore running again', async () => !(await display(site.a))[0]!.restorePaused, 30_000, 100);
 
   // PSUS: writes go to the bitmap; the display shows them and the way back.
   const split = await site.a.api('POST', '/v1/pairs/split', { group: 'g1' });

@@ -65,7 +65,7 @@ export function pairDisplay(state: DisplayState): PairDisplay[] {
       copyEtaSeconds: null,
       pendingRegions,
       pendingBytes: bitmap === undefined ? 0 : Math.min(pendingRegions * bitmap.regionBytes, pair.sizeBytes),
-      restorePaused: false,
+      restorePaused: receiver.restorePaused,
       recovery: recoveryHint({ group: meta.name, status: pair.status, statusReason, arrayId: state.arrayId, peer: meta.peer, divergentWrites: meta.divergence?.writes ?? 0 }),
     };
   });

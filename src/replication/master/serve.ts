@@ -33,6 +33,8 @@ export interface ReceiverCursors {
   storedSeq: number;
   appliedSeq: number;
   lastHeardMs: number;
+  /** The receiver's last pull said its restore is paused. */
+  restorePaused: boolean;
 }
 
 export class ReceiverService {
@@ -41,6 +43,7 @@ export class ReceiverService {
   /** Seqs below this were in the journal when it was opened or have been served since: all a receiver may hold. */
   private servedTo: number;
   private lastHeardMs = 0;
+  private restorePaused = false;
   /** Timestamp (our clock) of the newest record the receiver applied: the consistency point's time. */
   private consistencyMs: number | undefined;
   /** The seq the latest resync started at: a receiver's drive-error report from before it is stale. */
@@ -60,7 +63,7 @@ export class ReceiverService {
   }
 
   get cursors(): ReceiverCursors {
-    return { storedSeq: this.stored, appliedSeq: this.applied, lastHeardMs: this.lastHeardMs };
+    return { storedSeq: this.stored, appliedSeq: this.applied, lastHeardMs: this.lastHeardMs, restorePaused: this.restorePaused };
   }
 
   get consistencyTimeMs(): number | undefined {
@@ -106,6 +109,7 @@ export class ReceiverService {
   async readJournal(request: JournalReadRequest): Promise<JournalRecord[]> {
     const { sender, meta } = this.options;
     this.lastHeardMs = this.options.now();
+    this.restorePaused = request.restorePaused === true;
     // Before the cursors: a receiver that lost its journal no longer knows them.
     if (request.journalLost === true) return this.receiverJournalLost();
     if (request.storedSeq > this.servedTo) return this.receiverAhead(request.storedSeq);

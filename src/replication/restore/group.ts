@@ -233,13 +233,14 @@ export class RestoreGroup extends EventEmitter {
   }
 
   /** What the next pull tells the master. */
-  private reports(): { appliedSeq: number; damaged?: DamagedRecord; driveError?: ReceiverDriveError; journalLost: boolean } {
+  private reports(): { appliedSeq: number; damaged?: DamagedRecord; driveError?: ReceiverDriveError; journalLost: boolean; restorePaused: boolean } {
     const driveError = this.driveErrorReport();
     return {
       appliedSeq: this.applier.appliedDurable,
       ...(this.damaged === undefined ? {} : { damaged: this.damaged }),
       ...(driveError === undefined ? {} : { driveError }),
       journalLost: this.meta.fullCopyNeeded === true,
+      restorePaused: this.applier.paused,
     };
   }
 

@@ -25,7 +25,7 @@ export interface PullOwner {
   readonly log: Logger;
   readonly groupName: string;
   /** What this side reports with the next pull. */
-  reports(): { appliedSeq: number; damaged?: DamagedRecord; driveError?: ReceiverDriveError; journalLost: boolean };
+  reports(): { appliedSeq: number; damaged?: DamagedRecord; driveError?: ReceiverDriveError; journalLost: boolean; restorePaused: boolean };
   /** The answer's statuses and the master's newest seq. */
   answered(answer: JournalReadAnswer): Promise<void>;
   /** The master marked every region for a full copy (the answer to journalLost): go on at `skipTo`. */
@@ -117,7 +117,7 @@ export class Puller {
   private async pullOnce(): Promise<{ durable: Promise<void>; skipTo?: number }> {
     this.stage = 'request';
     const journal = this.owner.journal;
-    const { appliedSeq, damaged, driveError, journalLost } = this.owner.reports();
+    const { appliedSeq, damaged, driveError, journalLost, restorePaused } = this.owner.reports();
     const response = await linkRequest(this.owner.peer, 'journal.read', {
       group: this.owner.groupName,
       fromSeq: journal.nextSeq,
@@ -127,6 +127,7 @@ export class Puller {
       ...(damaged === undefined ? {} : { damaged }),
       ...(driveError === undefined ? {} : { driveError }),
       ...(journalLost ? { journalLost: true } : {}),
+      ...(restorePaused ? { restorePaused: true } : {}),
     });
     this.stage = 'store';
     const reply = response.body;
