@@ -8,6 +8,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { projectRoot, runOk, type RunningArray } from './array.js';
+import { ByteInbox } from './byte-inbox.js';
 import { IHAVEOPT, NBDMAGIC, OPT, REP_MAGIC } from '../../src/nbd/protocol.js';
 
 const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
@@ -76,9 +77,7 @@ export interface OptionReply {
 
 /** A raw fixed-newstyle client: options in the clear, STARTTLS, then options over TLS. */
 export class RawNbd {
-  private received = Buffer.alloc(0);
-  private wake: (() => void) | undefined;
-  private ended = false;
+  private readonly inbox = new ByteInbox();
   readonly closed: Promise<void>;
 
   /** The TCP socket, under TLS after startTls. */
@@ -105,18 +104,14 @@ export class RawNbd {
   }
 
   get isClosed(): boolean {
-    return this.ended;
+    return this.inbox.ended;
   }
 
   private attach(socket: net.Socket): Promise<void> {
-    socket.on('data', (chunk: Buffer) => {
-      this.received = Buffer.concat([this.received, chunk]);
-      this.wake?.();
-    });
+    socket.on('data', (chunk: Buffer) => this.inbox.push(chunk));
     socket.on('error', () => undefined);
     return new Promise((resolve) => socket.once('close', () => {
-      this.ended = true;
-      this.wake?.();
+      this.inbox.end();
       resolve();
     }));
   }
@@ -173,24 +168,8 @@ export class RawNbd {
     return secure;
   }
 
-  async read(count: number): Promise<Buffer> {
-    const deadline = Date.now() + readMsMax;
-    while (this.received.length < count) {
-      if (this.ended) throw new Error(`connection closed with ${this.received.length} of ${count} bytes received`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${count} bytes (have ${this.received.length})`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.wake = () => {
-          clearTimeout(timer);
-          this.wake = undefined;
-          resolve();
-        };
-      });
-    }
-    const bytes = this.received.subarray(0, count);
-    this.received = this.received.subarray(count);
-    return bytes;
+  read(count: number): Promise<Buffer> {
+    return this.inbox.read(count, readMsMax);
   }
 
   destroy(): void {

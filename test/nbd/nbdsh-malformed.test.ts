@@ -16,6 +16,7 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import { test } from 'node:test';
 import { createVolume, run, startArray, type RunningArray } from '../helpers/array.js';
+import { ByteInbox } from '../helpers/byte-inbox.js';
 import { CMD, CMD_FLAG, IHAVEOPT, INFO, NBDMAGIC, NBD_ERR, OPT, REP, REP_MAGIC, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, REPLY_TYPE, TFLAG } from '../../src/nbd/protocol.js';
 
 const MiB = 2 ** 20;
@@ -66,21 +67,15 @@ interface Attempt {
 // A raw NBD client over node:net, for bytes libnbd will not send.
 
 class RawClient {
-  private received = Buffer.alloc(0);
-  private wake: (() => void) | undefined;
-  private ended = false;
+  private readonly inbox = new ByteInbox();
   readonly closed: Promise<void>;
 
   private constructor(private readonly socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.received = Buffer.concat([this.received, chunk]);
-      this.wake?.();
-    });
+    socket.on('data', (chunk: Buffer) => this.inbox.push(chunk));
     // The server dropping us may surface as ECONNRESET; `closed` is what the tests look at.
     socket.on('error', () => undefined);
     this.closed = new Promise((resolve) => socket.once('close', () => {
-      this.ended = true;
-      this.wake?.();
+      this.inbox.end();
       resolve();
     }));
   }
@@ -102,24 +97,8 @@ class RawClient {
     this.socket.write(Buffer.concat(parts));
   }
 
-  async read(count: number): Promise<Buffer> {
-    const deadline = Date.now() + waitMsMax;
-    while (this.received.length < count) {
-      if (this.ended) throw new Error(`connection closed with ${this.received.length} of ${count} bytes received`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${count} bytes (have ${this.received.length})`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.wake = () => {
-          clearTimeout(timer);
-          this.wake = undefined;
-          resolve();
-        };
-      });
-    }
-    const bytes = this.received.subarray(0, count);
-    this.received = this.received.subarray(count);
-    return bytes;
+  read(count: number): Promise<Buffer> {
+    return this.inbox.read(count, waitMsMax);
   }
 
   /** True if the server closes the connection within the wait bound. */

@@ -20,6 +20,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { test } from 'node:test';
 import { createVolume, startArray, type RunningArray } from '../helpers/array.js';
+import { ByteInbox } from '../helpers/byte-inbox.js';
 import { sleep } from '../helpers/replication.js';
 import { descriptorsReserved } from '../../src/nbd/server.js';
 import { closeGraceMs } from '../../src/nbd/session.js';
@@ -62,19 +63,17 @@ function nbdPort(array: RunningArray): number {
 class Abuser {
   closed = false;
   greeted = false;
-  private received = Buffer.alloc(0);
-  private wake: (() => void) | undefined;
+  private readonly inbox = new ByteInbox();
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => {
       this.greeted = true;
-      this.received = Buffer.concat([this.received, chunk]);
-      this.wake?.();
+      this.inbox.push(chunk);
     });
     socket.on('error', () => undefined);
     socket.once('close', () => {
       this.closed = true;
-      this.wake?.();
+      this.inbox.end();
     });
   }
 
@@ -88,23 +87,8 @@ class Abuser {
     });
   }
 
-  async read(count: number): Promise<Buffer> {
-    const deadline = Date.now() + 20_000;
-    while (this.received.length < count) {
-      if (this.closed) throw new Error(`connection closed with ${this.received.length} of ${count} bytes received`);
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${count} bytes (have ${this.received.length})`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 200);
-        this.wake = () => {
-          clearTimeout(timer);
-          this.wake = undefined;
-          resolve();
-        };
-      });
-    }
-    const bytes = this.received.subarray(0, count);
-    this.received = this.received.subarray(count);
-    return bytes;
+  read(count: number): Promise<Buffer> {
+    return this.inbox.read(count, 20_000);
   }
 
   /** Greeting, client flags, GO on `name` until its ACK: the connection is then in transmission. */
