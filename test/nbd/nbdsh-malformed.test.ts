@@ -296,7 +296,29 @@ print(json.dumps({"results": r, "checks": c}))
   for (const [label, ok] of Object.entries(observed.checks)) assert.equal(ok, true, label);
 });
 
-test('write to a read-only export → EPERM', { skip: 'no way yet to create a read-only export (S-VOLs come with remote copy); checkRequest covers EPERM in codec.test.ts' }, () => {});
+test('raw client: on a read-only export (an nbd.access grant) WRITE, WRITE_ZEROES and TRIM get EPERM, payload consumed, bytes unchanged', async (t) => {
+  const array = await startArray(t, { extraConfig: ['nbd:', '  access:', '    ro:', '      - address: 127.0.0.1/32', '        readOnly: true'].join('\n') });
+  createVolume(array, 'ro', '64MiB');
+  const client = await RawClient.connect(array);
+  t.after(() => client.destroy());
+  await client.handshake();
+  const { flags } = await client.go('ro');
+  assert.equal(flags & TFLAG.READ_ONLY, TFLAG.READ_ONLY, 'the export says READ_ONLY');
+  // A refused WRITE whose payload looks like a request: the server must consume it as payload.
+  const decoy = Buffer.alloc(4096);
+  decoy.writeUInt32BE(REQUEST_MAGIC, 0);
+  decoy.writeUInt16BE(CMD.FLUSH, 6);
+  decoy.writeBigUInt64BE(99n, 8);
+  client.request({ type: CMD.WRITE, cookie: 1, offset: 0, length: decoy.length }, decoy);
+  client.request({ type: CMD.WRITE_ZEROES, cookie: 2, offset: 0, length: 4096 });
+  client.request({ type: CMD.TRIM, cookie: 3, offset: 0, length: 4096 });
+  const replies = [await client.simpleReply(), await client.simpleReply(), await client.simpleReply()].sort((a, b) => a.cookie - b.cookie);
+  assert.deepEqual(replies.map((r) => [r.cookie, r.error]), [[1, NBD_ERR.EPERM], [2, NBD_ERR.EPERM], [3, NBD_ERR.EPERM]]);
+  client.request({ type: CMD.READ, cookie: 4, offset: 0, length: 4096 });
+  const read = await client.simpleReply(4096);
+  assert.deepEqual([read.cookie, read.error], [4, 0], 'reads still work, and the stream is in step');
+  assert.ok(read.data.equals(Buffer.alloc(4096)), 'the refused write changed nothing');
+});
 
 test('raw client: FLUSH with an offset or length is EINVAL, a refused WRITE payload is consumed, and an unknown option is ERR_UNSUP before a working GO', async (t) => {
   const array = await startArray(t);
