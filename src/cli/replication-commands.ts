@@ -8,6 +8,7 @@ import type { PairDisplay } from '../replication/index.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { connect, type ApiClient, type ConnectionOptions } from './client.js';
 import { watch } from './watch.js';
+import { journalSizeFor, journalSizeInput, type JournalSize } from './journal-size.js';
 import { print, table } from './table.js';
 
 type GlobalOptions = ConnectionOptions & { json?: boolean };
@@ -120,6 +121,17 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
       print(opts.json ?? globals().json, shown, () => table(['FIELD', 'VALUE'], Object.entries(shown).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])));
     });
 
+  journal.command('size')
+    .description('the journal a group needs to ride out a link outage without suspending (runs locally)')
+    .requiredOption('--write-rate <rate>', 'the hosts\' sustained write rate to the group, e.g. 50MiB/s')
+    .requiredOption('--outage <duration>', 'the outage to ride out, e.g. 30m, 2h')
+    .option('--write-size <size>', 'the hosts\' typical write size (each record also takes a 4 KiB header)', '64KiB')
+    .option('--json', 'print JSON')
+    .action((opts: { writeRate: string; outage: string; writeSize: string; json?: boolean }) => {
+      const size = journalSizeFor(journalSizeInput(opts));
+      print(opts.json ?? globals().json, size, () => journalSizeText(size));
+    });
+
   const pair = program.command('pair').description('replication pairs and journal groups');
   pair.command('create')
     .description('pair a P-VOL with an S-VOL on the peer, in a journal group')
@@ -217,4 +229,22 @@ export function addReplicationCommands(program: Command, globals: () => GlobalOp
       const { pairs } = await fetch(connect(globals()));
       print(json, { pairs }, () => pairTable(pairs));
     });
+}
+
+/** Bytes as an operator reads them: GiB or MiB with one decimal. */
+function approximate(bytes: number): string {
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)}GiB` : `${(bytes / 2 ** 20).toFixed(1)}MiB`;
+}
+
+function journalSizeText(size: JournalSize): string {
+  const createSize = size.suggestedBytes >= 2 ** 30 ? `${Math.ceil(size.suggestedBytes / 2 ** 30)}GiB` : `${size.suggestedBytes / 2 ** 20}MiB`;
+  const outageMs = size.outageSeconds * 1000;
+  return [
+    `${formatSize(size.writeRateBytesPerSecond)}/s for ${size.outageSeconds} s in ${formatSize(size.writeBytes)} writes: ${size.records} records of ${formatSize(size.recordBytes)} each`,
+    `needs a journal of at least ${approximate(size.neededBytes)}; with headroom for bursts: ${approximate(size.suggestedBytes)}`,
+    `  twinstore journal create jnl --size ${createSize}        (on both arrays: after a swap the other one sends)`,
+    outageMs <= 3_600_000
+      ? `A group suspends (PSUE link-down) after link.suspendAfterMs of silence (30000 by default): set it to at least ${Math.ceil(outageMs)} to ride out this outage.`
+      : 'link.suspendAfterMs is at most 3600000: a longer outage suspends the group after an hour, and a resync copies the regions written since.',
+  ].join('\n');
 }
