@@ -211,7 +211,7 @@ async function ensureJournal(client: ReturnType<typeof connect>): Promise<void> 
     await client.request('GET', `/v1/journals/${journalName}`);
   } catch (error) {
     if (!(error instanceof TwinstoreError) || error.code !== 'VOLUME_NOT_FOUND') throw error;
-    await client.request('POST', '/v1/journals', { name: journalName, size: '256MiB' });
+    await client.request('POST', '/v1/journals', { name: journalName, size: '512MiB' });
   }
 }
 
