@@ -13,6 +13,7 @@ import { addReplicationCommands } from './replication-commands.js';
 import { addKeysCommand } from './keys-command.js';
 import { addTlsCommand } from './tls-command.js';
 import { addEventsCommand } from './events-command.js';
+import { LOG_FORMATS, isLogFormat } from '../util/log.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('twinstore')
@@ -26,9 +27,15 @@ export async function main(argv: string[]): Promise<void> {
 
   program.command('serve')
     .description('run an array: twinstore serve --config FILE')
-    .action(async () => {
+    .option('--log-format <format>', 'json (for collectors) or pretty (for a person at a terminal); default json, or TWINSTORE_LOG_FORMAT')
+    .action(async (opts: { logFormat?: string }) => {
       const config = program.opts().config;
       if (config === undefined) throw new TwinstoreError('BAD_REQUEST', 'serve needs --config FILE', { field: 'config' });
+      const format = opts.logFormat ?? process.env.TWINSTORE_LOG_FORMAT;
+      if (format !== undefined && !isLogFormat(format)) {
+        throw new TwinstoreError('BAD_REQUEST', `--log-format "${format}" is not one of ${LOG_FORMATS.join(', ')}`, { field: 'log-format' });
+      }
+      if (format !== undefined) process.env.TWINSTORE_LOG_FORMAT = format;
       await serve(config);
     });
 
