@@ -7,9 +7,9 @@
 // nothing is printed twice and nothing is missed while the array keeps it.
 
 import type { Command } from 'commander';
-import { ERROR_CODES, TwinstoreError, isTwinstoreError } from '../errors.js';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import { connect, type ConnectionOptions } from './client.js';
-import { watchRetryMsMax, watchRetryMsMin } from './watch.js';
+import { isAway, watchRetryMsMax, watchRetryMsMin } from './watch.js';
 
 type GlobalOptions = ConnectionOptions & { json?: boolean };
 
@@ -49,7 +49,7 @@ export function addEventsCommand(program: Command, globals: () => GlobalOptions)
           });
           notice(json, 'the event stream ended', retryMs);
         } catch (error) {
-          if (!isTwinstoreError(error) || (error.code !== 'API_UNREACHABLE' && ERROR_CODES[error.code].status < 500)) throw error;
+          if (!isAway(error)) throw error;
           notice(json, `the array is unreachable (${error.code}: ${error.message})`, retryMs);
         }
         await new Promise((resolve) => setTimeout(resolve, retryMs));

@@ -54,7 +54,7 @@ export async function watch<T>(options: WatchOptions<T>): Promise<never> {
 }
 
 /** The array is away or not ready: API_UNREACHABLE, or an answer of status 5xx (starting, shutting down). */
-function isAway(error: unknown): error is TwinstoreError {
+export function isAway(error: unknown): error is TwinstoreError {
   return isTwinstoreError(error) && (error.code === 'API_UNREACHABLE' || ERROR_CODES[error.code].status >= 500);
 }
 

@@ -3,16 +3,17 @@
 // length is checked against its maximum before anything is allocated for it, the
 // header checksum before any header field is believed, the checksum of the
 // segment table and JSON before any segment is taken in, each segment's checksum
-// as it completes, and the JSON envelope before a frame is yielded. The first bad frame yields `fatal`
-// and the decoder stays failed: the stream cannot be trusted past it.
+// as it completes, and the JSON envelope before a frame is yielded. The first
+// bad frame yields `fatal` and the decoder stays failed: the stream cannot be
+// trusted past it.
 //
 // Memory: queued chunks are what the socket delivered and the owner has not yet
 // asked for (the owner pauses the socket to bound it); the frame being received
 // holds at most BODY_BYTES_MAX + PAYLOAD_BYTES_MAX plus the segment table.
 // Payload segments are borrowed from the buffer pool: a receiver takes hundreds
-// of MB/s of records, and a fresh buffer per segment made the V8 heap run a full
-// mark-compact every 200 ms for the external memory alone. Whoever ends up with a
-// segment may give it back (a journal does once the record is applied) or drop it.
+// of MB/s of records, and a fresh 1 MiB buffer per segment pays its allocation
+// and page faults every time (buffer-pool.ts). Whoever ends up with a segment
+// may give it back (a journal does once the record is applied) or drop it.
 
 import { crc32c } from '@node-rs/crc32';
 import { sharedPool, type BufferPool } from '../util/buffer-pool.js';
@@ -44,6 +45,9 @@ interface Incoming {
   segment: Part | undefined;
   crc: number;
 }
+
+/** Every empty segment: nothing to borrow for it. */
+const emptySegment = Buffer.alloc(0);
 
 function part(bytes: number): Part {
   return { data: Buffer.allocUnsafe(bytes), filled: 0 };
@@ -180,7 +184,7 @@ export class FrameDecoder {
       if (incoming.segment === undefined) {
         const length = lengths[index];
         if (length === undefined) return true;
-        incoming.segment = { data: this.pool.acquire(length), filled: 0 };
+        incoming.segment = { data: length === 0 ? emptySegment : this.pool.acquire(length), filled: 0 };
       }
       if (!this.fill(incoming.segment)) return false;
       const data = incoming.segment.data;

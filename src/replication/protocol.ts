@@ -12,10 +12,17 @@ import type { Epoch, JournalRecord, RecordKind, RecordMeta } from '../journal/in
 import { PAIR_STATUSES, type FencePolicy, type GroupRole, type PairMeta, type PairStatus } from './model.js';
 import { Fields, type Refuse } from './wire-fields.js';
 
+/** An answer as the link carries it: the JSON body, the payload, and each segment's CRC32C where known (checked). */
+export interface PeerAnswer {
+  body: unknown;
+  payload: Buffer[];
+  payloadCrcs?: readonly number[];
+}
+
 /** The link as replication uses it (a PeerLink, or the simulator's). Send through linkRequest. */
 export interface PeerChannel {
   readonly connected: boolean;
-  request(method: string, body: unknown, payload?: Buffer[], options?: { timeoutMs?: number }): Promise<{ body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }>;
+  request(method: string, body: unknown, payload?: Buffer[], options?: { timeoutMs?: number }): Promise<PeerAnswer>;
 }
 
 export interface Ok {
@@ -430,7 +437,7 @@ export function checkAnswer<M extends LinkMethod>(method: M, body: unknown, payl
 }
 
 /** Sends a request to the peer and checks its answer before the caller sees it. */
-export async function linkRequest<M extends LinkMethod>(peer: PeerChannel, method: M, body: RequestOf<M>, options: { timeoutMs?: number } = {}): Promise<{ body: AnswerOf<M>; payload: Buffer[]; payloadCrcs?: readonly number[] }> {
+export async function linkRequest<M extends LinkMethod>(peer: PeerChannel, method: M, body: RequestOf<M>, options: { timeoutMs?: number } = {}): Promise<PeerAnswer & { body: AnswerOf<M> }> {
   const response = await peer.request(method, body, [], options);
   return {
     body: checkAnswer(method, response.body, response.payload), payload: response.payload,
@@ -449,12 +456,12 @@ export interface LinkAnswer<M extends LinkMethod> {
 export type LinkHandlers = { [M in LinkMethod]: (body: RequestOf<M>, peer: string) => Promise<LinkAnswer<M>> };
 
 /** The answering side: an unknown method or a body that fails its check is refused with BAD_REQUEST. */
-export async function answerLinkRequest(handlers: LinkHandlers, peer: string, request: { method: string; body: unknown }): Promise<{ body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }> {
+export async function answerLinkRequest(handlers: LinkHandlers, peer: string, request: { method: string; body: unknown }): Promise<PeerAnswer> {
   if (!isLinkMethod(request.method)) throw new TwinstoreError('BAD_REQUEST', `unknown link method ${request.method} from ${peer}`);
   return answerWith(handlers, request.method, peer, request.body);
 }
 
-async function answerWith<M extends LinkMethod>(handlers: LinkHandlers, method: M, peer: string, body: unknown): Promise<{ body: unknown; payload: Buffer[]; payloadCrcs?: readonly number[] }> {
+async function answerWith<M extends LinkMethod>(handlers: LinkHandlers, method: M, peer: string, body: unknown): Promise<PeerAnswer> {
   const handler: LinkHandlers[M] = handlers[method];
   const answer = await handler(checkRequest(method, body), peer);
   return { body: answer.body, payload: answer.payload ?? [], ...(answer.payloadCrcs === undefined ? {} : { payloadCrcs: answer.payloadCrcs }) };
