@@ -3,7 +3,12 @@
 // display, journal numbers, peer links), so a scrape never sees half of one
 // state and half of another, and nothing is counted on the write path.
 // Node's process metrics come from collectDefaultMetrics. The drives' sync
-// failures come from the array's status at scrape time in the same way.
+// failures and capacity, the pool's, the volumes' sizes and NBD sessions and
+// the firing alerts come from the array's status and volume list at scrape
+// time in the same way. The one thing counted on the data path is each
+// volume's NBD requests (src/nbd/io-stats.ts: a few adds per request); its
+// latency histograms are written out here from those counts
+// (volume-io-metrics.ts).
 //
 // /metrics needs no bearer token: Prometheus scrapes without one by default,
 // and the API token would let a scraper change the array. It is served only on
@@ -13,7 +18,9 @@
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { PAIR_STATUSES, type GroupStats, type PairDisplay } from '../replication/index.js';
-import type { StatusJson } from './server.js';
+import type { ArrayControl, StatusJson, VolumeJson } from './server.js';
+import { ALERT_NAMES, type AlertJson } from '../array/alerts.js';
+import { VolumeIoMetrics } from './volume-io-metrics.js';
 
 export const METRICS_PATH = '/metrics';
 
@@ -47,6 +54,17 @@ class ReplicationMetrics {
     registers: [this.registry],
   });
   private readonly syncFailed = this.gauge('twinstore_drive_sync_failed', 'A drive (or the metadata) failed a sync: 1 until the array is restarted, and every FLUSH fails meanwhile', ['drive', 'path']);
+  private readonly driveCapacity = this.gauge('twinstore_drive_capacity_bytes', "A drive's extents, in bytes (its size less the label extent)", ['drive', 'path', 'use']);
+  private readonly driveFree = this.gauge('twinstore_drive_free_bytes', "A drive's extents not allocated, in bytes", ['drive', 'path', 'use']);
+  private readonly poolCapacity = this.gauge('twinstore_pool_capacity_bytes', 'All drives\' extents, in bytes', []);
+  private readonly poolFree = this.gauge('twinstore_pool_free_bytes', 'Extents that can be handed out now, in bytes', []);
+  private readonly poolProvisioned = this.gauge('twinstore_pool_provisioned_bytes', 'The sum of the volume sizes (thin: may exceed capacity)', []);
+  private readonly volumeSize = this.gauge('twinstore_volume_size_bytes', "A volume's size", ['volume', 'role']);
+  private readonly volumeAllocated = this.gauge('twinstore_volume_allocated_bytes', "A volume's allocated extents, in bytes", ['volume', 'role']);
+  private readonly volumeSessions = this.gauge('twinstore_nbd_sessions', 'NBD connections in transmission on a volume', ['volume']);
+  private readonly dataAge = this.gauge('twinstore_group_data_age_seconds', "How old the S-VOLs' data is: now less the time of the newest record applied (the consistency point), on this array's clock", ['group']);
+  private readonly alertFiring = this.gauge('twinstore_alert_firing', 'A group alert (lag, journal, suspended): 1 while it fires, else 0', ['group', 'alert']);
+  readonly volumeIo = new VolumeIoMetrics(this.registry);
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -86,29 +104,54 @@ class ReplicationMetrics {
       // The receiver shows -1 for what only the master's clock can tell.
       if (p.lagBytes >= 0) this.lagBytes.set({ group: p.group }, p.lagBytes);
       if (p.lagSeconds >= 0) this.lagSeconds.set({ group: p.group }, p.lagSeconds);
+      if (p.consistencyTime !== null) this.dataAge.set({ group: p.group }, Math.max(0, (Date.now() - Date.parse(p.consistencyTime)) / 1000));
     }
     for (const peer of peers) this.linkUp.set({ peer: peer.id }, peer.connected ? 1 : 0);
   }
 
-  /** Replaces the drive sync series with this status's (a drive no longer configured disappears). */
-  updateDrives(status: Pick<StatusJson, 'drives' | 'metadata'>): void {
-    this.syncFailures.reset();
-    this.syncFailed.reset();
+  /** Replaces the drive, pool and alert series with this status's (a drive no longer configured disappears). */
+  updateStatus(status: StatusJson, groups: GroupStats[]): void {
+    for (const metric of [this.syncFailures, this.syncFailed, this.driveCapacity, this.driveFree, this.alertFiring]) metric.reset();
     for (const drive of [...status.drives, { id: 'metadata', ...status.metadata }]) {
       const labels = { drive: drive.id, path: drive.path };
       this.syncFailures.inc(labels, drive.syncFailures);
       this.syncFailed.set(labels, drive.syncFailedAt === null ? 0 : 1);
     }
+    for (const drive of status.drives) {
+      const labels = { drive: drive.id, path: drive.path, use: drive.use };
+      this.driveCapacity.set(labels, drive.capacityBytes);
+      this.driveFree.set(labels, drive.freeBytes);
+    }
+    this.poolCapacity.set(status.capacityBytes);
+    this.poolFree.set(status.freeBytes);
+    this.poolProvisioned.set(status.provisionedBytes);
+    const firing = new Set(status.alerts.map((a: AlertJson) => `${a.group}\0${a.alert}`));
+    for (const group of new Set(groups.map((g) => g.group))) {
+      for (const alert of ALERT_NAMES) this.alertFiring.set({ group, alert }, firing.has(`${group}\0${alert}`) ? 1 : 0);
+    }
+  }
+
+  /** Replaces the volume series with this list's (a deleted volume disappears). */
+  updateVolumes(volumes: VolumeJson[]): void {
+    for (const metric of [this.volumeSize, this.volumeAllocated, this.volumeSessions]) metric.reset();
+    for (const v of volumes) {
+      this.volumeSize.set({ volume: v.name, role: v.role }, v.sizeBytes);
+      this.volumeAllocated.set({ volume: v.name, role: v.role }, v.allocatedBytes);
+      if (v.exported) this.volumeSessions.set({ volume: v.name }, v.sessions);
+    }
   }
 }
 
-export function addMetricsRoutes(app: FastifyInstance, source: () => MetricsSource, storage: () => Pick<StatusJson, 'drives' | 'metadata'>): void {
+export function addMetricsRoutes(app: FastifyInstance, source: () => MetricsSource, array: () => Pick<ArrayControl, 'status' | 'listVolumes' | 'ioStats'>): void {
   const metrics = new ReplicationMetrics();
   app.get(METRICS_PATH, async (_request, reply) => {
     const control = source();
     const pairs = (await control.displayPairs(undefined)) as PairDisplay[];
-    metrics.update(control.groupStats(), pairs, control.listPeers());
-    metrics.updateDrives(storage());
+    const groups = control.groupStats();
+    metrics.update(groups, pairs, control.listPeers());
+    metrics.updateStatus(array().status(), groups);
+    metrics.updateVolumes(array().listVolumes());
+    metrics.volumeIo.update(array().ioStats());
     return reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 }

@@ -14,6 +14,8 @@ import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { commandDeviceDefaultBytes } from '../array/command-device.js';
 import { parseSize } from '../util/size.js';
+import type { AlertJson } from '../array/alerts.js';
+import type { VolumeIoStats } from '../nbd/index.js';
 import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
 import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
 import { boundConnections, boundedServerOptions } from './connection-bounds.js';
@@ -50,7 +52,10 @@ export interface StatusJson {
   provisionedBytes: number;
   /** True once a drive or the metadata failed a sync: every FLUSH fails (EIO) until the array is restarted. */
   syncFailed: boolean;
-  drives: Array<{ id: string; sizeBytes: number } & SyncStateJson>;
+  /** capacityBytes: the drive's extents (its size less the metadata reserve); freeBytes: those not allocated. */
+  /** The group alerts firing now (docs/api.md#alerts). */
+  alerts: AlertJson[];
+  drives: Array<{ id: string; use: 'data' | 'journal'; sizeBytes: number; capacityBytes: number; freeBytes: number } & SyncStateJson>;
   metadata: SyncStateJson;
 }
 
@@ -78,6 +83,8 @@ export interface ArrayControl {
   getVolume(ref: string): Promise<VolumeJson>;
   createVolume(body: CreateVolumeBody): Promise<VolumeJson>;
   deleteVolume(ref: string, force: boolean): Promise<void>;
+  /** Each volume's NBD request counts, for /metrics. */
+  ioStats(): ReadonlyMap<string, VolumeIoStats>;
 }
 
 const createVolumeSchema = z.strictObject({
@@ -102,7 +109,7 @@ export class ApiServer {
     this.app.setNotFoundHandler((request, reply) => sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log));
     this.routes(options.control);
     addReplicationRoutes(this.app, options.replication);
-    addMetricsRoutes(this.app, options.replication, () => options.control().status());
+    addMetricsRoutes(this.app, options.replication, options.control);
     addHealthRoutes(this.app, options.replication);
     addEventRoutes(this.app, options.events);
   }

@@ -2,13 +2,15 @@
 // snapshot a client gets first (one event per journal group, pair, peer and
 // volume, as the array stands now), and the changes this layer owns besides the
 // ones the groups and links report to the bus themselves: volumes made, deleted
-// or given a role, and a copy's progress, looked at once a second
-// (copyProgressIntervalMs) and reported per pair only when it moved.
+// or given a role, a copy's progress, looked at once a second
+// (copyProgressIntervalMs) and reported per pair only when it moved, and the
+// group alerts (alerts.ts) that fired or cleared at that look.
 
 import type { StorageEngine, Volume } from '../storage/index.js';
 import type { VolumeJson } from '../api/index.js';
 import type { ArrayEvent, EventBus } from '../events/bus.js';
 import { formatEpoch, type GroupMeta, type PairDisplay } from '../replication/index.js';
+import type { GroupAlerts } from './alerts.js';
 
 /** How often the copies' progress is looked at: at most one copy-progress event per pair per this. */
 export const copyProgressIntervalMs = 1000;
@@ -25,14 +27,14 @@ export class ArrayEvents {
   /** The copied bytes each COPY pair last reported, by group and P-VOL. */
   private readonly copied = new Map<string, number>();
 
-  constructor(readonly bus: EventBus, private readonly sources: EventSources) {}
+  constructor(readonly bus: EventBus, private readonly sources: EventSources, readonly alerts: GroupAlerts) {}
 
   /** Starts reporting the engine's volume changes and the copies' progress. */
   start(engine: StorageEngine): void {
     engine.on('volume-created', (volume: Volume) => this.bus.publish('volume-created', { volume: volume.name, role: volume.meta.role, sizeBytes: volume.sizeBytes }));
     engine.on('volume-deleted', (volume: Volume) => this.bus.publish('volume-deleted', { volume: volume.name }));
     engine.on('volume-role', (volume: Volume) => this.bus.publish('volume-role', { volume: volume.name, role: volume.meta.role }));
-    this.timer = setInterval(() => this.lookAtCopies(), copyProgressIntervalMs);
+    this.timer = setInterval(() => this.look(), copyProgressIntervalMs);
     this.timer.unref();
   }
 
@@ -52,12 +54,19 @@ export class ArrayEvents {
       ...this.sources.pairs().map((p) => event('pair', { ...p })),
       ...this.sources.peers().map((p) => event('peer', { peer: p.id, link: p.link, up: p.connected })),
       ...this.sources.volumes().map((v) => event('volume', { volume: v.name, lun: v.lun, role: v.role, sizeBytes: v.sizeBytes, readOnly: v.readOnly, writesRefused: v.writesRefused })),
+      ...this.alerts.firing().map((a) => event('alert', { state: 'firing', ...a })),
     ];
   }
 
-  private lookAtCopies(): void {
+  private look(): void {
+    const pairs = this.sources.pairs();
+    this.lookAtCopies(pairs);
+    for (const change of this.alerts.evaluate(pairs)) this.bus.publish('alert', { state: change.state, ...change.alert });
+  }
+
+  private lookAtCopies(pairs: PairDisplay[]): void {
     const seen = new Set<string>();
-    for (const pair of this.sources.pairs()) {
+    for (const pair of pairs) {
       if (pair.status !== 'COPY') continue;
       const key = `${pair.group}\0${pair.pvol}`;
       seen.add(key);

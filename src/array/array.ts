@@ -6,7 +6,7 @@
 import { TwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { StorageEngine, volatileCacheMode, type EngineSyncFailure, type Volume } from '../storage/index.js';
-import { AccessPolicy, ExportRegistry, NbdServer, NbdTls } from '../nbd/index.js';
+import { AccessPolicy, ExportRegistry, NbdServer, NbdTls, type VolumeIoStats } from '../nbd/index.js';
 import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
 import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
@@ -14,6 +14,7 @@ import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, scrubStoredT
 import { VolumeExport, isExported } from './volume-export.js';
 import { ArrayReplication, errorFrom, listening } from './replication-control.js';
 import { ArrayEvents } from './array-events.js';
+import { GroupAlerts } from './alerts.js';
 import { EventBus } from '../events/bus.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
 
@@ -78,7 +79,7 @@ export class TwinstoreArray implements ArrayControl {
         peers: () => replication.listPeers(),
         groups: () => replication.manager.groupMetas(),
         pairs: () => replication.manager.display(),
-      });
+      }, new GroupAlerts(config.alerts));
       const api = new ApiServer({ token, control: () => control!, replication: () => replication, events: () => events, log });
       const registry = new ExportRegistry();
       const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd, tls, access: new AccessPolicy(config.nbdAccess) });
@@ -98,7 +99,7 @@ export class TwinstoreArray implements ArrayControl {
     for (const volume of this.engine.volumes()) this.exportVolume(volume);
     await this.scrubCommandDevices();
     this.engine.on('volume-created', (volume: Volume) => this.exportVolume(volume));
-    this.engine.on('volume-deleted', (volume: Volume) => this.registry.remove(volume.name, `volume ${volume.name} deleted`));
+    this.engine.on('volume-deleted', (volume: Volume) => this.registry.forget(volume.name, `volume ${volume.name} deleted`));
     this.engine.on('volume-role', (volume: Volume) => this.reexport(volume));
     this.events.start(this.engine);
     const nbd = await listening('listen.nbd', this.config.listen.nbd, this.nbd.listen(this.config.listen.nbd.host, this.config.listen.nbd.port));
@@ -163,7 +164,12 @@ export class TwinstoreArray implements ArrayControl {
       api: this.apiAddress,
       volumes: this.engine.volumes().length,
       ...stats,
+      alerts: this.events.alerts.firing(),
     };
+  }
+
+  ioStats(): ReadonlyMap<string, VolumeIoStats> {
+    return this.registry.allIoStats();
   }
 
   listVolumes(): VolumeJson[] {

@@ -79,7 +79,7 @@ export function addVolumeCommands(program: Command, globals: () => GlobalOptions
     });
 
   program.command('status')
-    .description('show the array: addresses, capacity, drives and whether one failed a sync')
+    .description('show the array: addresses, capacity, drives, whether one failed a sync, and the alerts firing')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
       const status = await connect(globals()).request<StatusJson>('GET', '/v1/status');
@@ -103,13 +103,14 @@ function formatStatus(s: StatusJson): string {
     ['extent size', formatSize(s.extentBytes)],
     ['sync', s.syncFailed ? 'FAILED: every FLUSH fails (EIO) until the array is restarted' : 'ok'],
   ]);
-  const drives = table(['DRIVE', 'PATH', 'SIZE', 'SYNC'], [
-    ...s.drives.map((d) => [d.id, d.path, formatSize(d.sizeBytes), syncCell(d)]),
-    ['metadata', s.metadata.path, '-', syncCell(s.metadata)],
+  const drives = table(['DRIVE', 'USE', 'PATH', 'SIZE', 'FREE', 'SYNC'], [
+    ...s.drives.map((d) => [d.id, d.use, d.path, formatSize(d.sizeBytes), formatSize(d.freeBytes), syncCell(d)]),
+    ['metadata', '-', s.metadata.path, '-', '-', syncCell(s.metadata)],
   ]);
+  const alerts = s.alerts.length === 0 ? 'alerts: none' : table(['ALERT', 'GROUP', 'SINCE', 'MESSAGE'], s.alerts.map((a) => [a.alert, a.group, a.since, a.message]));
   const failures = [...s.drives, { id: 'metadata', ...s.metadata }].filter((d) => d.syncError !== null);
   const notes = failures.map((d) => `sync failed: ${d.id} (${d.path}) at ${d.syncFailedAt}: ${d.syncError}`);
-  return [head, drives, ...(notes.length > 0 ? [notes.join('\n')] : [])].join('\n\n');
+  return [head, drives, alerts, ...(notes.length > 0 ? [notes.join('\n')] : [])].join('\n\n');
 }
 
 function syncCell(state: StatusJson['metadata']): string {

@@ -49,6 +49,8 @@ export interface ArrayConfig {
   peers: Array<{ id: string; link: HostPort }>;
   link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number };
   groupDefaults: { overflow: 'suspend' | 'throttle'; throttleMsMax: number; fence: FencePolicy; fenceAfterMs: number };
+  /** Alert thresholds: the defaults and, per group, those that differ (0 turns one off). */
+  alerts: { defaults: { lagSecondsMax: number; journalUsedPercentMax: number }; groups: Map<string, { lagSecondsMax?: number; journalUsedPercentMax?: number }> };
   bitmapRegionBytes: number;
   apiToken: string | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
@@ -58,6 +60,11 @@ export interface ArrayConfig {
   nbdAccess: Map<string, NbdGrant[]>;
   takeover: { peerTimeoutMs: number; startHoldMs: number };
   swap: { lagBytesMax: number; drainMsMax: number; freezeMsMax: number };
+}
+
+/** The keys given (exactOptionalPropertyTypes: no key set to undefined). */
+function definedOnly<T extends object>(value: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
 }
 
 export function loadConfig(file: string): ArrayConfig {
@@ -133,6 +140,10 @@ export function parseConfig(text: string, file: string): ArrayConfig {
       suspendAfterMs: config.link.suspendAfterMs,
     },
     groupDefaults: config.groups.defaults,
+    alerts: {
+      defaults: { lagSecondsMax: config.alerts.lagSecondsMax, journalUsedPercentMax: config.alerts.journalUsedPercentMax },
+      groups: new Map(Object.entries(config.alerts.groups).map(([group, limits]) => [group, definedOnly(limits)])),
+    },
     bitmapRegionBytes: config.bitmap.regionBytes,
     apiToken: config.api.token,
     tuning: config.tuning,

@@ -105,6 +105,21 @@ export const configSchema = z.strictObject({
         .default({ overflow: 'suspend', throttleMsMax: 5000, fence: 'never', fenceAfterMs: 30_000 }),
     })
     .default({ defaults: { overflow: 'suspend', throttleMsMax: 5000, fence: 'never', fenceAfterMs: 30_000 } }),
+  alerts: z
+    .strictObject({
+      lagSecondsMax: z.number().min(0).max(30 * 86_400).default(60),
+      journalUsedPercentMax: z.number().min(0).max(100).default(80),
+      groups: z
+        .record(
+          z.string().min(1),
+          z.strictObject({
+            lagSecondsMax: z.number().min(0).max(30 * 86_400).optional(),
+            journalUsedPercentMax: z.number().min(0).max(100).optional(),
+          }),
+        )
+        .default({}),
+    })
+    .default({ lagSecondsMax: 60, journalUsedPercentMax: 80, groups: {} }),
   bitmap: z
     .strictObject({
       regionBytes: sizeBytes.refine((n) => n >= 4096 && n <= 64 * 2 ** 20 && (n & (n - 1)) === 0, { message: 'must be a power of two from 4KiB to 64MiB' }).default(65536),

@@ -1,9 +1,11 @@
 // What the NBD server serves: named exports, each backed by a volume through the
 // small BlockExport surface (so a P-VOL can later journal its writes without the
 // server knowing), and the open sessions of each, so that deleting a volume or
-// changing its role can close them.
+// changing its role can close them; and each export's request counts
+// (io-stats.ts), kept while the volume lives, through role changes.
 
 import type { Extent } from '../storage/index.js';
+import { VolumeIoStats } from './io-stats.js';
 
 export interface BlockExport {
   readonly name: string;
@@ -29,6 +31,7 @@ export interface ExportSession {
 export class ExportRegistry {
   private readonly exports = new Map<string, BlockExport>();
   private readonly sessions = new Map<string, Set<ExportSession>>();
+  private readonly stats = new Map<string, VolumeIoStats>();
 
   set(exported: BlockExport): void {
     this.exports.set(exported.name, exported);
@@ -38,6 +41,27 @@ export class ExportRegistry {
   remove(name: string, reason: string): void {
     this.exports.delete(name);
     this.closeSessions(name, reason);
+  }
+
+  /** The volume is gone: its export, its sessions and its counts. */
+  forget(name: string, reason: string): void {
+    this.remove(name, reason);
+    this.stats.delete(name);
+  }
+
+  /** The request counts of an export, made on first use. */
+  ioStats(name: string): VolumeIoStats {
+    let stats = this.stats.get(name);
+    if (!stats) {
+      stats = new VolumeIoStats();
+      this.stats.set(name, stats);
+    }
+    return stats;
+  }
+
+  /** Every volume's counts, by name. */
+  allIoStats(): ReadonlyMap<string, VolumeIoStats> {
+    return this.stats;
   }
 
   get(name: string): BlockExport | undefined {

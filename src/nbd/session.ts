@@ -35,6 +35,7 @@ import type { BlockExport, ExportRegistry, ExportSession } from './exports.js';
 import { Negotiation } from './negotiation.js';
 import { BASE_ALLOCATION_ID, CMD, CMD_FLAG, NBD_ERR, STATE_HOLE, STATE_ZERO } from './protocol.js';
 import { checkRequest } from './requests.js';
+import type { VolumeIoStats } from './io-stats.js';
 import type { AdaptivePoller } from '../util/poller.js';
 import type { BudgetWaiter, ByteBudget } from './budget.js';
 
@@ -52,6 +53,7 @@ const blockStatusExtentsMax = 16384;
 
 interface Transmission {
   exported: BlockExport;
+  stats: VolumeIoStats;
   structured: boolean;
   allocationContext: boolean;
 }
@@ -271,7 +273,7 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
         this.finish();
       } else this.abort(next.reason);
     } else if (next.step === 'transmission') {
-      this.transmission = { exported: next.exported, structured: next.structured, allocationContext: next.allocationContext };
+      this.transmission = { exported: next.exported, stats: this.registry.ioStats(next.exported.name), structured: next.structured, allocationContext: next.allocationContext };
       this.registry.attach(next.exported.name, this);
       this.decoder.enterTransmission();
       this.log.debug({ export: next.exported.name, structured: next.structured }, 'transmission started');
@@ -346,7 +348,13 @@ export class NbdSession implements ExportSession, ByteSink, BudgetWaiter {
   private dispatch(request: NbdRequest, weight: number): void {
     this.bytesInFlight += weight;
     this.executing += 1;
-    void this.execute(request, this.transmission!).catch((error: unknown) => this.failed(request, error)).then(() => {
+    const t = this.transmission!;
+    const startedAt = performance.now();
+    void this.execute(request, t).then(() => false, (error: unknown) => {
+      this.failed(request, error);
+      return true;
+    }).then((failed) => {
+      t.stats.record(request.type, weight, performance.now() - startedAt, failed);
       if (request.payload) this.decoder.releasePayload(request.payload);
       this.bytesInFlight -= weight;
       this.executing -= 1;

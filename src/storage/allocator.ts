@@ -144,6 +144,13 @@ export class ExtentAllocator {
     return free;
   }
 
+  /** One drive's extents: all it holds and those free (the drive's index in the live table). */
+  driveExtents(index: number): { total: number; free: number } {
+    const space = this.spaces.find((s) => s.index === index);
+    if (space === undefined) return { total: 0, free: 0 };
+    return { total: space.extentCount, free: space.extentCount - space.cleanNext + space.dirtyFree.length };
+  }
+
   totalExtents(): number {
     return this.spaces.reduce((sum, space) => sum + space.extentCount, 0);
   }

@@ -369,7 +369,7 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
     extentBytes: number; capacityBytes: number; freeBytes: number; allocatedBytes: number; provisionedBytes: number;
     /** True once a drive or the metadata failed a sync: every flush fails until the array is restarted. */
     syncFailed: boolean;
-    drives: Array<{ id: string; sizeBytes: number } & SyncStateJson>;
+    drives: Array<{ id: string; use: DriveUse; sizeBytes: number; capacityBytes: number; freeBytes: number } & SyncStateJson>;
     metadata: SyncStateJson;
   } {
     const capacityBytes = this.allocator.totalExtents() * this.extentBytes;
@@ -381,9 +381,14 @@ export class StorageEngine extends EventEmitter implements VolumeHost {
       allocatedBytes: this.volumes().reduce((sum, v) => sum + v.allocatedBytes(), 0),
       provisionedBytes: this.volumes().reduce((sum, v) => sum + v.sizeBytes, 0),
       syncFailed: this.syncError !== undefined,
-      drives: [...this.drives.values()].map((d) => ({
-        id: this.live.drives[d.index]!.id, sizeBytes: d.file.sizeBytes, ...syncState(d.file.path, d.file.failedSyncs, d.file.failure),
-      })),
+      drives: [...this.drives.values()].map((d) => {
+        const extents = this.allocator.driveExtents(d.index);
+        return {
+          id: this.live.drives[d.index]!.id, use: d.use, sizeBytes: d.file.sizeBytes,
+          capacityBytes: extents.total * this.extentBytes, freeBytes: extents.free * this.extentBytes,
+          ...syncState(d.file.path, d.file.failedSyncs, d.file.failure),
+        };
+      }),
       metadata: syncState(path.join(this.options.dataDir, 'meta'), this.meta.failedSyncs, this.meta.syncFailure),
     };
   }

@@ -183,7 +183,8 @@ test('CLI: create, list, show (by name and #LUN), delete and status through --co
   assert.equal(status.code, 0, status.stderr);
   assert.match(status.stdout, /^array\s+site-a$/m);
   assert.match(status.stdout, /^nbd\s+127\.0\.0\.1:\d+$/m);
-  assert.match(status.stdout, /^DRIVE\s+PATH\s+SIZE\s+SYNC$/m);
+  assert.match(status.stdout, /^DRIVE\s+USE\s+PATH\s+SIZE\s+FREE\s+SYNC$/m);
+  assert.match(status.stdout, /^alerts: none$/m);
   assert.match(status.stdout, /^sync\s+ok$/m, 'no drive failed a sync');
   const json = cliJson<{ array: string; nbd: string; volumes: number; drives: unknown[] }>(array, ['status']);
   assert.deepEqual([json.array, json.nbd, json.volumes, json.drives.length], ['site-a', array.nbd, 0, 1]);

@@ -1,15 +1,21 @@
 // Goal: GET /metrics gives a Prometheus scraper what an operator watches on a
 // replicated pair: per-group lag, journal use, records sent and applied, pair
-// status and link state, with no token needed and no secret shown.
-// Method: two real `twinstore serve` processes with a pair in PAIR; the
-// metrics are fetched over HTTP without a token and parsed as Prometheus text.
-// Restore is paused on B so records stay in A's journal (used bytes and lag
-// above 0), then resumed (lag back to 0, counters agree on both arrays); B is
-// killed and A's link metric goes to 0.
+// status and link state, the receiver's data age, each volume's NBD requests
+// (counts, bytes, latency histogram) and sessions, drive and pool capacity,
+// and the group alerts, with no token needed and no secret shown; the alerts
+// also in `status` and the event stream (issue 16).
+// Method: two real `twinstore serve` processes with a pair in PAIR, g1's alert
+// thresholds set low in the config; the metrics are fetched over HTTP without a
+// token and parsed as Prometheus text. Restore is paused on B so records stay
+// in A's journal (used bytes and lag above 0: the lag and journal alerts fire,
+// seen in metrics, `status --json` and `events --now --json`), then resumed
+// (lag back to 0, counters agree on both arrays, the alerts clear); B is killed
+// and A's link metric goes to 0.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import { createVolume, runOk, startPairOfArrays, type RunningArray } from '../helpers/array.js';
 
 interface Sample {
@@ -32,11 +38,20 @@ function parse(text: string): Sample[] {
   return samples;
 }
 
+/**
+ * One scrape on a connection of its own: the CLI calls between scrapes block this process
+ * (spawnSync), so a kept-alive connection could be one the array closed meanwhile.
+ */
 async function scrape(array: RunningArray): Promise<{ samples: Sample[]; text: string }> {
-  const response = await fetch(`http://${array.ready!.api}/metrics`);
-  assert.equal(response.status, 200, 'no token needed');
-  assert.match(response.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
-  const text = await response.text();
+  const { status, contentType, text } = await new Promise<{ status: number; contentType: string; text: string }>((resolve, reject) => {
+    http.get(`http://${array.ready!.api}/metrics`, { agent: false }, (response) => {
+      let body = '';
+      response.setEncoding('utf8').on('data', (chunk: string) => { body += chunk; });
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, contentType: response.headers['content-type'] ?? '', text: body }));
+    }).on('error', reject);
+  });
+  assert.equal(status, 200, 'no token needed');
+  assert.match(contentType, /^text\/plain; version=0\.0\.4/);
   return { samples: parse(text), text };
 }
 
@@ -58,8 +73,18 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 
 const g1 = { group: 'g1' };
 const pvolLabel = { group: 'g1', pvol: 'site-a:pvol' };
 
-test('/metrics on both arrays of a pair: names, lag, journal use, records, pair status, link state', async (t) => {
-  const { a, b, psk } = await startPairOfArrays(t);
+const alertConfig = ['alerts:', '  lagSecondsMax: 600', '  groups:', '    g1: {lagSecondsMax: 1, journalUsedPercentMax: 2}'].join('\n');
+
+interface AlertShown { group: string; alert: string; value: number; threshold: number; message: string }
+
+function firingOn(array: RunningArray): AlertShown[] {
+  const status = array.cli(['status', '--json']);
+  assert.equal(status.code, 0, status.stderr);
+  return (JSON.parse(status.stdout) as { alerts: AlertShown[] }).alerts;
+}
+
+test('/metrics on both arrays of a pair: names, lag, journal use, records, pair status, link state, volumes, alerts', async (t) => {
+  const { a, b, psk } = await startPairOfArrays(t, { extraConfig: alertConfig });
   const pvol = createVolume(a, 'pvol', '32MiB');
   createVolume(b, 'svol', '32MiB');
   for (const array of [a, b]) assert.equal(array.cli(['journal', 'create', 'jnl', '--size', '160MiB']).code, 0);
@@ -112,6 +137,22 @@ test('/metrics on both arrays of a pair: names, lag, journal use, records, pair 
   assert.ok(value(held, 'twinstore_group_lag_bytes', g1)! >= 5 * 2 ** 20);
   assert.ok(value(held, 'twinstore_group_lag_seconds', g1)! > 0);
   assert.equal(value((await scrape(b)).samples, 'twinstore_group_records_applied_total', g1), appliedBefore, 'nothing applied while paused');
+  assertVolumeSeries(held);
+
+  await waitFor('the lag and journal alerts firing on A (metrics)', async () => {
+    const { samples } = await scrape(a);
+    return value(samples, 'twinstore_alert_firing', { group: 'g1', alert: 'lag' }) === 1 && value(samples, 'twinstore_alert_firing', { group: 'g1', alert: 'journal' }) === 1;
+  });
+  assert.equal(value((await scrape(a)).samples, 'twinstore_alert_firing', { group: 'g1', alert: 'suspended' }), 0);
+  const firing = firingOn(a);
+  assert.deepEqual(firing.map((f) => [f.group, f.alert, f.threshold]), [['g1', 'journal', 2], ['g1', 'lag', 1]], 'status lists both, with the group\'s own thresholds');
+  assert.match(firing[1]!.message, /^g1: lag \d+\.\d s is over 1 s$/);
+  const snapshot = a.cli(['events', '--now', '--json']);
+  assert.equal(snapshot.code, 0, snapshot.stderr);
+  const alertEvents = snapshot.stdout.trim().split('\n').map((line) => JSON.parse(line) as { type: string; data: { state: string; alert: string } }).filter((e) => e.type === 'alert');
+  assert.deepEqual(alertEvents.map((e) => [e.data.state, e.data.alert]), [['firing', 'journal'], ['firing', 'lag']], 'the event snapshot shows the firing alerts');
+  const statusText = a.cli(['status']);
+  assert.match(statusText.stdout, /^lag\s+g1\s+\S+\s+g1: lag /m, 'status shows the alert to a person');
 
   assert.equal(b.cli(['pair', 'restore', '--group', 'g1', '--resume']).code, 0);
   await waitFor('lag 0 and the counters agreeing on both arrays', async () => {
@@ -123,11 +164,37 @@ test('/metrics on both arrays of a pair: names, lag, journal use, records, pair 
       && value(sa, 'twinstore_group_records_sent_total', g1) === journaled
       && value(sb, 'twinstore_group_records_applied_total', g1) === journaled;
   });
+  await waitFor('the alerts cleared once lag and journal use are back to 0', async () => firingOn(a).length === 0);
+  const dataAge = value((await scrape(b)).samples, 'twinstore_group_data_age_seconds', g1);
+  assert.ok(dataAge !== undefined && dataAge >= 0 && dataAge < 600, `the receiver shows its S-VOLs' data age: ${dataAge}`);
 
   await b.kill9();
   await waitFor('A sees the link down', async () => value((await scrape(a)).samples, 'twinstore_link_up', { peer: 'site-b' }) === 0, 10_000);
   assert.equal(value((await scrape(a)).samples, 'twinstore_pair_status', { ...pvolLabel, status: 'PAIR' }), 1, 'the pair status stays PAIR (shown with reason link-down)');
 });
+
+/** The P-VOL's host I/O (4 MiB + 1 MiB written and a flush, by one qemu-io), the drive and pool capacity. */
+function assertVolumeSeries(samples: Sample[]): void {
+  const vol = { volume: 'pvol' };
+  const writes = value(samples, 'twinstore_volume_requests_total', { ...vol, op: 'write' })!;
+  assert.ok(writes >= 2, `writes counted: ${writes}`);
+  assert.ok(value(samples, 'twinstore_volume_bytes_total', { ...vol, op: 'write' })! >= 5 * 2 ** 20, 'write bytes counted');
+  assert.ok(value(samples, 'twinstore_volume_requests_total', { ...vol, op: 'flush' })! >= 1, 'the flush counted');
+  assert.equal(value(samples, 'twinstore_volume_errors_total', { ...vol, op: 'write' }), 0);
+  assert.equal(value(samples, 'twinstore_volume_request_seconds_count', { ...vol, op: 'write' }), writes);
+  assert.equal(value(samples, 'twinstore_volume_request_seconds_bucket', { ...vol, op: 'write', le: '+Inf' }), writes);
+  const buckets = samples.filter((s) => s.name === 'twinstore_volume_request_seconds_bucket' && s.labels.volume === 'pvol' && s.labels.op === 'write').map((s) => s.value);
+  assert.ok(buckets.length > 2 && buckets.every((v, i) => i === 0 || v >= buckets[i - 1]!), `cumulative buckets: ${buckets.join(' ')}`);
+  assert.ok(value(samples, 'twinstore_volume_request_seconds_sum', { ...vol, op: 'write' })! > 0);
+  assert.equal(value(samples, 'twinstore_nbd_sessions', vol), 0, 'qemu-io has disconnected');
+  assert.equal(value(samples, 'twinstore_volume_size_bytes', { ...vol, role: 'pvol' }), 32 * 2 ** 20);
+  assert.ok(value(samples, 'twinstore_volume_allocated_bytes', { ...vol, role: 'pvol' })! >= 5 * 2 ** 20);
+  const capacity = value(samples, 'twinstore_pool_capacity_bytes')!;
+  const free = value(samples, 'twinstore_pool_free_bytes')!;
+  assert.ok(capacity > 0 && free > 0 && free < capacity, `pool: ${free} of ${capacity} free`);
+  const drives = samples.filter((s) => s.name === 'twinstore_drive_free_bytes');
+  assert.ok(drives.length >= 1 && drives.every((d) => d.labels.use === 'data' && d.value <= capacity), 'each drive\'s free bytes');
+}
 
 test('/metrics needs no token, but every other route and method still does', async (t) => {
   const { a } = await startPairOfArrays(t);

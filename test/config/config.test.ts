@@ -202,3 +202,11 @@ test('twinstore serve with a missing config file exits non-zero with CONFIG_NOT_
   assert.equal(result.code, 1, `exit status (stderr: ${result.stderr})`);
   assert.match(result.stderr, /^twinstore: CONFIG_NOT_FOUND: cannot read config .*nowhere\.yaml/m);
 });
+
+test('alerts: defaults, per-group thresholds, and a bad threshold named by key and line', () => {
+  assert.deepEqual(parseConfig(configText(), '/etc/s.yaml').alerts, { defaults: { lagSecondsMax: 60, journalUsedPercentMax: 80 }, groups: new Map() });
+  const config = parseConfig(configText({ 11: '  api: 0.0.0.0:0\nalerts:\n  lagSecondsMax: 0\n  groups:\n    db: {lagSecondsMax: 5}' }), '/etc/s.yaml');
+  assert.deepEqual(config.alerts, { defaults: { lagSecondsMax: 0, journalUsedPercentMax: 80 }, groups: new Map([['db', { lagSecondsMax: 5 }]]) });
+  assert.match(invalid(configText({ 11: '  api: 0.0.0.0:0\nalerts:\n  groups:\n    db:\n      journalUsedPercentMax: 150' })), /line 15: alerts\.groups\.db\.journalUsedPercentMax: /);
+  assert.match(invalid(configText({ 11: '  api: 0.0.0.0:0\nalerts:\n  lagSeconds: 5' })), /line 13: alerts\.lagSeconds: unknown key/);
+});
