@@ -137,8 +137,23 @@ test(`the seeds of fixed findings (${FIXED_FINDINGS.length}) stay fixed, each in
   }
 });
 
+/**
+ * The CI seed that last caught each planted bug first: its hunt starts there, so it usually
+ * ends after one run instead of after every seed before it (the hunts took 400 s of a CI
+ * run). Only the order changes: the hunt still runs over every CI seed, and a bug this seed
+ * no longer catches is hunted through the rest. Update a number when the log shows another.
+ */
+const PLANTED_CAUGHT_BY: Readonly<Record<(typeof PLANTED_BUGS)[number], number>> = {
+  'pvol-before-journal': 29, 'free-at-stored': 1, 'restore-out-of-order': 14, 'epoch-after-promote': 1, 'flush-before-durable': 37,
+};
+
 test('every planted bug is caught within the CI seeds (each hunt stops at its first failing seed)', { timeout: 15 * 60_000 }, async () => {
-  const hunts = await twoAtATime(PLANTED_BUGS.map((bug) => () => sim(['--plant', bug, '--seeds', CI_SEEDS.join(','), '--first-failure', '--quiet', ...withoutArgs(CI_WITHOUT)])));
+  const huntOrder = (bug: (typeof PLANTED_BUGS)[number]): number[] => {
+    const first = PLANTED_CAUGHT_BY[bug];
+    assert.ok(CI_SEEDS.includes(first), `the seed that caught ${bug} is a CI seed`);
+    return [first, ...CI_SEEDS.filter((seed) => seed !== first)];
+  };
+  const hunts = await twoAtATime(PLANTED_BUGS.map((bug) => () => sim(['--plant', bug, '--seeds', huntOrder(bug).join(','), '--first-failure', '--quiet', ...withoutArgs(CI_WITHOUT)])));
   hunts.forEach((run, i) => {
     const caught = /seed (\d+) FAILED: (.*)/.exec(run.out);
     console.log(`${PLANTED_BUGS[i]}: ${caught ? `caught by seed ${caught[1]}: ${caught[2]!.slice(0, 200)}` : 'not caught'}`);
