@@ -18,6 +18,7 @@ import { spawn } from 'node:child_process';
 import Fastify from 'fastify';
 import { addEventRoutes, clientBufferedBytesMax, frame } from '../../src/api/event-routes.js';
 import { EventBus } from '../../src/events/bus.js';
+import { sseParser } from '../helpers/http.js';
 
 async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -47,20 +48,10 @@ test('a client that never reads is dropped past clientBufferedBytesMax; a readin
   const connections = (): Promise<number> => new Promise((resolve, reject) => app.server.getConnections((error, count) => (error ? reject(error) : resolve(count))));
 
   const received: number[] = [];
-  let buffered = '';
   const reader = http.get({ host: '127.0.0.1', port, path: '/v1/events' }, (response) => {
-    response.setEncoding('utf8').on('data', (chunk: string) => {
-      buffered += chunk;
-      let end: number;
-      while ((end = buffered.indexOf('\n\n')) >= 0) {
-        const block = buffered.slice(0, end);
-        buffered = buffered.slice(end + 2);
-        const data = /^data: (.*)$/m.exec(block)?.[1];
-        if (data === undefined) continue;
-        const event = JSON.parse(data) as { type: string; data: { n?: number } };
-        if (event.type === 'filler') received.push(event.data.n!);
-      }
-    });
+    response.setEncoding('utf8').on('data', sseParser<{ type: string; data: { n?: number } }>((event) => {
+      if (event.type === 'filler') received.push(event.data.n!);
+    }));
   });
   t.after(() => reader.destroy());
 
