@@ -47,7 +47,8 @@ export interface ArrayConfig {
   drives: Array<{ path: string; sizeBytes: number | undefined; use: 'data' | 'journal' }>;
   listen: { nbd: HostPort; api: HostPort; link: HostPort | undefined };
   peers: Array<{ id: string; link: HostPort }>;
-  link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number };
+  /** bandwidthMax: bytes per second the array sends journal answers at, over all its groups; 0: no cap. */
+  link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number; bandwidthMax: number };
   groupDefaults: { overflow: 'suspend' | 'throttle'; throttleMsMax: number; fence: FencePolicy; fenceAfterMs: number };
   /** Alert thresholds: the defaults and, per group, those that differ (0 turns one off). */
   alerts: { defaults: { lagSecondsMax: number; journalUsedPercentMax: number }; groups: Map<string, { lagSecondsMax?: number; journalUsedPercentMax?: number }> };
@@ -138,6 +139,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
       pskFile: config.link.pskFile === undefined ? undefined : path.resolve(base, config.link.pskFile),
       heartbeatMs: config.link.heartbeatMs,
       suspendAfterMs: config.link.suspendAfterMs,
+      bandwidthMax: config.link.bandwidthMax,
     },
     groupDefaults: config.groups.defaults,
     alerts: {

@@ -91,8 +91,9 @@ export const configSchema = z.strictObject({
       pskFile: z.string().min(1).optional(),
       heartbeatMs: z.number().int().min(50).max(60_000).default(1000),
       suspendAfterMs: z.number().int().min(100).max(3_600_000).default(30_000),
+      bandwidthMax: sizeBytes.refine((n) => n === 0 || n >= 65536, { message: 'must be 0 (no cap) or at least 64KiB (per second)' }).default(0),
     })
-    .default({ heartbeatMs: 1000, suspendAfterMs: 30_000 }),
+    .default({ heartbeatMs: 1000, suspendAfterMs: 30_000, bandwidthMax: 0 }),
   groups: z
     .strictObject({
       defaults: z

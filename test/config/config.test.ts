@@ -61,7 +61,7 @@ test('a valid config parses: sizes, defaults and paths relative to the config fo
   ]);
   assert.deepEqual(config.listen, { nbd: { host: '127.0.0.1', port: 10809 }, api: { host: '0.0.0.0', port: 0 }, link: undefined });
   assert.deepEqual(config.peers, []);
-  assert.deepEqual(config.link, { pskFile: undefined, heartbeatMs: 1000, suspendAfterMs: 30000 });
+  assert.deepEqual(config.link, { pskFile: undefined, heartbeatMs: 1000, suspendAfterMs: 30000, bandwidthMax: 0 });
   assert.deepEqual(config.groupDefaults, { overflow: 'suspend', throttleMsMax: 5000, fence: 'never', fenceAfterMs: 30_000 });
   assert.deepEqual(config.takeover, { peerTimeoutMs: 5000, startHoldMs: 10_000 });
   assert.deepEqual(config.swap, { lagBytesMax: 64 * 2 ** 20, drainMsMax: 60_000, freezeMsMax: 10_000 });
