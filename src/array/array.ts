@@ -16,8 +16,9 @@ import { ArrayReplication, errorFrom, listening } from './replication-control.js
 import { ArrayEvents } from './array-events.js';
 import { EventBus } from '../events/bus.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
+import { VERSION } from '../version.js';
 
-export const VERSION = '0.1.0';
+export { VERSION };
 
 export interface ReadyInfo {
   ready: true;
