@@ -22,8 +22,9 @@ const agentPath = path.join(projectRoot, 'contrib', 'ocf', 'twinstore');
 const cli = path.join(projectRoot, 'bin', 'twinstore.js');
 const providerDir = '/usr/lib/ocf/resource.d/twinstore';
 
-// OCF exit codes (resource-agents' ocf-returncodes) and crm_resource's for them.
+// OCF exit codes (resource-agents' ocf-returncodes).
 const OCF_SUCCESS = 0;
+const OCF_ERR_CONFIGURED = 6;
 const OCF_NOT_RUNNING = 7;
 const OCF_RUNNING_MASTER = 8;
 
@@ -31,6 +32,8 @@ interface Resource {
   id: string;
   array: RunningArray;
   group: string;
+  /** Reach the array with api and token_file instead of its config file. */
+  byApi?: boolean;
 }
 
 interface Cluster {
@@ -49,16 +52,22 @@ function installAgent(t: TestContext): void {
   t.after(() => fs.rmSync(providerDir, { recursive: true, force: true }));
 }
 
+/** The agent's parameters for a resource: the array's config file, or its API URL and a token file. */
+function params(dir: string, r: Resource): Record<string, string> {
+  if (!r.byApi) return { twinstore: cli, config: r.array.configFile, group: r.group };
+  const tokenFile = path.join(dir, `${r.id}.token`);
+  fs.writeFileSync(tokenFile, r.array.token(), { mode: 0o600 });
+  return { twinstore: cli, api: `http://${r.array.ready!.api}`, token_file: tokenFile, group: r.group };
+}
+
 /** A CIB file with one promotable clone per resource, as an operator would configure them. */
 function writeCib(dir: string, resources: Resource[]): string {
   const clones = resources.map((r) => `
       <clone id="${r.id}-clone">
         <meta_attributes id="${r.id}-clone-meta"><nvpair id="${r.id}-promotable" name="promotable" value="true"/></meta_attributes>
         <primitive id="${r.id}" class="ocf" provider="twinstore" type="twinstore">
-          <instance_attributes id="${r.id}-ia">
-            <nvpair id="${r.id}-twinstore" name="twinstore" value="${cli}"/>
-            <nvpair id="${r.id}-config" name="config" value="${r.array.configFile}"/>
-            <nvpair id="${r.id}-group" name="group" value="${r.group}"/>
+          <instance_attributes id="${r.id}-ia">${Object.entries(params(dir, r)).map(([name, value]) => `
+            <nvpair id="${r.id}-${name}" name="${name}" value="${value}"/>`).join('')}
           </instance_attributes>
         </primitive>
       </clone>`).join('');
@@ -129,7 +138,7 @@ test('OCF agent: ocf-tester, monitor codes, scores, promote = takeover with A de
   const step = (what: string): void => t.diagnostic(`${what} at ${Date.now() - started} ms`);
   const site = await startSite(t, { volumes: 1, volumeSize: '16MiB' });
   await copyingGroup(site);
-  const resources: Resource[] = [{ id: 'ts-a', array: site.a, group: 'g1' }, { id: 'ts-b', array: site.b, group: 'g1' }, { id: 'ts-b2', array: site.b, group: 'g2' }];
+  const resources: Resource[] = [{ id: 'ts-a', array: site.a, group: 'g1' }, { id: 'ts-b', array: site.b, group: 'g1' }, { id: 'ts-b2', array: site.b, group: 'g2', byApi: true }];
   const c = cluster(site, resources);
   step('site ready');
 
@@ -138,6 +147,8 @@ test('OCF agent: ocf-tester, monitor codes, scores, promote = takeover with A de
   const tester = runAsync('ocf-tester', ['-n', 'ts-tester', '-o', `twinstore=${cli}`, '-o', `config=${site.a.configFile}`, '-o', 'group=g1', agentPath], { env: c.env, timeoutMs: 120_000 });
 
 
+  const invalid = await runAsync('crm_resource', ['--validate', '--class', 'ocf', '--provider', 'twinstore', '--agent', 'twinstore', '--option', 'group=g1'], { env: c.env });
+  assert.equal(agentRc(invalid), OCF_ERR_CONFIGURED, `validate-all without config or api: ${invalid.stdout}${invalid.stderr}`);
   for (const r of resources) assert.equal(await forceRc(c, 'check', r.id), OCF_NOT_RUNNING, `${r.id} before start: not running`);
   for (const r of resources) assert.equal(await forceRc(c, 'start', r.id), OCF_SUCCESS, `${r.id} start`);
   assert.equal(await forceRc(c, 'promote', 'ts-a'), OCF_SUCCESS, 'promote A (already the primary)');
