@@ -43,13 +43,22 @@ interface Cluster {
   env: Record<string, string>;
 }
 
-/** Links the agent where crm_resource looks for provider twinstore (removed after the test). */
+/**
+ * Links the agent where crm_resource looks for provider twinstore; after the test the link goes,
+ * and the folder if the test made it. An agent installed there already is put back.
+ */
 function installAgent(t: TestContext): void {
+  const madeDir = !fs.existsSync(providerDir);
   fs.mkdirSync(providerDir, { recursive: true });
   const link = path.join(providerDir, 'twinstore');
-  fs.rmSync(link, { force: true });
+  const saved = fs.existsSync(link) ? `${link}.before-test-${process.pid}` : null;
+  if (saved !== null) fs.renameSync(link, saved);
   fs.symlinkSync(agentPath, link);
-  t.after(() => fs.rmSync(providerDir, { recursive: true, force: true }));
+  t.after(() => {
+    fs.rmSync(link, { force: true });
+    if (saved !== null) fs.renameSync(saved, link);
+    if (madeDir) fs.rmdirSync(providerDir);
+  });
 }
 
 /** The agent's parameters for a resource: the array's config file, or its API URL and a token file. */
@@ -145,7 +154,6 @@ test('OCF agent: ocf-tester, monitor codes, scores, promote = takeover with A de
   // ocf-tester drives its own instance (ts-tester) on A: its promote and demote leave A the
   // primary, so it runs beside the crm_resource steps below until A is killed.
   const tester = runAsync('ocf-tester', ['-n', 'ts-tester', '-o', `twinstore=${cli}`, '-o', `config=${site.a.configFile}`, '-o', 'group=g1', agentPath], { env: c.env, timeoutMs: 120_000 });
-
 
   const invalid = await runAsync('crm_resource', ['--validate', '--class', 'ocf', '--provider', 'twinstore', '--agent', 'twinstore', '--option', 'group=g1'], { env: c.env });
   assert.equal(agentRc(invalid), OCF_ERR_CONFIGURED, `validate-all without config or api: ${invalid.stdout}${invalid.stderr}`);
