@@ -18,8 +18,9 @@ import { GroupAlerts } from './alerts.js';
 import { History, type HistoryJson } from './history.js';
 import { EventBus } from '../events/bus.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
+import { VERSION } from '../version.js';
 
-export const VERSION = '0.1.0';
+export { VERSION };
 
 export interface ReadyInfo {
   ready: true;

@@ -5,8 +5,7 @@
 
 import { Command, CommanderError } from 'commander';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { VERSION } from '../array/array.js';
-import { serve } from './serve.js';
+import { VERSION } from '../version.js';
 import { demo } from './demo.js';
 import { addVolumeCommands } from './volume-commands.js';
 import { addReplicationCommands } from './replication-commands.js';
@@ -36,6 +35,8 @@ export async function main(argv: string[]): Promise<void> {
         throw new TwinstoreError('BAD_REQUEST', `--log-format "${format}" is not one of ${LOG_FORMATS.join(', ')}`, { field: 'log-format' });
       }
       if (format !== undefined) process.env.TWINSTORE_LOG_FORMAT = format;
+      // Loaded here: the array's code is not needed by the client verbs, which start faster without it.
+      const { serve } = await import('./serve.js');
       await serve(config);
     });
 
