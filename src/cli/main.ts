@@ -12,6 +12,7 @@ import { addReplicationCommands } from './replication-commands.js';
 import { addKeysCommand } from './keys-command.js';
 import { addTlsCommand } from './tls-command.js';
 import { addEventsCommand } from './events-command.js';
+import { addTokenCommands } from './token-commands.js';
 import { LOG_FORMATS, isLogFormat } from '../util/log.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -21,6 +22,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--config <file>', "the array's own config file (to find its API and token)")
     .option('--api <url>', 'the array API URL, e.g. http://127.0.0.1:7700')
     .option('--token <token>', 'API token (default: TWINSTORE_TOKEN, or the data folder token with --config)')
+    .option('--ca <file>', "the CA that signed an https API's certificate (default: TWINSTORE_CA, or api.tls.caFile with --config)")
     .option('--json', 'print JSON')
     .exitOverride();
 
@@ -54,6 +56,7 @@ export async function main(argv: string[]): Promise<void> {
   addKeysCommand(program);
   addTlsCommand(program);
   addEventsCommand(program, () => program.opts());
+  addTokenCommands(program, () => program.opts());
 
   try {
     await program.parseAsync(argv);
