@@ -136,6 +136,12 @@ export interface PairDisplay {
   restorePaused: boolean;
   /** The command that brings a suspended pair back (PSUS, PSUE, SSWS, FENCED), naming where to run it; else null. */
   recovery: string | null;
+  /**
+   * Whether the S-VOL holds a state the hosts saw (a takeover may serve it): on the S-VOL array,
+   * false in COPY and after a copy that was cut short (until PAIR); on the master false in COPY,
+   * else null (only the S-VOL array knows whether a suspended copy was finished).
+   */
+  svolConsistent: boolean | null;
 }
 
 export function formatEpoch(epoch: Epoch): string {

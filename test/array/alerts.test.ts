@@ -17,7 +17,7 @@ function pair(group: string, values: { lagSeconds?: number; journalUsedPercent?:
     status: values.status ?? 'PAIR', statusReason: null, copyPercent: 100, journalUsedPercent: values.journalUsedPercent ?? 0,
     lagRecords: 0, lagBytes: 0, lagSeconds: values.lagSeconds ?? 0, consistencySeq: 1, consistencyTime: null, restoring: false,
     copyBytes: 0, copyRemainingBytes: 0, copyRateBytesPerSecond: null, copyEtaSeconds: null, pendingRegions: 0, pendingBytes: 0,
-    restorePaused: false, recovery: null,
+    restorePaused: false, recovery: null, svolConsistent: true,
   };
 }
 

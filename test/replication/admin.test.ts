@@ -22,7 +22,7 @@ const cliEntry = path.join(projectRoot, 'bin', 'twinstore.js');
 
 /** docs/architecture.md §8: the `pair display --json` contract. */
 const displayFields = ['group', 'direction', 'epoch', 'pvol', 'svol', 'status', 'statusReason', 'copyPercent', 'journalUsedPercent', 'lagRecords', 'lagBytes', 'lagSeconds', 'consistencySeq', 'consistencyTime', 'restoring', 'copyBytes',
-  'copyRemainingBytes', 'copyRateBytesPerSecond', 'copyEtaSeconds', 'pendingRegions', 'pendingBytes', 'restorePaused', 'recovery'];
+  'copyRemainingBytes', 'copyRateBytesPerSecond', 'copyEtaSeconds', 'pendingRegions', 'pendingBytes', 'restorePaused', 'recovery', 'svolConsistent'];
 
 interface PairRow {
   group: string;

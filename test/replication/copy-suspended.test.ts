@@ -6,7 +6,8 @@
 // fill the journal, so the group suspends (PSUE journal-full) with the copy
 // still in the first half (base records stop at 75% of the 132 MiB journal,
 // the part they leave to host writes, while B applies nothing). Then resume, `pair resync`, PAIR, lag 0 and
-// qemu-img compare of P-VOL and S-VOL; in the second case A is killed (-9)
+// qemu-img compare of P-VOL and S-VOL (B's display shows `svolConsistent`
+// false while cut off, true again in PAIR); in the second case A is killed (-9)
 // while the resync is still copying (restore still paused, so the copy waits
 // for journal space) and restarted first.
 
@@ -35,6 +36,9 @@ async function suspendedMidCopy(t: TestContext): Promise<Site> {
   const row = (await display(site.a))[0]!;
   t.diagnostic(`suspended mid-copy: ${row.status} ${row.statusReason}, copy ${row.copyBytes} bytes sent`);
   assert.ok(row.copyBytes < 128 * 2 ** 20, `the copy was suspended before the P-VOL's data (${row.copyBytes} bytes sent)`);
+  assert.equal(row.svolConsistent, null, 'the master leaves it to the S-VOL array');
+  // B's own view: what a cluster manager asks before a takeover there.
+  assert.equal((await display(site.b))[0]!.svolConsistent, false, 'B knows its S-VOL was cut off mid-copy');
   return site;
 }
 
@@ -46,6 +50,7 @@ test('a resync after an initial copy suspended mid-way copies the rest of the vo
   t.diagnostic(`resync: ${row.status}, copy ${row.copyPercent}%`);
   await waitForPairAndLag0(site, 120_000);
   compareAll(site);
+  await waitFor('B showing its S-VOL consistent again in PAIR', async () => (await display(site.b))[0]!.svolConsistent === true, 30_000, 100);
 });
 
 test('the rest owed by a suspended initial copy survives a kill -9 of A during the resync', { timeout: 300_000 }, async (t) => {

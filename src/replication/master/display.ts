@@ -66,6 +66,7 @@ export function pairDisplay(state: DisplayState): PairDisplay[] {
       pendingRegions,
       pendingBytes: bitmap === undefined ? 0 : Math.min(pendingRegions * bitmap.regionBytes, pair.sizeBytes),
       restorePaused: receiver.restorePaused,
+      svolConsistent: pair.status === 'COPY' ? false : null,
       recovery: recoveryHint({ group: meta.name, status: pair.status, statusReason, arrayId: state.arrayId, peer: meta.peer, divergentWrites: meta.divergence?.writes ?? 0 }),
     };
   });

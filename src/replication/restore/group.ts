@@ -429,6 +429,7 @@ export class RestoreGroup extends EventEmitter {
         pendingRegions,
         pendingBytes: Math.min(pendingRegions * this.regionBytes, pair.sizeBytes),
         restorePaused: paused,
+        svolConsistent: pair.status !== 'COPY' && pair.svolInconsistent !== true,
         recovery: recoveryHint({ group: this.meta.name, status: pair.status, statusReason, arrayId: this.engine.arrayId, peer: this.meta.peer, divergentWrites: 0 }),
       };
     });
