@@ -124,7 +124,17 @@ function resolveEndpoint(options: ConnectionOptions): Endpoint {
   const token = options.token ?? envToken ?? config.apiToken ?? readToken(config.dataDir);
   const scheme = config.apiTls === undefined ? 'http' : 'https';
   const configuredCa = config.apiTls !== undefined && fs.existsSync(config.apiTls.caFile) ? config.apiTls.caFile : undefined;
-  return { baseUrl: `${scheme}://${address}`, token, ca: readCa(caFile ?? configuredCa) };
+  return { baseUrl: `${scheme}://${reachable(address)}`, token, ca: readCa(caFile ?? configuredCa) };
+}
+
+/**
+ * An API bound to every address (0.0.0.0, ::) is reached from this host on loopback: the
+ * wildcard is no address to connect to, and a certificate names 127.0.0.1, never 0.0.0.0.
+ */
+export function reachable(address: string): string {
+  if (address.startsWith('0.0.0.0:')) return `127.0.0.1:${address.slice('0.0.0.0:'.length)}`;
+  if (address.startsWith('[::]:')) return `[::1]:${address.slice('[::]:'.length)}`;
+  return address;
 }
 
 function readCa(file: string | undefined): Endpoint['ca'] {
