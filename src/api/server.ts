@@ -21,6 +21,7 @@ import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
 import { boundConnections, boundedServerOptions } from './connection-bounds.js';
 import { HEALTH_PATH, READY_PATH, addHealthRoutes } from './health-routes.js';
 import { addEventRoutes, type EventFeed } from './event-routes.js';
+import { UI_ROUTES, addUiRoutes } from './ui-routes.js';
 
 export interface VolumeJson {
   name: string;
@@ -112,6 +113,7 @@ export class ApiServer {
     addMetricsRoutes(this.app, options.replication, options.control);
     addHealthRoutes(this.app, options.replication);
     addEventRoutes(this.app, options.events);
+    addUiRoutes(this.app);
   }
 
   /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here. */
@@ -139,7 +141,8 @@ export class ApiServer {
     // Prometheus scrapes without a token; /metrics shows no secrets (metrics-routes.ts).
     // Probes carry no token either; /healthz and /readyz show no secrets (health-routes.ts).
     const route = request.routeOptions.url;
-    if (route === METRICS_PATH || route === HEALTH_PATH || route === READY_PATH) return;
+    // The dashboard's files hold no data; its calls to /v1 carry the token (ui-routes.ts).
+    if (route === METRICS_PATH || route === HEALTH_PATH || route === READY_PATH || (route !== undefined && UI_ROUTES.has(route))) return;
     const header = request.headers.authorization ?? '';
     // RFC 7235: the auth scheme is case-insensitive (`bearer`, `BEARER`), followed by one or more spaces.
     const match = /^bearer[ \t]+(.+)$/i.exec(header);

@@ -1,0 +1,86 @@
+// The dashboard at /ui driven by a real browser (playwright-core with Debian's
+// chromium, no browser download) against two real arrays: the page and its
+// assets load without a token and with a CSP, the token typed in is never put in
+// a URL, the pair reaches PAIR on the page, lag rises under fio load through a
+// slow link and falls when the link is fast again (in the table and the chart),
+// and split and resync from the buttons, whose confirm dialog shows the CLI
+// line, bring PSUS and then PAIR. Screenshots go to test-output/dashboard/.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { chromium, type Page } from 'playwright-core';
+import { projectRoot, runAsync } from '../helpers/array.js';
+import { group, startSite, waitFor } from '../helpers/replication.js';
+
+const executablePath = '/usr/bin/chromium';
+const shotsDir = path.join(projectRoot, 'test-output', 'dashboard');
+const mib = 2 ** 20;
+
+async function text(page: Page, testId: string): Promise<string> {
+  return (await page.getByTestId(testId).first().textContent({ timeout: 1_000 }).catch(() => null)) ?? '';
+}
+
+async function attribute(page: Page, testId: string, name: string): Promise<number> {
+  return Number(await page.getByTestId(testId).first().getAttribute(name, { timeout: 1_000 }).catch(() => '0'));
+}
+
+async function shot(page: Page, name: string): Promise<void> {
+  const file = path.join(shotsDir, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`screenshot: ${file}`);
+}
+
+test('the dashboard shows a pair and drives split and resync', { skip: fs.existsSync(executablePath) ? false : `${executablePath} is missing (apt-get install chromium)` }, async (t) => {
+  fs.mkdirSync(shotsDir, { recursive: true });
+  const site = await startSite(t, { volumes: 1, volumeSize: '32MiB' });
+  const base = `http://${site.a.ready!.api}`;
+  const token = site.a.token();
+
+  const page0 = await fetch(`${base}/ui/`);
+  assert.equal(page0.status, 200, 'the page is served without a token');
+  assert.match(page0.headers.get('content-security-policy') ?? '', /script-src 'self'/);
+  assert.doesNotMatch(await page0.text(), /<script>|https?:\/\//, 'no inline script and nothing from elsewhere');
+  assert.equal((await fetch(`${base}/ui/..%2f..%2fpackage.json`)).status, 404, 'only the built files are served');
+  assert.equal((await fetch(`${base}/v1/pairs`)).status, 401, 'the data still needs the token');
+
+  const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
+  const urls: string[] = [];
+  page.on('request', (request) => urls.push(request.url()));
+  await page.goto(`${base}/ui`);
+  await page.getByTestId('token-input').fill(token);
+  await page.getByTestId('token-submit').click();
+  await waitFor('the pair shown as PAIR on the page', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
+  await waitFor('the event stream live on the page', async () => (await text(page, 'stream-state')) === 'events live', 10_000, 200);
+  await shot(page, 'pair');
+
+  // A link slower than the host's writes: the journal holds what is not sent yet.
+  site.proxy.setMode('bandwidth', { bytesPerSecond: 2_000_000 });
+  const fio = await runAsync('fio', ['--name=load', '--ioengine=nbd', `--uri=${site.a.uri('pvol0')}`, '--rw=write', '--bs=1M', '--iodepth=4', '--size=24M', '--output=/dev/null'], { timeoutMs: 30_000 });
+  assert.equal(fio.code, 0, `fio: ${fio.stderr}`);
+  await waitFor('lag bytes above 4 MiB on the page under load', async () => (await attribute(page, 'pair-lag-bytes', 'data-value')) > 4 * mib, 10_000, 200);
+  await waitFor('the lag chart rising above 4 MiB', async () => (await attribute(page, 'chart-lag-bytes', 'data-max')) > 4 * mib, 10_000, 200);
+  await shot(page, 'lag');
+  site.proxy.setMode('pass');
+  await waitFor('lag bytes back to 0 on the page', async () => (await attribute(page, 'pair-lag-bytes', 'data-value')) === 0, 20_000, 200);
+
+  await page.getByTestId(`action-split-${group}`).click();
+  const cli = await text(page, 'confirm-cli');
+  assert.equal(cli, `twinstore --api ${base} pair split --group ${group}`, 'the confirm dialog shows the CLI line');
+  await shot(page, 'split-confirm');
+  await page.getByTestId('confirm-run').click();
+  await waitFor('PSUS on the page after split', async () => (await text(page, 'pair-status')) === 'PSUS', 10_000, 200);
+  await shot(page, 'split');
+
+  await page.getByTestId(`action-resync-${group}`).click();
+  assert.equal(await text(page, 'confirm-cli'), `twinstore --api ${base} pair resync --group ${group}`);
+  await page.getByTestId('confirm-run').click();
+  await waitFor('PAIR on the page after resync', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
+  await shot(page, 'resync');
+
+  assert.ok(urls.length > 0 && urls.every((url) => !url.includes(token)), 'the token is never in a URL');
+  assert.ok(urls.every((url) => url.startsWith(base)), `nothing fetched from elsewhere: ${urls.filter((u) => !u.startsWith(base)).join(' ')}`);
+});
