@@ -15,6 +15,7 @@ import type { Logger } from '../util/log.js';
 import { commandDeviceDefaultBytes } from '../array/command-device.js';
 import { parseSize } from '../util/size.js';
 import type { AlertJson } from '../array/alerts.js';
+import type { HistoryJson } from '../array/history.js';
 import type { VolumeIoStats } from '../nbd/index.js';
 import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
 import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
@@ -86,6 +87,8 @@ export interface ArrayControl {
   deleteVolume(ref: string, force: boolean): Promise<void>;
   /** Each volume's NBD request counts, for /metrics. */
   ioStats(): ReadonlyMap<string, VolumeIoStats>;
+  /** The last hour of lag, journal use and host I/O (GET /v1/history). */
+  historyJson(): HistoryJson;
 }
 
 const createVolumeSchema = z.strictObject({
@@ -156,6 +159,7 @@ export class ApiServer {
     const app = this.app;
     app.get('/v1/status', async () => control().status());
     app.get('/v1/volumes', async () => ({ volumes: control().listVolumes() }));
+    app.get('/v1/history', async () => control().historyJson());
     app.get<{ Params: { name: string } }>('/v1/volumes/:name', async (request) => control().getVolume(request.params.name));
     app.post('/v1/volumes', async (request, reply) => {
       const volume = await control().createVolume(parseCreateVolume(request.body));

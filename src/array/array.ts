@@ -15,6 +15,7 @@ import { VolumeExport, isExported } from './volume-export.js';
 import { ArrayReplication, errorFrom, listening } from './replication-control.js';
 import { ArrayEvents } from './array-events.js';
 import { GroupAlerts } from './alerts.js';
+import { History, type HistoryJson } from './history.js';
 import { EventBus } from '../events/bus.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
 
@@ -34,6 +35,7 @@ export class TwinstoreArray implements ArrayControl {
   private readonly exportedReadOnly = new Map<string, boolean>();
   private nbdAddress = '';
   private apiAddress = '';
+  private readonly history = new History({ pairs: () => this.replication.manager.display(), ioStats: () => this.registry.allIoStats() });
 
   private constructor(
     private readonly config: ArrayConfig,
@@ -102,6 +104,7 @@ export class TwinstoreArray implements ArrayControl {
     this.engine.on('volume-deleted', (volume: Volume) => this.registry.forget(volume.name, `volume ${volume.name} deleted`));
     this.engine.on('volume-role', (volume: Volume) => this.reexport(volume));
     this.events.start(this.engine);
+    this.history.start();
     const nbd = await listening('listen.nbd', this.config.listen.nbd, this.nbd.listen(this.config.listen.nbd.host, this.config.listen.nbd.port));
     const api = await listening('listen.api', this.config.listen.api, this.api.listen(this.config.listen.api.host, this.config.listen.api.port));
     this.nbdAddress = formatAddress(nbd.address, nbd.port);
@@ -166,6 +169,10 @@ export class TwinstoreArray implements ArrayControl {
       ...stats,
       alerts: this.events.alerts.firing(),
     };
+  }
+
+  historyJson(): HistoryJson {
+    return this.history.json();
   }
 
   ioStats(): ReadonlyMap<string, VolumeIoStats> {
@@ -288,6 +295,7 @@ export class TwinstoreArray implements ArrayControl {
   private async close(): Promise<void> {
     let failed: unknown;
     this.events.stop();
+    this.history.stop();
     for (const step of [() => this.api.close(), () => this.nbd.close(), () => this.replication.stop(), () => this.engine.close()]) {
       try {
         await step();

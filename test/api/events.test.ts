@@ -17,6 +17,7 @@ import readline from 'node:readline';
 import { spawn } from 'node:child_process';
 import { projectRoot, startArray, createVolume, type RunningArray } from '../helpers/array.js';
 import { display, startSite, waitFor, waitForPairAndLag0 } from '../helpers/replication.js';
+import { sseParser } from '../helpers/http.js';
 
 interface Event {
   id: string;
@@ -40,17 +41,7 @@ function subscribe(array: RunningArray, options: { lastEventId?: string; token?:
   return new Promise((resolve, reject) => {
     const request = http.get({ host: array.ready!.api.slice(0, at), port: Number(array.ready!.api.slice(at + 1)), path: '/v1/events', headers, agent: false }, (response) => {
       const events: Event[] = [];
-      let buffered = '';
-      response.setEncoding('utf8').on('data', (chunk: string) => {
-        buffered += chunk;
-        let end: number;
-        while ((end = buffered.indexOf('\n\n')) >= 0) {
-          const block = buffered.slice(0, end);
-          buffered = buffered.slice(end + 2);
-          const data = block.split('\n').find((line) => line.startsWith('data: '));
-          if (data) events.push(JSON.parse(data.slice(6)) as Event);
-        }
-      });
+      response.setEncoding('utf8').on('data', sseParser<Event>((event) => events.push(event)));
       response.on('error', () => undefined);
       const until = async (what: string, check: (event: Event) => boolean, timeoutMs = 60_000): Promise<Event> => {
         let found: Event | undefined;

@@ -3,7 +3,8 @@
 // status and link state, the receiver's data age, each volume's NBD requests
 // (counts, bytes, latency histogram) and sessions, drive and pool capacity,
 // and the group alerts, with no token needed and no secret shown; the alerts
-// also in `status` and the event stream (issue 16).
+// also in `status` and the event stream, and the same lag and host writes in
+// the dashboard's history (GET /v1/history) (issue 16).
 // Method: two real `twinstore serve` processes with a pair in PAIR, g1's alert
 // thresholds set low in the config; the metrics are fetched over HTTP without a
 // token and parsed as Prometheus text. Restore is paused on B so records stay
@@ -151,6 +152,13 @@ test('/metrics on both arrays of a pair: names, lag, journal use, records, pair 
   assert.equal(snapshot.code, 0, snapshot.stderr);
   const alertEvents = snapshot.stdout.trim().split('\n').map((line) => JSON.parse(line) as { type: string; data: { state: string; alert: string } }).filter((e) => e.type === 'alert');
   assert.deepEqual(alertEvents.map((e) => [e.data.state, e.data.alert]), [['firing', 'journal'], ['firing', 'lag']], 'the event snapshot shows the firing alerts');
+  await waitFor('a history sample with the held lag and the P-VOL\'s writes (GET /v1/history)', async () => {
+    const history = JSON.parse(runOk('curl', ['-sS', '-H', `Authorization: Bearer ${a.token()}`, `http://${a.ready!.api}/v1/history`])) as {
+      intervalSeconds: number; samples: Array<{ groups: Record<string, { lagBytes: number }>; volumes: Record<string, { writeBytes: number }> }>;
+    };
+    assert.equal(history.intervalSeconds, 5);
+    return history.samples.some((s) => (s.groups.g1?.lagBytes ?? 0) >= 5 * 2 ** 20) && history.samples.some((s) => (s.volumes.pvol?.writeBytes ?? 0) > 0);
+  });
   const statusText = a.cli(['status']);
   assert.match(statusText.stdout, /^lag\s+g1\s+\S+\s+g1: lag /m, 'status shows the alert to a person');
 

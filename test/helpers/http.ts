@@ -60,3 +60,18 @@ function splitAddress(address: string): [string, number] {
   const at = address.lastIndexOf(':');
   return [address.slice(0, at).replace(/^\[|\]$/g, ''), Number(address.slice(at + 1))];
 }
+
+/** Splits a server-sent event stream into its data lines, parsed: feed it each chunk as read. */
+export function sseParser<T>(onEvent: (event: T) => void): (chunk: string) => void {
+  let buffered = '';
+  return (chunk) => {
+    buffered += chunk;
+    let end: number;
+    while ((end = buffered.indexOf('\n\n')) >= 0) {
+      const block = buffered.slice(0, end);
+      buffered = buffered.slice(end + 2);
+      const data = block.split('\n').find((line) => line.startsWith('data: '));
+      if (data) onEvent(JSON.parse(data.slice(6)) as T);
+    }
+  };
+}
