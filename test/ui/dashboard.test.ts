@@ -1,10 +1,12 @@
 // The dashboard at /ui driven by a real browser (playwright-core with Debian's
 // chromium, no browser download) against two real arrays: the page and its
-// assets load without a token and with a CSP, the token typed in is never put in
-// a URL, the pair reaches PAIR on the page, lag rises under fio load through a
-// slow link and falls when the link is fast again (in the table and the chart),
-// and split and resync from the buttons, whose confirm dialog shows the CLI
-// line, bring PSUS and then PAIR. Screenshots go to test-output/dashboard/.
+// assets load without a token and with a CSP; a wrong token brings the form
+// back with the API's error; the pair reaches PAIR on the page; lag rises under
+// fio load through a slow link and falls when the link is fast again (in the
+// table and the chart); the host's writes show in the throughput chart (GET
+// /v1/history); split and resync from the buttons, whose confirm dialog shows
+// the CLI line, bring PSUS and then PAIR; no request URL holds the token.
+// Screenshots go to test-output/dashboard/ (the paths are printed).
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -51,6 +53,9 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
   const urls: string[] = [];
   page.on('request', (request) => urls.push(request.url()));
   await page.goto(`${base}/ui`);
+  await page.getByTestId('token-input').fill('not-the-token');
+  await page.getByTestId('token-submit').click();
+  await waitFor('the form back with UNAUTHORIZED after a wrong token', async () => (await text(page, 'token-error')).startsWith('UNAUTHORIZED:'), 10_000, 200);
   await page.getByTestId('token-input').fill(token);
   await page.getByTestId('token-submit').click();
   await waitFor('the pair shown as PAIR on the page', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
@@ -63,6 +68,7 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
   assert.equal(fio.code, 0, `fio: ${fio.stderr}`);
   await waitFor('lag bytes above 4 MiB on the page under load', async () => (await attribute(page, 'pair-lag-bytes', 'data-value')) > 4 * mib, 10_000, 200);
   await waitFor('the lag chart rising above 4 MiB', async () => (await attribute(page, 'chart-lag-bytes', 'data-max')) > 4 * mib, 10_000, 200);
+  await waitFor('host write throughput in the chart (from /v1/history)', async () => (await attribute(page, 'chart-throughput', 'data-max')) > 0, 15_000, 200);
   await shot(page, 'lag');
   site.proxy.setMode('pass');
   await waitFor('lag bytes back to 0 on the page', async () => (await attribute(page, 'pair-lag-bytes', 'data-value')) === 0, 20_000, 200);

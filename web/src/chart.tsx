@@ -25,7 +25,7 @@ function options(props: ChartProps, width: number): uPlot.Options {
     legend: { show: true },
     scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), Math.max(1, max)] } },
     axes: [{}, { size: 70, values: (_u, ticks) => ticks.map((t) => props.format(t)) }],
-    series: [{}, ...props.series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length]!, width: 1.5, value: (_u: uPlot, v: number | null) => (v === null ? '-' : props.format(v)) }))],
+    series: [{}, ...props.series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length]!, width: 1.5, spanGaps: true, value: (_u: uPlot, v: number | null) => (v === null ? '-' : props.format(v)) }))],
   };
 }
 
