@@ -52,6 +52,11 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
   const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
   const urls: string[] = [];
   page.on('request', (request) => urls.push(request.url()));
+  const pageErrors: string[] = [];
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  page.on('console', (message) => {
+    if (/Content.Security.Policy/i.test(message.text())) pageErrors.push(message.text());
+  });
   await page.goto(`${base}/ui`);
   await page.getByTestId('token-input').fill('not-the-token');
   await page.getByTestId('token-submit').click();
@@ -61,6 +66,8 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
   await waitFor('the pair shown as PAIR on the page', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
   await waitFor('the event stream live on the page', async () => (await text(page, 'stream-state')) === 'events live', 10_000, 200);
   await shot(page, 'pair');
+  await page.reload();
+  await waitFor('PAIR again after a reload, the token kept for the tab', async () => (await text(page, 'pair-status')) === 'PAIR', 10_000, 200);
 
   // A link slower than the host's writes: the journal holds what is not sent yet.
   site.proxy.setMode('bandwidth', { bytesPerSecond: 2_000_000 });
@@ -87,6 +94,7 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
   await waitFor('PAIR on the page after resync', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
   await shot(page, 'resync');
 
+  assert.deepEqual(pageErrors, [], 'no script error and no CSP violation on the page');
   assert.ok(urls.length > 0 && urls.every((url) => !url.includes(token)), 'the token is never in a URL');
   assert.ok(urls.every((url) => url.startsWith(base)), `nothing fetched from elsewhere: ${urls.filter((u) => !u.startsWith(base)).join(' ')}`);
 });

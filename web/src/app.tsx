@@ -3,7 +3,7 @@
 // status, links, pairs and history, follows its event stream to refresh at
 // once on a change, and draws the groups and the charts.
 
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useMemo, useState } from 'preact/hooks';
 import { Api, ApiError, type ArrayEvent } from './api.js';
 import { Chart } from './chart.js';
 import { bytes, duration } from './format.js';
@@ -28,7 +28,9 @@ interface Snapshot {
 export function App() {
   const [token, setToken] = useState(() => sessionStorage.getItem(tokenKey));
   const [refused, setRefused] = useState<string | null>(null);
-  if (token === null) {
+  // One client per token: the dashboard's polls and stream restart only when it changes.
+  const api = useMemo(() => (token === null ? null : new Api(token)), [token]);
+  if (api === null) {
     return <TokenForm error={refused} onToken={(t) => { sessionStorage.setItem(tokenKey, t); setRefused(null); setToken(t); }} />;
   }
   const signOut = (why: string | null): void => {
@@ -36,7 +38,7 @@ export function App() {
     setRefused(why);
     setToken(null);
   };
-  return <Dashboard api={new Api(token)} onSignOut={signOut} />;
+  return <Dashboard api={api} onSignOut={signOut} />;
 }
 
 function TokenForm(props: { error: string | null; onToken: (token: string) => void }) {
