@@ -5,7 +5,8 @@
 // fio load through a slow link and falls when the link is fast again (in the
 // table and the chart); the host's writes show in the throughput chart (GET
 // /v1/history); split and resync from the buttons, whose confirm dialog shows
-// the CLI line, bring PSUS and then PAIR; no request URL holds the token.
+// the CLI line, bring PSUS, then COPY (through a slow link) and PAIR; no
+// request URL holds the token.
 // Screenshots go to test-output/dashboard/ (the paths are printed).
 
 import assert from 'node:assert/strict';
@@ -88,9 +89,21 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
   await waitFor('PSUS on the page after split', async () => (await text(page, 'pair-status')) === 'PSUS', 10_000, 200);
   await shot(page, 'split');
 
+  // Writes while split, copied by the resync through a slow link: the page shows COPY.
+  const dirty = await runAsync('fio', ['--name=dirty', '--ioengine=nbd', `--uri=${site.a.uri('pvol0')}`, '--rw=write', '--bs=1M', '--iodepth=4', '--size=16M', '--output=/dev/null'], { timeoutMs: 30_000 });
+  assert.equal(dirty.code, 0, `fio: ${dirty.stderr}`);
+  site.proxy.setMode('bandwidth', { bytesPerSecond: 2_000_000 });
   await page.getByTestId(`action-resync-${group}`).click();
   assert.equal(await text(page, 'confirm-cli'), `twinstore --api ${base} pair resync --group ${group}`);
   await page.getByTestId('confirm-run').click();
+  let copy = '';
+  await waitFor('COPY on the page during the resync', async () => {
+    const seen = `${await text(page, 'pair-status')} ${await text(page, 'pair-copy')}`;
+    if (seen !== copy) console.log(`page: ${(copy = seen)}`);
+    return seen.startsWith('COPY ');
+  }, 15_000, 100);
+  await shot(page, 'copy');
+  site.proxy.setMode('pass');
   await waitFor('PAIR on the page after resync', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
   await shot(page, 'resync');
 

@@ -34,7 +34,7 @@ function PairRow(props: { pair: Pair; now: number }) {
       <td class={`status status-${p.status}`} data-testid="pair-status">{status}</td>
       <td>{p.statusReason ?? ''}{p.recovery && <div class="recovery">{p.recovery}</div>}</td>
       <td>seq {p.consistencySeq}<div class="muted">{age(p.consistencyTime, props.now)}</div></td>
-      <td>{copyCell(p)}</td>
+      <td data-testid="pair-copy">{copyCell(p)}</td>
       <td data-testid="pair-lag-seconds">{duration(p.lagSeconds)}</td>
       <td data-testid="pair-lag-bytes" data-value={String(p.lagBytes)}>{bytes(p.lagBytes)}</td>
       <td>{p.journalUsedPercent}%</td>
