@@ -47,8 +47,9 @@ function known(value: number | undefined): number | null {
   return value === undefined || value < 0 ? null : value;
 }
 
-function sum(values: number[]): number | null {
-  return values.length === 0 ? null : values.reduce((a, b) => a + b, 0);
+/** A history sample without a volume's numbers had no I/O on it: 0, not a gap. */
+function sum(values: number[]): number {
+  return values.reduce((a, b) => a + b, 0);
 }
 
 export function chartData(samples: HistorySample[], live: LivePoint[], groups: string[]): ChartData {
