@@ -44,7 +44,10 @@ export function GroupActions(props: ActionsProps) {
   const [result, setResult] = useState<{ ok: boolean; text: string } | null>(null);
   const actions = groupActions(props.group).filter((a) => a.id !== 'takeover' || props.receiver);
   const run = async (action: Action): Promise<void> => {
+    // The dialog closes at once: a resync or takeover may answer only after a while, and the table shows it going.
     setBusy(true);
+    setOpen(null);
+    setResult({ ok: true, text: `${action.label} ${props.group}: running…` });
     try {
       const answer = await props.api.post<unknown>(action.route, { group: props.group });
       setResult({ ok: true, text: `${action.label} ${props.group}: ${JSON.stringify(answer)}` });
@@ -53,14 +56,13 @@ export function GroupActions(props: ActionsProps) {
       setResult({ ok: false, text: `${action.label} ${props.group} failed: ${e.code}: ${e.message}` });
     } finally {
       setBusy(false);
-      setOpen(null);
       props.onDone();
     }
   };
   return (
     <div class="actions">
       {actions.map((a) => (
-        <button type="button" data-testid={`action-${a.id}-${props.group}`} onClick={() => { setResult(null); setOpen(a); }}>{a.label}</button>
+        <button type="button" data-testid={`action-${a.id}-${props.group}`} disabled={busy} onClick={() => { setResult(null); setOpen(a); }}>{a.label}</button>
       ))}
       {result && <p class={result.ok ? 'result' : 'error'} data-testid={`action-result-${props.group}`}>{result.text}</p>}
       {open && (
@@ -70,8 +72,8 @@ export function GroupActions(props: ActionsProps) {
           <p>The same from a shell:</p>
           <pre data-testid="confirm-cli">{cliLine(open, location.origin)}</pre>
           <div class="buttons">
-            <button type="button" data-testid="confirm-run" disabled={busy} onClick={() => void run(open)}>Run</button>
-            <button type="button" data-testid="confirm-cancel" disabled={busy} onClick={() => setOpen(null)}>Cancel</button>
+            <button type="button" data-testid="confirm-run" onClick={() => void run(open)}>Run</button>
+            <button type="button" data-testid="confirm-cancel" onClick={() => setOpen(null)}>Cancel</button>
           </div>
         </div>
       )}
