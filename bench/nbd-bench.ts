@@ -4,6 +4,9 @@
 // 127.0.0.1 over images filled with the same random bytes, runs every job
 // against each in turn (so drift in the machine hits all three alike), prints
 // the table, writes it to bench/results/, and stops everything it started.
+// Two more columns measure TLS on the data path: Twinstore with `nbd.tls:
+// require` and nbdkit with `--tls=require` (X.509 from `twinstore tls`), the
+// same fio jobs over nbds://, and their ratio.
 //
 // Usage: npm run bench -- [--seconds N] [--quick]   (BENCH_SECONDS also sets N)
 
@@ -13,7 +16,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ProcessTracker } from './lib/processes.js';
 import { fioJobs, runFio, type FioJob } from './lib/fio.js';
-import { startNbdkit, startQemuNbd, startTwinstore, targetNames, writeRandomFile, type Target, type TargetName, type TargetOptions } from './lib/targets.js';
+import { makeTlsFiles, startNbdkit, startNbdkitTls, startQemuNbd, startTwinstore, startTwinstoreTls, targetNames, writeRandomFile, type Target, type TargetName, type TargetOptions } from './lib/targets.js';
 import { failureLines, formatCell, jsonReport, legend, markdownReport, textTable, type Cell, type JobResult, type RunInfo } from './lib/report.js';
 
 interface Options {
@@ -82,13 +85,16 @@ async function startTargets(tracker: ProcessTracker, workDir: string, imageBytes
   const sourceFile = path.join(workDir, 'random.img');
   progress(`writing ${imageBytes / 2 ** 20} MiB of random data`);
   await writeRandomFile(sourceFile, imageBytes);
-  const starters = { Twinstore: startTwinstore, 'qemu-nbd': startQemuNbd, nbdkit: startNbdkit } as const;
+  const starters = { Twinstore: startTwinstore, 'qemu-nbd': startQemuNbd, nbdkit: startNbdkit, 'Twinstore TLS': startTwinstoreTls, 'nbdkit TLS': startNbdkitTls } as const;
+  const tlsDir = path.join(workDir, 'tls');
+  await fs.promises.mkdir(tlsDir);
+  const tls = await makeTlsFiles(tracker, tlsDir);
   const targets: Target[] = [];
   for (const name of targetNames) {
-    const dir = path.join(workDir, name);
+    const dir = path.join(workDir, name.replace(' ', '-'));
     await fs.promises.mkdir(dir);
     progress(`starting and filling ${name}`);
-    const options: TargetOptions = { tracker, dir, imageBytes, sourceFile };
+    const options: TargetOptions = { tracker, dir, imageBytes, sourceFile, tls };
     const target = await starters[name](options);
     progress(`${name} serving ${target.uri} (pid ${target.server.pid})`);
     targets.push(target);
@@ -115,9 +121,9 @@ async function runJob(run: Run, job: FioJob, targets: Target[]): Promise<JobResu
       cells[target.name] = { ok: false, error: `server exited earlier: ${target.server.stderrTail().slice(-2000)}` };
       continue;
     }
-    const outputFile = path.join(workDir, `${job.name}-${target.name}.json`);
+    const outputFile = path.join(workDir, `${job.name}-${target.name.replace(' ', '-')}.json`);
     try {
-      const measurement = await runFio(tracker, { job, uri: target.uri, seconds: options.seconds, imageBytes: options.imageBytes, outputFile });
+      const measurement = await runFio(tracker, { job, uri: target.uri, seconds: options.seconds, imageBytes: options.imageBytes, outputFile, env: target.clientEnv });
       cells[target.name] = { ok: true, measurement };
     } catch (error) {
       abort.throwIfAborted();

@@ -51,6 +51,8 @@ export interface FioRun {
   outputFile: string;
   /** Pin fio to this CPU. */
   cpu?: number;
+  /** fio's environment (a TLS target's HOME with the CA). */
+  env?: NodeJS.ProcessEnv | undefined;
 }
 
 /** Beyond the runtime, how long fio may take to connect, start and finish before it is killed. */
@@ -75,7 +77,7 @@ export function fioArgs(run: FioRun): string[] {
 }
 
 export async function runFio(tracker: ProcessTracker, run: FioRun): Promise<Measurement> {
-  await tracker.run('fio', fioArgs(run), { label: `fio ${run.job.name}`, timeoutMs: run.seconds * 1000 + fioOverheadMsMax, ...(run.cpu === undefined ? {} : { cpu: run.cpu }) });
+  await tracker.run('fio', fioArgs(run), { label: `fio ${run.job.name}`, timeoutMs: run.seconds * 1000 + fioOverheadMsMax, ...(run.cpu === undefined ? {} : { cpu: run.cpu }), ...(run.env === undefined ? {} : { env: run.env }) });
   return parseFioOutput(run.job, await fs.promises.readFile(run.outputFile, 'utf8'));
 }
 

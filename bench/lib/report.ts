@@ -1,6 +1,7 @@
 // Why this exists: turns the benchmark's measurements into what people and
 // scripts read: an aligned table on the terminal, the same table in markdown,
-// and JSON, with Twinstore's ratio to the better of the two peer servers.
+// and JSON, with Twinstore's ratio to the better of the two peer servers, and
+// over TLS its ratio to nbdkit over TLS.
 
 import { table } from '../../src/cli/table.js';
 import type { FioJob, Measurement } from './fio.js';
@@ -39,6 +40,14 @@ export function ratioToBestPeer(result: JobResult): number | undefined {
   return best > 0 ? own.measurement.value / best : undefined;
 }
 
+/** Twinstore over TLS to nbdkit over TLS; undefined when a cell failed. */
+export function tlsRatio(result: JobResult): number | undefined {
+  const own = result.cells['Twinstore TLS'];
+  const peer = result.cells['nbdkit TLS'];
+  if (!own.ok || !peer.ok || peer.measurement.value <= 0) return undefined;
+  return own.measurement.value / peer.measurement.value;
+}
+
 function formatLatency(us: number): string {
   return us < 100 ? us.toFixed(1) : us.toFixed(0);
 }
@@ -70,15 +79,17 @@ function rows(results: readonly JobResult[]): string[][] {
     result.job.name,
     ...targetNames.map((name) => formatCell(result.job, result.cells[name])),
     formatRatio(ratioToBestPeer(result)),
+    formatRatio(tlsRatio(result)),
   ]);
 }
 
-const headers = ['job', ...targetNames, 'ratio'];
+const headers = ['job', ...targetNames, 'ratio', 'TLS ratio'];
 
 export const legend = [
   '1M jobs: MB/s (10^6 B/s) and mean latency per request. 4k jobs: IOPS and mean latency.',
   'flush4k: 4 KiB write + flush pairs per second, with mean write and flush latency.',
   `ratio: Twinstore / best of qemu-nbd and nbdkit; "!" marks ratios below ${ratioWarnBelow}.`,
+  'TLS columns: nbd.tls require and nbdkit --tls=require (X.509, TLS 1.3); TLS ratio: Twinstore TLS / nbdkit TLS.',
 ];
 
 export function textTable(results: readonly JobResult[]): string {
@@ -125,6 +136,7 @@ export function jsonReport(info: RunInfo, results: readonly JobResult[]): unknow
       metric: result.job.metric,
       unit: result.job.metric === 'bandwidth' ? 'MB/s' : result.job.metric === 'iops' ? 'IOPS' : 'ops/s',
       ratioToBestPeer: ratioToBestPeer(result) ?? null,
+      tlsRatio: tlsRatio(result) ?? null,
       targets: Object.fromEntries(targetNames.map((name) => [name, result.cells[name]])),
     })),
   };

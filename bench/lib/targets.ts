@@ -1,7 +1,12 @@
 // Why this exists: the benchmark compares Twinstore with two reference NBD
 // servers on the same kind of backing file. This module starts each server on
 // 127.0.0.1 (through the ProcessTracker, so cleanup can find it) and fills its
-// image with the same random bytes, so every read hits allocated data.
+// image with the same random bytes, so every read hits allocated data. The TLS
+// rows run Twinstore with `nbd.tls: require` and nbdkit with `--tls=require`
+// on X.509 files from `twinstore tls`. fio's nbd engine may not name local
+// files in its URI (no `?tls-certificates=`), so its clients find the CA where
+// libnbd looks by default, `$HOME/.pki/libnbd/ca-cert.pem`, under a HOME of
+// the benchmark's own (Target.clientEnv).
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -9,13 +14,21 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { freePort, waitForPort, type ProcessTracker, type Tracked } from './processes.js';
 
-export const targetNames = ['Twinstore', 'qemu-nbd', 'nbdkit'] as const;
+export const targetNames = ['Twinstore', 'qemu-nbd', 'nbdkit', 'Twinstore TLS', 'nbdkit TLS'] as const;
 export type TargetName = (typeof targetNames)[number];
 
 export interface Target {
   name: TargetName;
   uri: string;
   server: Tracked;
+  /** The environment a client of this target runs with (the TLS targets: a HOME holding the CA). */
+  clientEnv?: NodeJS.ProcessEnv;
+}
+
+/** X.509 files for the TLS targets: `twinstore tls server` output, and a HOME whose .pki/libnbd holds the CA. */
+export interface TlsFiles {
+  serverDir: string;
+  clientHome: string;
 }
 
 export interface TargetOptions {
@@ -25,6 +38,8 @@ export interface TargetOptions {
   imageBytes: number;
   /** The random image every target starts from. */
   sourceFile: string;
+  /** The TLS targets' files. */
+  tls: TlsFiles;
 }
 
 const exportName = 'vol';
@@ -56,7 +71,23 @@ export async function writeRandomFile(file: string, imageBytes: number): Promise
   if (written !== imageBytes) throw new Error(`random image is ${written} bytes, expected ${imageBytes}`);
 }
 
-function twinstoreConfig(driveBytes: number): string {
+/** A CA and a server certificate for 127.0.0.1 (`twinstore tls`), and the clients' HOME with the CA where libnbd looks. */
+export async function makeTlsFiles(tracker: ProcessTracker, dir: string): Promise<TlsFiles> {
+  const ca = path.join(dir, 'ca');
+  const serverDir = path.join(dir, 'server');
+  await tracker.run(process.execPath, [cliEntry, 'tls', 'ca', '--out', ca], { label: 'twinstore tls ca', timeoutMs: cliRunMsMax });
+  await tracker.run(process.execPath, [cliEntry, 'tls', 'server', '--ca', ca, '--name', '127.0.0.1', '--out', serverDir], { label: 'twinstore tls server', timeoutMs: cliRunMsMax });
+  const clientHome = path.join(dir, 'client-home');
+  await fs.promises.mkdir(path.join(clientHome, '.pki', 'libnbd'), { recursive: true });
+  await fs.promises.copyFile(path.join(ca, 'ca-cert.pem'), path.join(clientHome, '.pki', 'libnbd', 'ca-cert.pem'));
+  return { serverDir, clientHome };
+}
+
+function clientEnv(tls: TlsFiles): NodeJS.ProcessEnv {
+  return { ...process.env, HOME: tls.clientHome };
+}
+
+function twinstoreConfig(driveBytes: number, tls: TlsFiles | undefined): string {
   return [
     'array:',
     '  id: bench',
@@ -67,6 +98,12 @@ function twinstoreConfig(driveBytes: number): string {
     'listen:',
     '  nbd: 127.0.0.1:0',
     '  api: 127.0.0.1:0',
+    ...(tls === undefined ? [] : [
+      'nbd:',
+      '  tls: require',
+      `  certFile: ${path.join(tls.serverDir, 'server-cert.pem')}`,
+      `  keyFile: ${path.join(tls.serverDir, 'server-key.pem')}`,
+    ]),
     '',
   ].join('\n');
 }
@@ -100,9 +137,18 @@ export async function readReadyLine(server: Tracked, onLine?: (line: string) => 
 }
 
 /** Starts `twinstore serve`, creates the volume, and fills it from sourceFile with nbdcopy. */
-export async function startTwinstore(options: TargetOptions): Promise<Target> {
+export function startTwinstore(options: TargetOptions): Promise<Target> {
+  return startTwinstoreWith(options, undefined);
+}
+
+/** Twinstore with `nbd.tls: require`. */
+export function startTwinstoreTls(options: TargetOptions): Promise<Target> {
+  return startTwinstoreWith(options, options.tls);
+}
+
+async function startTwinstoreWith(options: TargetOptions, tls: TlsFiles | undefined): Promise<Target> {
   const configFile = path.join(options.dir, 'bench.yaml');
-  await fs.promises.writeFile(configFile, twinstoreConfig(options.imageBytes + driveSlackBytes));
+  await fs.promises.writeFile(configFile, twinstoreConfig(options.imageBytes + driveSlackBytes, tls));
   const server = options.tracker.spawn(process.execPath, [cliEntry, 'serve', '--config', configFile], {
     label: 'twinstore serve',
     stdout: 'pipe',
@@ -113,10 +159,12 @@ export async function startTwinstore(options: TargetOptions): Promise<Target> {
     [cliEntry, '--config', configFile, 'volume', 'create', exportName, '--size', String(options.imageBytes), '--json'],
     { label: 'twinstore volume create', timeoutMs: cliRunMsMax },
   );
-  const uri = (JSON.parse(created.stdout) as { nbdUri?: string }).nbdUri;
-  if (uri !== `nbd://${ready.nbd}/${exportName}`) throw new Error(`volume create gave ${uri}, expected nbd://${ready.nbd}/${exportName}`);
-  await options.tracker.run('nbdcopy', ['--flush', options.sourceFile, uri], { label: 'nbdcopy prefill', timeoutMs: 600_000 });
-  return { name: 'Twinstore', uri, server };
+  const listed = (JSON.parse(created.stdout) as { nbdUri?: string }).nbdUri;
+  if (listed !== `nbd://${ready.nbd}/${exportName}`) throw new Error(`volume create gave ${listed}, expected nbd://${ready.nbd}/${exportName}`);
+  const uri = tls === undefined ? listed : `nbds://${ready.nbd}/${exportName}`;
+  const env = tls === undefined ? undefined : clientEnv(tls);
+  await options.tracker.run('nbdcopy', ['--flush', options.sourceFile, uri], { label: 'nbdcopy prefill', timeoutMs: 600_000, ...(env === undefined ? {} : { env }) });
+  return tls === undefined ? { name: 'Twinstore', uri, server } : { name: 'Twinstore TLS', uri, server, clientEnv: clientEnv(tls) };
 }
 
 /** Copies sourceFile and serves the copy with qemu-nbd (tuned glibc, as in bench/baseline.md). */
@@ -138,12 +186,23 @@ export async function startQemuNbd(options: TargetOptions): Promise<Target> {
  * plugin serves the same file under any export name; `-e` only matters with
  * --run, so it is passed for symmetry with the URI and nothing more.
  */
-export async function startNbdkit(options: TargetOptions): Promise<Target> {
+export function startNbdkit(options: TargetOptions): Promise<Target> {
+  return startNbdkitWith(options, undefined);
+}
+
+/** nbdkit with `--tls=require` and the same certificate as Twinstore TLS. */
+export function startNbdkitTls(options: TargetOptions): Promise<Target> {
+  return startNbdkitWith(options, options.tls);
+}
+
+async function startNbdkitWith(options: TargetOptions, tls: TlsFiles | undefined): Promise<Target> {
   const image = path.join(options.dir, 'nbdkit.img');
   await fs.promises.copyFile(options.sourceFile, image);
   const port = await freePort();
-  const args = ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), '-e', exportName, 'file', `file=${image}`];
-  const server = options.tracker.spawn('nbdkit', args, { label: 'nbdkit' });
+  const tlsArgs = tls === undefined ? [] : ['--tls=require', `--tls-certificates=${tls.serverDir}`];
+  const args = ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...tlsArgs, '-e', exportName, 'file', `file=${image}`];
+  const server = options.tracker.spawn('nbdkit', args, { label: tls === undefined ? 'nbdkit' : 'nbdkit tls' });
   await waitForPort(port, server, serverStartMsMax);
-  return { name: 'nbdkit', uri: `nbd://127.0.0.1:${port}/${exportName}`, server };
+  if (tls === undefined) return { name: 'nbdkit', uri: `nbd://127.0.0.1:${port}/${exportName}`, server };
+  return { name: 'nbdkit TLS', uri: `nbds://127.0.0.1:${port}/${exportName}`, server, clientEnv: clientEnv(tls) };
 }

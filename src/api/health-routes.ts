@@ -20,8 +20,8 @@ export interface ReadinessSource {
 }
 
 export function addHealthRoutes(app: FastifyInstance, source: () => ReadinessSource): void {
-  app.get(HEALTH_PATH, async () => ({ ok: true, pid: process.pid }));
-  app.get(READY_PATH, async (_request, reply) => {
+  app.get(HEALTH_PATH, { config: { access: 'public' } }, async () => ({ ok: true, pid: process.pid }));
+  app.get(READY_PATH, { config: { access: 'public' } }, async (_request, reply) => {
     const reasons = source().unready();
     if (reasons.length === 0) return { ready: true };
     return reply.code(ERROR_CODES.ARRAY_STARTING.status).send({

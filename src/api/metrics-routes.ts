@@ -144,7 +144,7 @@ class ReplicationMetrics {
 
 export function addMetricsRoutes(app: FastifyInstance, source: () => MetricsSource, array: () => Pick<ArrayControl, 'status' | 'listVolumes' | 'ioStats'>): void {
   const metrics = new ReplicationMetrics();
-  app.get(METRICS_PATH, async (_request, reply) => {
+  app.get(METRICS_PATH, { config: { access: 'public' } }, async (_request, reply) => {
     const control = source();
     const pairs = (await control.displayPairs(undefined)) as PairDisplay[];
     const groups = control.groupStats();

@@ -1,28 +1,36 @@
-// The management API: HTTP + JSON under /v1/, bearer-token authenticated, and
-// Prometheus metrics at /metrics and the probes /healthz and /readyz (no token:
-// metrics-routes.ts and health-routes.ts say why). Its
-// connections and request times are bounded (connection-bounds.ts).
+// The management API: HTTP + JSON under /v1/ (HTTPS with api.tls), bearer-token
+// authenticated with roles and an audit line per changing call (access.ts,
+// tokens.ts), and Prometheus metrics at /metrics and the probes /healthz and
+// /readyz (no token: metrics-routes.ts and health-routes.ts say why). Its
+// connections and request times are bounded (connection-bounds.ts). The HTTPS
+// certificate is read by the loader NBD uses (util/tls-files.ts) and re-read
+// by reloadTls() for new connections (SIGHUP, POST /v1/reload).
 // Bodies are validated with zod and a bad one gets 400 naming the field; every
 // error answers {"error": {"code", "message", "field"?}} with a code from the
 // catalogue in errors.ts.
 
-import crypto from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type tls from 'node:tls';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
-import { TwinstoreError, assert, isTwinstoreError } from '../errors.js';
+import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import type { Logger } from '../util/log.js';
+import type { ApiTlsConfig } from '../config/index.js';
+import { loadX509, type ReloadOutcome, type X509Options } from '../util/tls-files.js';
 import { commandDeviceDefaultBytes } from '../array/command-device.js';
 import { parseSize } from '../util/size.js';
 import type { AlertJson } from '../array/alerts.js';
 import type { HistoryJson } from '../array/history.js';
 import type { VolumeIoStats } from '../nbd/index.js';
 import { addReplicationRoutes, type ReplicationControl } from './replication-routes.js';
-import { METRICS_PATH, addMetricsRoutes } from './metrics-routes.js';
+import { addMetricsRoutes } from './metrics-routes.js';
 import { boundConnections, boundedServerOptions } from './connection-bounds.js';
-import { HEALTH_PATH, READY_PATH, addHealthRoutes } from './health-routes.js';
+import { addHealthRoutes } from './health-routes.js';
 import { addEventRoutes, type EventFeed } from './event-routes.js';
-import { UI_ROUTES, addUiRoutes } from './ui-routes.js';
+import { addUiRoutes } from './ui-routes.js';
+import { guardRoutes, type RouteAccess } from './access.js';
+import { addAdminRoutes } from './admin-routes.js';
+import type { TokenStore } from './tokens.js';
 
 export interface VolumeJson {
   name: string;
@@ -99,32 +107,60 @@ const createVolumeSchema = z.strictObject({
   remote: z.string().min(1).optional(),
 });
 
+export interface ApiServerOptions {
+  tokens: TokenStore;
+  /** HTTPS with these files; undefined serves plain HTTP (the config allows it only on loopback unless told). */
+  tls: ApiTlsConfig | undefined;
+  control: () => ArrayControl;
+  replication: () => ReplicationControl;
+  events: () => EventFeed;
+  /** What SIGHUP does: re-read every part's TLS files (POST /v1/reload). */
+  reload: () => ReloadOutcome[];
+  log: Logger;
+}
+
 export class ApiServer {
   private readonly app: FastifyInstance;
-  private readonly token: Buffer;
+  private readonly tokens: TokenStore;
+  private readonly tls: ApiTlsConfig | undefined;
+  private readonly log: Logger;
+  /** Every route with its access (public, monitor or admin), as registered. */
+  readonly routeAccess: RouteAccess[];
 
-  constructor(options: { token: string; control: () => ArrayControl; replication: () => ReplicationControl; events: () => EventFeed; log: Logger }) {
-    assert(options.token.length > 0, 'the API token is not empty');
-    this.token = Buffer.from(options.token, 'utf8');
-    this.app = Fastify({ logger: false, ...boundedServerOptions() });
+  constructor(options: ApiServerOptions) {
+    this.tokens = options.tokens;
+    this.tls = options.tls;
+    this.log = options.log;
+    const bounded = boundedServerOptions();
+    const https = this.tls === undefined ? undefined : { ...loadApiTls(this.tls), ...bounded.http, handshakeTimeout: bounded.http.headersTimeout };
+    // Fastify's types tie the instance to http or https at compile time; both serve the same routes here.
+    this.app = Fastify({ logger: false, ...bounded, ...(https === undefined ? {} : { https }) } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
     boundConnections(this.app);
-    this.app.addHook('onRequest', async (request) => this.authenticate(request));
-    this.app.setErrorHandler((error, _request, reply) => sendError(reply, toTwinstoreError(error), options.log));
-    this.app.setNotFoundHandler((request, reply) => sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log));
+    this.routeAccess = guardRoutes(this.app, () => this.tokens, options.log);
+    this.app.setErrorHandler((error, request, reply) => {
+      const failure = toTwinstoreError(error);
+      request.errorCode = failure.code;
+      return sendError(reply, failure, options.log);
+    });
+    this.app.setNotFoundHandler((request, reply) => {
+      request.errorCode = 'NOT_FOUND';
+      return sendError(reply, new TwinstoreError('NOT_FOUND', `no route ${request.method} ${request.url}`), options.log);
+    });
     this.routes(options.control);
     addReplicationRoutes(this.app, options.replication);
     addMetricsRoutes(this.app, options.replication, options.control);
     addHealthRoutes(this.app, options.replication);
     addEventRoutes(this.app, options.events);
     addUiRoutes(this.app);
+    addAdminRoutes(this.app, () => this.tokens, options.reload);
   }
 
-  /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here. */
+  /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here, as the first admin token. */
   async inject(method: string, url: string, body: unknown): Promise<{ status: number; json: unknown }> {
     const response = await this.app.inject({
       method: method as 'GET',
       url,
-      headers: { authorization: `Bearer ${this.token.toString('utf8')}` },
+      headers: { authorization: `Bearer ${this.tokens.firstToken}` },
       ...(body === undefined ? {} : { payload: body as object }),
     });
     let json: unknown;
@@ -136,23 +172,27 @@ export class ApiServer {
     return { status: response.statusCode, json };
   }
 
-  get fastify(): FastifyInstance {
-    return this.app;
+  /** `http` or `https`. */
+  get scheme(): string {
+    return this.tls === undefined ? 'http' : 'https';
   }
 
-  private authenticate(request: FastifyRequest): void {
-    // Prometheus scrapes without a token; /metrics shows no secrets (metrics-routes.ts).
-    // Probes carry no token either; /healthz and /readyz show no secrets (health-routes.ts).
-    const route = request.routeOptions.url;
-    // The dashboard's files hold no data; its calls to /v1 carry the token (ui-routes.ts).
-    if (route === METRICS_PATH || route === HEALTH_PATH || route === READY_PATH || (route !== undefined && UI_ROUTES.has(route))) return;
-    const header = request.headers.authorization ?? '';
-    // RFC 7235: the auth scheme is case-insensitive (`bearer`, `BEARER`), followed by one or more spaces.
-    const match = /^bearer[ \t]+(.+)$/i.exec(header);
-    const given = Buffer.from(match?.[1] ?? '', 'utf8');
-    if (given.length !== this.token.length || !crypto.timingSafeEqual(given, this.token)) {
-      throw new TwinstoreError('UNAUTHORIZED', 'missing or wrong API token (Authorization: Bearer <token>)');
+  /** Re-reads the HTTPS files for new connections; a file that does not load keeps the old ones (logged). */
+  reloadTls(): ReloadOutcome {
+    if (this.tls === undefined) return { part: 'api', state: 'off' };
+    try {
+      (this.app.server as unknown as tls.Server).setSecureContext(loadApiTls(this.tls));
+    } catch (error) {
+      const message = (error as Error).message;
+      this.log.error({ err: message }, 'API TLS files not reloaded; new connections keep the previous ones');
+      return { part: 'api', state: 'failed', error: message };
     }
+    this.log.info({ certFile: this.tls.certFile }, 'API TLS files reloaded');
+    return { part: 'api', state: 'reloaded' };
+  }
+
+  get fastify(): FastifyInstance {
+    return this.app;
   }
 
   private routes(control: () => ArrayControl): void {
@@ -180,6 +220,11 @@ export class ApiServer {
   async close(): Promise<void> {
     await this.app.close();
   }
+}
+
+/** TLS 1.2 and 1.3 (curl, browsers and Node all speak both); no renegotiation (Node's https refuses it). */
+function loadApiTls(files: ApiTlsConfig): X509Options & { minVersion: tls.SecureVersion } {
+  return { ...loadX509({ certFile: files.certFile, keyFile: files.keyFile }, { cert: 'api.tls.certFile', key: 'api.tls.keyFile', ca: 'api.tls.caFile' }), minVersion: 'TLSv1.2' };
 }
 
 function parseCreateVolume(body: unknown): CreateVolumeBody {

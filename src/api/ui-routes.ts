@@ -1,7 +1,7 @@
 // GET /ui: the dashboard, a page built from web/ by `npm run build` (vite) into
-// dist/web. The files hold no data, so they are served without a token
-// (server.ts exempts UI_ROUTES); every call the page makes to /v1 carries the
-// token the operator typed in (docs/api.md "Dashboard").
+// dist/web. The files hold no data, so their routes are `public` (no token,
+// access.ts); every call the page makes to /v1 carries the token the operator
+// typed in, a monitor token enough to watch (docs/api.md "Dashboard").
 //
 // Only the files found under dist/web when the server starts are served, each
 // by its exact name from that fixed list: a request path is a key into the
@@ -17,8 +17,6 @@ import type { FastifyInstance, FastifyReply } from 'fastify';
 import { TwinstoreError } from '../errors.js';
 
 export const UI_PATH = '/ui';
-/** The route patterns of the dashboard's files (exempt from the token in server.ts). */
-export const UI_ROUTES: ReadonlySet<string> = new Set([UI_PATH, `${UI_PATH}/*`]);
 /** Where the build puts the page: dist/web beside dist/api. */
 export const uiBuildDir = path.resolve(import.meta.dirname, '..', 'web');
 /** Files served at most (a built page has a handful); more means a wrong folder. */
@@ -77,7 +75,8 @@ export function addUiRoutes(app: FastifyInstance, dir = uiBuildDir): void {
       .header('cache-control', cache)
       .send(file.body);
   };
-  app.get(UI_PATH, async (_request, reply) => reply.redirect(`${UI_PATH}/`));
+  const open = { config: { access: 'public' as const } };
+  app.get(UI_PATH, open, async (_request, reply) => reply.redirect(`${UI_PATH}/`));
   // `/ui/*` matches /ui/ too, with an empty name: the page.
-  app.get<{ Params: { '*': string } }>(`${UI_PATH}/*`, async (request, reply) => send(reply, request.params['*'] || 'index.html'));
+  app.get<{ Params: { '*': string } }>(`${UI_PATH}/*`, open, async (request, reply) => send(reply, request.params['*'] || 'index.html'));
 }

@@ -7,9 +7,10 @@ import { TwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { StorageEngine, volatileCacheMode, type EngineSyncFailure, type Volume } from '../storage/index.js';
 import { AccessPolicy, ExportRegistry, NbdServer, NbdTls, type VolumeIoStats } from '../nbd/index.js';
-import { ApiServer, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
+import { ApiServer, TokenStore, tokensPath, type ArrayControl, type StatusJson, type VolumeJson, type CreateVolumeBody } from '../api/index.js';
 import { sharedPool } from '../util/buffer-pool.js';
 import { createLogger, type Logger } from '../util/log.js';
+import type { ReloadOutcome } from '../util/tls-files.js';
 import { CommandDevice, COMMAND_DEVICE_DOCUMENT, commandBlockBytes, scrubStoredToken, type CommandDeviceDocument } from './command-device.js';
 import { VolumeExport, isExported } from './volume-export.js';
 import { ArrayReplication, errorFrom, listening } from './replication-control.js';
@@ -18,8 +19,9 @@ import { GroupAlerts } from './alerts.js';
 import { History, type HistoryJson } from './history.js';
 import { EventBus } from '../events/bus.js';
 import { acquireLock, ensureToken, writeRunInfo } from './run-files.js';
+import { VERSION } from '../version.js';
 
-export const VERSION = '0.1.0';
+export { VERSION };
 
 export interface ReadyInfo {
   ready: true;
@@ -82,7 +84,10 @@ export class TwinstoreArray implements ArrayControl {
         groups: () => replication.manager.groupMetas(),
         pairs: () => replication.manager.display(),
       }, new GroupAlerts(config.alerts));
-      const api = new ApiServer({ token, control: () => control!, replication: () => replication, events: () => events, log });
+      const tokens = new TokenStore(token, tokensPath(config.dataDir));
+      const api = new ApiServer({
+        tokens, tls: config.apiTls, control: () => control!, replication: () => replication, events: () => events, reload: () => control!.reloadTls(), log,
+      });
       const registry = new ExportRegistry();
       const nbd = new NbdServer(registry, sharedPool, log, { pollMicros: config.tuning.pollMicros, limits: config.nbd, tls, access: new AccessPolicy(config.nbdAccess) });
       array = new TwinstoreArray(config, registry, engine, nbd, api, replication, events, releaseLock, token, log);
@@ -150,10 +155,10 @@ export class TwinstoreArray implements ArrayControl {
     }
   }
 
-  /** SIGHUP: new NBD connections use the TLS files as they are now; false (logged) keeps the old ones. */
-  reloadTls(): boolean {
-    this.log.info('SIGHUP: reloading the NBD TLS files');
-    return this.nbd.reloadTls();
+  /** SIGHUP or POST /v1/reload: new NBD and API connections use the TLS files as they are now; a part whose files do not load keeps its old ones (logged). */
+  reloadTls(): ReloadOutcome[] {
+    this.log.info('reloading the NBD and API TLS files');
+    return [this.nbd.reloadTls(), this.api.reloadTls()];
   }
 
   status(): StatusJson {

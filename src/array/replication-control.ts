@@ -2,6 +2,7 @@
 // (from the config's peers[] and from `peer add`), the journal groups, the
 // link requests the peer may send, and the API's replication routes.
 
+import { BytePacer } from '../util/byte-pacer.js';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
 import type { ArrayConfig } from '../config/index.js';
 import { parseHostPort } from '../config/index.js';
@@ -45,6 +46,7 @@ export class ArrayReplication implements ReplicationControl {
       suspendAfterMs: config.link.suspendAfterMs,
       startHoldMs: config.takeover.startHoldMs,
       ...(parts.events === undefined ? {} : { events: parts.events }),
+      ...(config.link.bandwidthMax > 0 ? { pacer: new BytePacer(config.link.bandwidthMax) } : {}),
     });
     this.events = parts.events ?? noEvents;
   }

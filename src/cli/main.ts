@@ -5,14 +5,14 @@
 
 import { Command, CommanderError } from 'commander';
 import { TwinstoreError, isTwinstoreError } from '../errors.js';
-import { VERSION } from '../array/array.js';
-import { serve } from './serve.js';
+import { VERSION } from '../version.js';
 import { demo } from './demo.js';
 import { addVolumeCommands } from './volume-commands.js';
 import { addReplicationCommands } from './replication-commands.js';
 import { addKeysCommand } from './keys-command.js';
 import { addTlsCommand } from './tls-command.js';
 import { addEventsCommand } from './events-command.js';
+import { addTokenCommands } from './token-commands.js';
 import { LOG_FORMATS, isLogFormat } from '../util/log.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -22,6 +22,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--config <file>', "the array's own config file (to find its API and token)")
     .option('--api <url>', 'the array API URL, e.g. http://127.0.0.1:7700')
     .option('--token <token>', 'API token (default: TWINSTORE_TOKEN, or the data folder token with --config)')
+    .option('--ca <file>', "the CA that signed an https API's certificate (default: TWINSTORE_CA, or api.tls.caFile with --config)")
     .option('--json', 'print JSON')
     .exitOverride();
 
@@ -36,6 +37,8 @@ export async function main(argv: string[]): Promise<void> {
         throw new TwinstoreError('BAD_REQUEST', `--log-format "${format}" is not one of ${LOG_FORMATS.join(', ')}`, { field: 'log-format' });
       }
       if (format !== undefined) process.env.TWINSTORE_LOG_FORMAT = format;
+      // Loaded here: the array's code is not needed by the client verbs, which start faster without it.
+      const { serve } = await import('./serve.js');
       await serve(config);
     });
 
@@ -53,6 +56,7 @@ export async function main(argv: string[]): Promise<void> {
   addKeysCommand(program);
   addTlsCommand(program);
   addEventsCommand(program, () => program.opts());
+  addTokenCommands(program, () => program.opts());
 
   try {
     await program.parseAsync(argv);

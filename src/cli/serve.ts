@@ -1,5 +1,5 @@
 // `twinstore serve --config FILE`: runs one array until SIGTERM or SIGINT.
-// SIGHUP re-reads the NBD TLS files (new connections use them).
+// SIGHUP re-reads the NBD and API TLS files (new connections use them).
 // Once listening it prints exactly one JSON line on stdout (the bound
 // addresses); everything else goes to the log on stderr. A start that fails
 // prints `twinstore: CODE: message` and exits 1 at once.

@@ -12,6 +12,16 @@ function report(written: Written, hints: string[]): void {
   process.stdout.write([...lines, ...hints, ''].join('\n'));
 }
 
+/**
+ * The CA folder: `--ca` after `tls server|client` is read by the program's global `--ca` (the API's
+ * CA file, which has the same name), so it is taken from there; missing, a usage error as commander gives.
+ */
+function caDir(own: string | undefined, program: Command, command: Command): string {
+  const dir = own ?? (program.opts() as { ca?: string }).ca;
+  if (dir === undefined) command.error("error: required option '--ca <dir>' not specified", { exitCode: 2 });
+  return dir;
+}
+
 export function addTlsCommand(program: Command): void {
   const tls = program.command('tls').description('make certificates and pre-shared keys for NBD over TLS (docs/security.md)');
 
@@ -28,13 +38,13 @@ export function addTlsCommand(program: Command): void {
     });
 
   tls.command('server')
-    .description("make an array's NBD server certificate, signed by the CA (SAN DNS:HOST and IP:127.0.0.1)")
-    .requiredOption('--ca <dir>', 'the CA folder (ca-cert.pem, ca-key.pem)')
+    .description("make an array's NBD and API server certificate, signed by the CA (SAN DNS:HOST and IP:127.0.0.1)")
+    .option('--ca <dir>', 'the CA folder (ca-cert.pem, ca-key.pem); required')
     .requiredOption('--name <host>', 'the host name clients use to reach the array')
     .requiredOption('--out <dir>', 'folder for server-cert.pem, server-key.pem and a copy of ca-cert.pem')
     .option('--force', 'replace existing files')
-    .action((opts: { ca: string; name: string; out: string; force?: boolean }) => {
-      const written = makeLeaf({ caDir: opts.ca, out: opts.out, kind: 'server', name: opts.name, force: opts.force === true });
+    .action((opts: { ca?: string; name: string; out: string; force?: boolean }, command: Command) => {
+      const written = makeLeaf({ caDir: caDir(opts.ca, program, command), out: opts.out, kind: 'server', name: opts.name, force: opts.force === true });
       const dir = path.resolve(opts.out);
       report(written, [
         'In the array config:',
@@ -43,19 +53,24 @@ export function addTlsCommand(program: Command): void {
         `    certFile: ${path.join(dir, 'server-cert.pem')}`,
         `    keyFile: ${path.join(dir, 'server-key.pem')}`,
         `    clientCaFile: ${path.join(dir, 'ca-cert.pem')}   # optional: hosts then need a client certificate`,
-        'Replace the files later and send the array SIGHUP: new connections use them.',
+        'and for HTTPS on the API (the CLI then trusts the ca-cert.pem beside certFile):',
+        '  api:',
+        '    tls:',
+        `      certFile: ${path.join(dir, 'server-cert.pem')}`,
+        `      keyFile: ${path.join(dir, 'server-key.pem')}`,
+        'Replace the files later and run twinstore reload (or send the array SIGHUP): new connections use them.',
       ]);
     });
 
   tls.command('client')
     .description('make a host client certificate, signed by the CA; its subject CN is the identity access lists name')
-    .requiredOption('--ca <dir>', 'the CA folder (ca-cert.pem, ca-key.pem)')
+    .option('--ca <dir>', 'the CA folder (ca-cert.pem, ca-key.pem); required')
     .requiredOption('--name <id>', "the client's identity (certificate CN)")
     .requiredOption('--out <dir>', 'folder for client-cert.pem, client-key.pem and a copy of ca-cert.pem')
     .option('--force', 'replace existing files')
-    .action((opts: { ca: string; name: string; out: string; force?: boolean }) => {
+    .action((opts: { ca?: string; name: string; out: string; force?: boolean }, command: Command) => {
       checkIdentity(opts.name, 'name');
-      const written = makeLeaf({ caDir: opts.ca, out: opts.out, kind: 'client', name: opts.name, force: opts.force === true });
+      const written = makeLeaf({ caDir: caDir(opts.ca, program, command), out: opts.out, kind: 'client', name: opts.name, force: opts.force === true });
       const dir = path.resolve(opts.out);
       report(written, [
         'Copy the folder to the host over a secure channel. On the host:',

@@ -29,6 +29,13 @@ export interface NbdTlsConfig {
   pskFile: string | undefined;
 }
 
+/** HTTPS for the API (docs/security.md). Paths are absolute; caFile defaults to ca-cert.pem beside certFile. */
+export interface ApiTlsConfig {
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+}
+
 /** One grant of `nbd.access.VOLUME`: a client matches when every part it names matches. */
 export interface NbdGrant {
   identity: string | undefined;
@@ -47,12 +54,15 @@ export interface ArrayConfig {
   drives: Array<{ path: string; sizeBytes: number | undefined; use: 'data' | 'journal' }>;
   listen: { nbd: HostPort; api: HostPort; link: HostPort | undefined };
   peers: Array<{ id: string; link: HostPort }>;
-  link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number };
+  /** bandwidthMax: bytes per second the array sends journal answers at, over all its groups; 0: no cap. */
+  link: { pskFile: string | undefined; heartbeatMs: number; suspendAfterMs: number; bandwidthMax: number };
   groupDefaults: { overflow: 'suspend' | 'throttle'; throttleMsMax: number; fence: FencePolicy; fenceAfterMs: number };
   /** Alert thresholds: the defaults and, per group, those that differ (0 turns one off). */
   alerts: { defaults: { lagSecondsMax: number; journalUsedPercentMax: number }; groups: Map<string, { lagSecondsMax?: number; journalUsedPercentMax?: number }> };
   bitmapRegionBytes: number;
   apiToken: string | undefined;
+  /** Undefined: plain HTTP (on loopback only, unless api.plainHttpAllowed). */
+  apiTls: ApiTlsConfig | undefined;
   tuning: { pollMicros: number; syncReadBytesMax: number; syncWriteBytesMax: number };
   nbd: NbdLimits;
   nbdTls: NbdTlsConfig;
@@ -115,6 +125,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     throw new TwinstoreError('CONFIG_INVALID', `${file} line ${lineOf(doc, lines, keyPath)}: ${formatPath(keyPath)}: ${message}`, { field: formatPath(keyPath) });
   };
   const nbdTls = checkNbdTls(config.nbd, base, fail);
+  const apiTls = checkApiTls(config, base, fail);
   const { connectionsMax, connectionsPerAddressMax, handshakeTimeoutMs, payloadStallMs, replyStallMs, bufferedBytesMax, access } = config.nbd;
   const nbdAccess = new Map<string, NbdGrant[]>();
   for (const [volume, grants] of Object.entries(access)) {
@@ -138,6 +149,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
       pskFile: config.link.pskFile === undefined ? undefined : path.resolve(base, config.link.pskFile),
       heartbeatMs: config.link.heartbeatMs,
       suspendAfterMs: config.link.suspendAfterMs,
+      bandwidthMax: config.link.bandwidthMax,
     },
     groupDefaults: config.groups.defaults,
     alerts: {
@@ -146,6 +158,7 @@ export function parseConfig(text: string, file: string): ArrayConfig {
     },
     bitmapRegionBytes: config.bitmap.regionBytes,
     apiToken: config.api.token,
+    apiTls,
     tuning: config.tuning,
     nbd: { connectionsMax, connectionsPerAddressMax, handshakeTimeoutMs, payloadStallMs, replyStallMs, bufferedBytesMax },
     nbdTls,
@@ -181,6 +194,24 @@ function checkNbdTls(nbd: ParsedConfig['nbd'], base: string, fail: (keyPath: Arr
     clientCaFile: resolve(nbd.clientCaFile),
     pskFile: resolve(nbd.pskFile),
   };
+}
+
+/** api.tls with absolute paths; plain HTTP on an address other hosts reach only when api.plainHttpAllowed says so. */
+function checkApiTls(config: ParsedConfig, base: string, fail: (keyPath: Array<string | number>, message: string) => never): ApiTlsConfig | undefined {
+  const tls = config.api.tls;
+  if (tls === undefined) {
+    if (!config.api.plainHttpAllowed && !isLoopback(config.listen.api.host)) {
+      fail(['listen', 'api'], `plain HTTP on ${config.listen.api.host}, which other hosts can reach: set api.tls (certFile, keyFile; make them with twinstore tls server) or api.plainHttpAllowed: true`);
+    }
+    return undefined;
+  }
+  const certFile = path.resolve(base, tls.certFile);
+  return { certFile, keyFile: path.resolve(base, tls.keyFile), caFile: tls.caFile === undefined ? path.join(path.dirname(certFile), 'ca-cert.pem') : path.resolve(base, tls.caFile) };
+}
+
+/** Only this machine reaches it: localhost, 127.0.0.0/8 or ::1. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 /** The line of the deepest node on `keyPath` that exists (the key itself when it is there). */

@@ -91,8 +91,9 @@ export const configSchema = z.strictObject({
       pskFile: z.string().min(1).optional(),
       heartbeatMs: z.number().int().min(50).max(60_000).default(1000),
       suspendAfterMs: z.number().int().min(100).max(3_600_000).default(30_000),
+      bandwidthMax: sizeBytes.refine((n) => n === 0 || n >= 65536, { message: 'must be 0 (no cap) or at least 64KiB (per second)' }).default(0),
     })
-    .default({ heartbeatMs: 1000, suspendAfterMs: 30_000 }),
+    .default({ heartbeatMs: 1000, suspendAfterMs: 30_000, bandwidthMax: 0 }),
   groups: z
     .strictObject({
       defaults: z
@@ -125,7 +126,14 @@ export const configSchema = z.strictObject({
       regionBytes: sizeBytes.refine((n) => n >= 4096 && n <= 64 * 2 ** 20 && (n & (n - 1)) === 0, { message: 'must be a power of two from 4KiB to 64MiB' }).default(65536),
     })
     .default({ regionBytes: 65536 }),
-  api: z.strictObject({ token: z.string().min(16, 'must be at least 16 characters').optional() }).default({}),
+  api: z
+    .strictObject({
+      token: z.string().min(16, 'must be at least 16 characters').optional(),
+      /** HTTPS with the files `twinstore tls server` makes; caFile is the site CA the CLI verifies the API with. */
+      tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1), caFile: z.string().min(1).optional() }).optional(),
+      plainHttpAllowed: z.boolean().default(false),
+    })
+    .default({ plainHttpAllowed: false }),
   takeover: z
     .strictObject({
       peerTimeoutMs: z.number().int().min(100).max(600_000).default(5000),

@@ -21,6 +21,7 @@ import { NbdSession } from './session.js';
 import { AdaptivePoller } from '../util/poller.js';
 import { AccessPolicy } from './access.js';
 import type { NbdTls } from './tls.js';
+import type { ReloadOutcome } from '../util/tls-files.js';
 
 /** Descriptors kept free of NBD connections for the API, the link, drives and journals. */
 export const descriptorsReserved = 256;
@@ -129,9 +130,9 @@ export class NbdServer {
     this.refusedSince = 0;
   }
 
-  /** SIGHUP: re-reads the TLS files for new connections (false, logged, when they do not load; true without TLS). */
-  reloadTls(): boolean {
-    return this.tls === undefined ? true : this.tls.reload();
+  /** SIGHUP: re-reads the TLS files for new connections (a file that does not load keeps the old ones, logged). */
+  reloadTls(): ReloadOutcome {
+    return this.tls === undefined ? { part: 'nbd', state: 'off' } : this.tls.reload();
   }
 
   private checkDeadlines(): void {

@@ -12,15 +12,12 @@
 // Renegotiation is off (TLS 1.3 has none; on 1.2 OpenSSL refuses it).
 
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import type net from 'node:net';
 import tls from 'node:tls';
 import type { NbdTlsConfig } from '../config/index.js';
 import { TwinstoreError } from '../errors.js';
 import type { Logger } from '../util/log.js';
-
-/** A certificate, key or PSK file larger than this is not one. */
-export const tlsFileBytesMax = 1 << 20;
+import { loadX509, readTlsFile, type ReloadOutcome } from '../util/tls-files.js';
 /** PSK keys shorter than this are refused (128 bits); OpenSSL takes at most 256 bytes. */
 const pskBytesMin = 16;
 const pskBytesMax = 256;
@@ -72,18 +69,19 @@ export class NbdTls {
     this.server.emit('connection', raw);
   }
 
-  /** Re-reads the files; true when new handshakes now use them, false (logged) when the old ones stay. */
-  reload(): boolean {
+  /** Re-reads the files: new handshakes use them, or (logged, in the outcome) the old ones stay when they do not load. */
+  reload(): ReloadOutcome {
     try {
       const { options, psk } = this.load();
       this.server.setSecureContext(options);
       this.psk = psk;
     } catch (error) {
-      this.log.error({ err: (error as Error).message }, 'NBD TLS files not reloaded; new connections keep the previous ones');
-      return false;
+      const message = (error as Error).message;
+      this.log.error({ err: message }, 'NBD TLS files not reloaded; new connections keep the previous ones');
+      return { part: 'nbd', state: 'failed', error: message };
     }
     this.log.info({ certFile: this.config.certFile, pskFile: this.config.pskFile }, 'NBD TLS files reloaded');
-    return true;
+    return { part: 'nbd', state: 'reloaded' };
   }
 
   private load(): { options: ContextOptions; psk: Map<string, Buffer> } {
@@ -93,19 +91,9 @@ export class NbdTls {
       const psk = parsePskFile(readTlsFile(config.pskFile, 'nbd.pskFile'), config.pskFile);
       return { options: { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2', ciphers: pskCiphers, secureOptions }, psk };
     }
-    const options: ContextOptions = {
-      cert: readTlsFile(config.certFile!, 'nbd.certFile'),
-      key: readTlsFile(config.keyFile!, 'nbd.keyFile'),
-      ...(config.clientCaFile === undefined ? {} : { ca: readTlsFile(config.clientCaFile, 'nbd.clientCaFile') }),
-      minVersion: 'TLSv1.3',
-      maxVersion: 'TLSv1.3',
-      secureOptions,
-    };
-    try {
-      tls.createSecureContext(options);
-    } catch (error) {
-      throw new TwinstoreError('CONFIG_INVALID', `nbd.certFile ${config.certFile} with nbd.keyFile ${config.keyFile}: ${(error as Error).message}`, { field: 'nbd.certFile', cause: error });
-    }
+    const tls13 = { minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', secureOptions } as const;
+    const files = { certFile: config.certFile!, keyFile: config.keyFile!, caFile: config.clientCaFile };
+    const options: ContextOptions = { ...loadX509(files, { cert: 'nbd.certFile', key: 'nbd.keyFile', ca: 'nbd.clientCaFile' }, tls13), ...tls13 };
     return { options, psk: new Map() };
   }
 
@@ -144,17 +132,6 @@ function describe(error: Error & { code?: string }, socket: tls.TLSSocket, psk: 
   if (psk && /BAD_RECORD_MAC|DECRYPT/.test(code)) return `PSK handshake failed: wrong key (${code})`;
   if (/CERTIFICATE|PEER_DID_NOT_RETURN/.test(code)) return `client certificate refused: ${code}`;
   return code === '' ? error.message : `${error.message.split('\n')[0]} (${code})`;
-}
-
-export function readTlsFile(file: string, key: string): Buffer {
-  try {
-    const stat = fs.statSync(file);
-    if (!stat.isFile()) throw new Error('not a regular file');
-    if (stat.size > tlsFileBytesMax) throw new Error(`${stat.size} bytes, more than ${tlsFileBytesMax}`);
-    return fs.readFileSync(file);
-  } catch (error) {
-    throw new TwinstoreError('CONFIG_INVALID', `${key}: cannot read ${file}: ${(error as Error).message}`, { field: key, cause: error });
-  }
 }
 
 /** `identity:hexkey` lines (qemu tls-creds-psk, nbdkit --tls-psk, libnbd); blank lines are skipped. */

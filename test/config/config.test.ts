@@ -29,7 +29,7 @@ function configText(lines: Record<number, string | undefined> = {}): string {
     '    size: 512MiB', //           8
     'listen:', //                    9
     '  nbd: 127.0.0.1:10809', //     10
-    '  api: 0.0.0.0:0', //           11
+    '  api: 127.0.0.1:0', //         11
   ];
   return base
     .map((line, i) => (i + 1 in lines ? lines[i + 1] : line))
@@ -59,9 +59,9 @@ test('a valid config parses: sizes, defaults and paths relative to the config fo
     { path: '/etc/twinstore/drives/d0.img', sizeBytes: 4 * 2 ** 30, use: 'data' },
     { path: '/srv/d1.img', sizeBytes: 512 * 2 ** 20, use: 'data' },
   ]);
-  assert.deepEqual(config.listen, { nbd: { host: '127.0.0.1', port: 10809 }, api: { host: '0.0.0.0', port: 0 }, link: undefined });
+  assert.deepEqual(config.listen, { nbd: { host: '127.0.0.1', port: 10809 }, api: { host: '127.0.0.1', port: 0 }, link: undefined });
   assert.deepEqual(config.peers, []);
-  assert.deepEqual(config.link, { pskFile: undefined, heartbeatMs: 1000, suspendAfterMs: 30000 });
+  assert.deepEqual(config.link, { pskFile: undefined, heartbeatMs: 1000, suspendAfterMs: 30000, bandwidthMax: 0 });
   assert.deepEqual(config.groupDefaults, { overflow: 'suspend', throttleMsMax: 5000, fence: 'never', fenceAfterMs: 30_000 });
   assert.deepEqual(config.takeover, { peerTimeoutMs: 5000, startHoldMs: 10_000 });
   assert.deepEqual(config.swap, { lagBytesMax: 64 * 2 ** 20, drainMsMax: 60_000, freezeMsMax: 10_000 });
@@ -205,8 +205,19 @@ test('twinstore serve with a missing config file exits non-zero with CONFIG_NOT_
 
 test('alerts: defaults, per-group thresholds, and a bad threshold named by key and line', () => {
   assert.deepEqual(parseConfig(configText(), '/etc/s.yaml').alerts, { defaults: { lagSecondsMax: 60, journalUsedPercentMax: 80 }, groups: new Map() });
-  const config = parseConfig(configText({ 11: '  api: 0.0.0.0:0\nalerts:\n  lagSecondsMax: 0\n  groups:\n    db: {lagSecondsMax: 5}' }), '/etc/s.yaml');
+  const config = parseConfig(configText({ 11: '  api: 127.0.0.1:0\nalerts:\n  lagSecondsMax: 0\n  groups:\n    db: {lagSecondsMax: 5}' }), '/etc/s.yaml');
   assert.deepEqual(config.alerts, { defaults: { lagSecondsMax: 0, journalUsedPercentMax: 80 }, groups: new Map([['db', { lagSecondsMax: 5 }]]) });
-  assert.match(invalid(configText({ 11: '  api: 0.0.0.0:0\nalerts:\n  groups:\n    db:\n      journalUsedPercentMax: 150' })), /line 15: alerts\.groups\.db\.journalUsedPercentMax: /);
-  assert.match(invalid(configText({ 11: '  api: 0.0.0.0:0\nalerts:\n  lagSeconds: 5' })), /line 13: alerts\.lagSeconds: unknown key/);
+  assert.match(invalid(configText({ 11: '  api: 127.0.0.1:0\nalerts:\n  groups:\n    db:\n      journalUsedPercentMax: 150' })), /line 15: alerts\.groups\.db\.journalUsedPercentMax: /);
+  assert.match(invalid(configText({ 11: '  api: 127.0.0.1:0\nalerts:\n  lagSeconds: 5' })), /line 13: alerts\.lagSeconds: unknown key/);
+});
+
+test('plain HTTP on an API address other hosts reach needs api.plainHttpAllowed; api.tls paths resolve', () => {
+  assert.match(invalid(configText({ 11: '  api: 0.0.0.0:7700' })), /^\/etc\/twinstore\/site-a\.yaml line 11: listen\.api: plain HTTP on 0\.0\.0\.0, which other hosts can reach: set api\.tls/);
+  assert.match(invalid(configText({ 11: '  api: "[::]:7700"' })), /line 11: listen\.api: plain HTTP on ::/);
+  for (const api of ['localhost:7700', '127.0.0.2:7700', '"[::1]:7700"']) parseConfig(configText({ 11: `  api: ${api}` }), '/etc/twinstore/site-a.yaml');
+  const allowed = parseConfig(configText({ 11: '  api: 0.0.0.0:7700\napi:\n  plainHttpAllowed: true' }), '/etc/twinstore/site-a.yaml');
+  assert.equal(allowed.apiTls, undefined);
+  const https = parseConfig(configText({ 11: '  api: 0.0.0.0:7700\napi:\n  tls:\n    certFile: tls/server-cert.pem\n    keyFile: tls/server-key.pem' }), '/etc/twinstore/site-a.yaml');
+  assert.deepEqual(https.apiTls, { certFile: '/etc/twinstore/tls/server-cert.pem', keyFile: '/etc/twinstore/tls/server-key.pem', caFile: '/etc/twinstore/tls/ca-cert.pem' });
+  assert.match(invalid(configText({ 11: '  api: 127.0.0.1:0\napi:\n  tls:\n    certFile: c.pem' })), /line 13: api\.tls\.keyFile: /);
 });

@@ -27,6 +27,8 @@ export interface ArrayOptions {
   pskFile?: string;
   /** link.suspendAfterMs (with pskFile). */
   suspendAfterMs?: number;
+  /** link.bandwidthMax (with pskFile), e.g. '2MiB'. */
+  bandwidthMax?: string;
   /** A command that execs `serve` (keeping its PID), e.g. ['prlimit', '--nofile=512:512', '--']. */
   wrapper?: string[];
 }
@@ -130,7 +132,7 @@ export function writeConfig(dir: string, options: ArrayOptions): string {
     'listen:',
     '  nbd: 127.0.0.1:0',
     '  api: 127.0.0.1:0',
-    ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 500', ...(options.suspendAfterMs === undefined ? [] : [`  suspendAfterMs: ${options.suspendAfterMs}`])] : []),
+    ...(options.pskFile ? ['  link: 127.0.0.1:0', 'link:', `  pskFile: ${options.pskFile}`, '  heartbeatMs: 500', ...(options.suspendAfterMs === undefined ? [] : [`  suspendAfterMs: ${options.suspendAfterMs}`]), ...(options.bandwidthMax === undefined ? [] : [`  bandwidthMax: ${options.bandwidthMax}`])] : []),
     // A takeover with the primary dead waits this long for it; the default 5 s only slows the tests.
     ...(options.pskFile && !(options.extraConfig ?? '').includes('takeover:') ? ['takeover:', '  peerTimeoutMs: 2000'] : []),
     options.extraConfig ?? '',

@@ -12,21 +12,24 @@
 // call costs a handshake on loopback, nothing next to what the calls wait for.
 
 import http from 'node:http';
+import https from 'node:https';
 
 export interface ApiCall {
   token: string;
   body?: unknown;
   timeoutMs?: number;
+  /** Call over HTTPS, trusting this CA (PEM). */
+  ca?: Buffer;
 }
 
 export async function apiFetch(address: string, method: string, route: string, call: ApiCall): Promise<{ status: number; json: any }> {
-  const { token, body, timeoutMs = 30_000 } = call;
+  const { token, body, timeoutMs = 30_000, ca } = call;
   const text = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
   const [host, port] = splitAddress(address);
   try {
     return await new Promise((resolve, reject) => {
-      const request = http.request({
-        host, port, method, path: route, agent: false,
+      const request = (ca === undefined ? http : https).request({
+        host, port, method, path: route, agent: false, ...(ca === undefined ? {} : { ca }),
         headers: {
           authorization: `Bearer ${token}`,
           ...(text === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }),

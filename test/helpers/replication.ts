@@ -120,6 +120,8 @@ export interface SiteOptions {
   beforePair?: (site: Site) => void | Promise<void>;
   /** link.suspendAfterMs on both arrays. */
   suspendAfterMs?: number;
+  /** link.bandwidthMax on A (what it sends), e.g. '2MiB'. */
+  bandwidthMaxA?: string;
   /** More config for A (YAML text appended to its config). */
   extraConfigA?: string;
   /** More config for B (YAML text appended to its config). */
@@ -134,7 +136,7 @@ export async function startSite(t: TestContext, options: SiteOptions = {}): Prom
   const psk = writePsk(dir);
   const drives = options.drives ?? ['2GiB'];
   const link = { pskFile: psk, ...(options.suspendAfterMs === undefined ? {} : { suspendAfterMs: options.suspendAfterMs }) };
-  const a = await startArray(t, { id: 'site-a', ...link, drives, ...(options.extraConfigA === undefined ? {} : { extraConfig: options.extraConfigA }), env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
+  const a = await startArray(t, { id: 'site-a', ...link, ...(options.bandwidthMaxA === undefined ? {} : { bandwidthMax: options.bandwidthMaxA }), drives, ...(options.extraConfigA === undefined ? {} : { extraConfig: options.extraConfigA }), env: options.envA ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String(options.seed ?? 1) } });
   const b = await startArray(t, { id: 'site-b', ...link, drives, ...(options.extraConfigB === undefined ? {} : { extraConfig: options.extraConfigB }), env: options.envB ?? { ...volatileEnv, TWINSTORE_TEST_SEED: String((options.seed ?? 1) + 1) } });
   a.pinPorts();
   b.pinPorts();

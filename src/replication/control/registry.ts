@@ -16,6 +16,7 @@ import { RestoreGroup } from '../restore/group.js';
 import type { PeerChannel, PeerPair } from '../protocol.js';
 import { GROUP_DOCUMENT, formatEpoch, type FencePolicy, type GroupMeta, type GroupRole, type OverflowPolicy, type PairDisplay } from '../model.js';
 import { noEvents, type EventSink } from '../../events/bus.js';
+import type { BytePacer } from '../../util/byte-pacer.js';
 import { StatusReports } from './status-reports.js';
 
 /** Makes the journal device of a journal volume; the simulator wraps the real one to inject faults. */
@@ -34,6 +35,8 @@ export interface ReplicationOptions {
   startHoldMs?: number;
   /** Where changes are reported (the array's event bus); default: nowhere. */
   events?: EventSink;
+  /** link.bandwidthMax: paces the journal answers of every sending group; default: no cap. */
+  pacer?: BytePacer;
 }
 
 /**
@@ -184,7 +187,7 @@ export class GroupRegistry {
   /** A sending group on `journal`, registered unless `register` is false (start() registers it once redone). */
   newMaster(meta: GroupMeta, journal: Journal, register = true): MasterGroup {
     const regionBytes = meta.regionBytes ?? this.options.defaults.regionBytes;
-    const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes, log: this.log, journalDevice: (volume) => this.journalDevice(volume) });
+    const group = new MasterGroup({ meta, journal, engine: this.engine, persist: (m) => this.persist(m), regionBytes, log: this.log, journalDevice: (volume) => this.journalDevice(volume), pacer: this.options.pacer });
     if (register) this.masters.set(meta.name, group);
     group.watchLink(this.options.suspendAfterMs ?? 30_000);
     return group;

@@ -34,6 +34,7 @@ import {
   toResync, toSplit, toSuspended, toThawed, toWritesRefused, writeRefusal,
 } from './status.js';
 import { SwapSteps } from './swap-steps.js';
+import type { BytePacer } from '../../util/byte-pacer.js';
 
 export interface MasterGroupOptions {
   meta: GroupMeta;
@@ -45,6 +46,8 @@ export interface MasterGroupOptions {
   now?: () => number;
   /** The device of the journal volume when it is opened again after a drive error (the factory the simulator sets). */
   journalDevice: (volume: Volume) => JournalDevice;
+  /** link.bandwidthMax: the array's pacer of journal answers, shared by its sending groups. */
+  pacer?: BytePacer | undefined;
 }
 
 export class MasterGroup extends EventEmitter {
@@ -86,7 +89,7 @@ export class MasterGroup extends EventEmitter {
     this.sender = new SenderJournal({ journal: options.journal, ...common });
     this.fold = new Fold({ sender: this.sender, pvols: this.pvols, log: this.log });
     this.copier = new Copier({ meta: this.meta, sender: this.sender, pvolOf: (lun) => this.pvolOf(lun), persist, ...common });
-    this.receiver = new ReceiverService({ meta: this.meta, sender: this.sender, fold: this.fold, persist, ...common });
+    this.receiver = new ReceiverService({ meta: this.meta, sender: this.sender, fold: this.fold, persist, pacer: options.pacer, ...common });
     this.swap = new SwapSteps(this.now);
     this.skip = new JournalSkip({ meta: this.meta, engine: this.engine, sender: this.sender, receiver: this.receiver, fold: this.fold, persist, now: this.now, log: this.log, report, journalDevice: options.journalDevice });
     this.resendState = new ResendState(this.pvols, this.log);

@@ -16,6 +16,7 @@ import type { DamagedRecord, JournalReadRequest, ReceiverDriveError } from '../p
 import type { Fold } from './fold.js';
 import { readBatchBytesMax, type SenderJournal } from './journal-sync.js';
 import type { PartContext } from './outcomes.js';
+import type { BytePacer } from '../../util/byte-pacer.js';
 
 /** An empty pull waits this long for a record to become durable before it answers. */
 const longPollMs = 250;
@@ -27,6 +28,8 @@ export interface ReceiverServiceOptions extends PartContext {
   sender: SenderJournal;
   fold: Pick<Fold, 'everyRegion' | 'range'>;
   persist: () => Promise<void>;
+  /** link.bandwidthMax: the array's cap on the bytes its pulls are answered with, shared by every group it sends. */
+  pacer?: BytePacer | undefined;
 }
 
 export interface ReceiverCursors {
@@ -134,16 +137,32 @@ export class ReceiverService {
       await sender.waitDurable(request.fromSeq, longPollMs);
     }
     if (journal.durableSeq <= request.fromSeq) return [];
+    const allowed = await this.paced();
+    if (allowed === 0) return [];
     try {
-      const records = await journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax));
+      const records = await journal.readFrom(request.fromSeq, Math.min(request.maxBytes, readBatchBytesMax, allowed));
       const last = records[records.length - 1];
       if (last !== undefined && last.seq >= this.servedTo) this.servedTo = last.seq + 1;
+      this.options.pacer?.take(records.reduce((sum, r) => sum + (r.data?.length ?? 0), 0));
       return records;
     } catch (error) {
       if (error instanceof JournalRecordCorruptError) await this.recordDamaged(error);
       if (isIoError(error)) await this.options.report({ kind: 'drive-error', what: 'journal read', error });
       throw error;
     }
+  }
+
+  /**
+   * The bytes this answer may carry under link.bandwidthMax (at least one record's worth is sent
+   * whole: the bucket may go into debt): waits for the bucket to fill, at most longPollMs, and
+   * answers 0 (an empty answer: the receiver pulls again) if it has not.
+   */
+  private async paced(): Promise<number> {
+    const pacer = this.options.pacer;
+    if (pacer === undefined) return readBatchBytesMax;
+    const waitMs = pacer.waitMs();
+    if (waitMs > 0) await new Promise((r) => setTimeout(r, Math.min(waitMs, longPollMs)));
+    return pacer.waitMs() > 0 ? 0 : Math.max(1, pacer.available());
   }
 
   /**
