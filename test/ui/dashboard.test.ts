@@ -1,13 +1,14 @@
 // The dashboard at /ui driven by a real browser (playwright-core with Debian's
 // chromium, no browser download) against two real arrays: the page and its
 // assets load without a token and with a CSP; a wrong token brings the form
-// back with the API's error; the pair reaches PAIR on the page; lag rises under
-// fio load through a slow link and falls when the link is fast again (in the
-// table and the chart); the host's writes show in the throughput chart (GET
+// back with the API's error; a monitor token sees the pair and its Split gets
+// FORBIDDEN; with the admin token the pair reaches PAIR on the page; lag rises
+// under fio load through a slow link and falls when the link is fast again (in
+// the table and the chart); the host's writes show in the throughput chart (GET
 // /v1/history); split and resync from the buttons, whose confirm dialog shows
 // the CLI line, bring PSUS, then COPY (through a slow link) and PAIR; no
-// request URL holds the token.
-// Screenshots go to test-output/dashboard/ (the paths are printed).
+// request URL holds the token. Screenshots go to test-output/dashboard/ (the
+// paths are printed).
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -62,6 +63,17 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
   await page.getByTestId('token-input').fill('not-the-token');
   await page.getByTestId('token-submit').click();
   await waitFor('the form back with UNAUTHORIZED after a wrong token', async () => (await text(page, 'token-error')).startsWith('UNAUTHORIZED:'), 10_000, 200);
+  // A monitor token watches; its Split is refused with the API's code.
+  const made = await site.a.cliAsync(['token', 'create', '--role', 'monitor', '--name', 'dashboard', '--json']);
+  assert.equal(made.code, 0, `token create: ${made.stderr}`);
+  await page.getByTestId('token-input').fill((JSON.parse(made.stdout) as { token: string }).token);
+  await page.getByTestId('token-submit').click();
+  await waitFor('the pair shown as PAIR with a monitor token', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
+  await page.getByTestId(`action-split-${group}`).click();
+  await page.getByTestId('confirm-run').click();
+  await waitFor('FORBIDDEN shown for a split with a monitor token', async () => (await text(page, `action-result-${group}`)).includes('failed: FORBIDDEN:'), 10_000, 200);
+  await shot(page, 'monitor-forbidden');
+  await page.getByTestId('forget-token').click();
   await page.getByTestId('token-input').fill(token);
   await page.getByTestId('token-submit').click();
   await waitFor('the pair shown as PAIR on the page', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);

@@ -113,7 +113,7 @@ function Dashboard(props: { api: Api; onSignOut: (why: string | null) => void })
         <h1 data-testid="array-name">{status.array}</h1>
         <span class="muted">twinstore {status.version}, up {duration(status.uptimeSeconds)}, {status.volumes} volumes</span>
         <span class={streamUp ? 'up' : 'down'} data-testid="stream-state">events {streamUp ? 'live' : 'reconnecting'}</span>
-        <button type="button" onClick={() => props.onSignOut(null)}>Forget token</button>
+        <button type="button" data-testid="forget-token" onClick={() => props.onSignOut(null)}>Forget token</button>
       </header>
       {error && <p class="error" data-testid="poll-error">{error}</p>}
       <section class="links">
