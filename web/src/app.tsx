@@ -138,7 +138,7 @@ function Dashboard(props: { api: Api; onSignOut: (why: string | null) => void })
 function Charts(props: { history: History | null; live: LivePoint[]; groups: string[] }) {
   const data = chartData(props.history?.samples ?? [], props.live, props.groups);
   const perGroup = (columns: Record<string, Array<number | null>>) => props.groups.map((g) => ({ label: g, values: columns[g] ?? [] }));
-  const percent = (v: number): string => `${Math.round(v)}%`;
+  const percent = (v: number): string => `${Math.round(v * 10) / 10}%`;
   const rate = (v: number): string => `${bytes(v)}/s`;
   return (
     <section class="charts">
