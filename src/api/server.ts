@@ -27,6 +27,7 @@ import { addMetricsRoutes } from './metrics-routes.js';
 import { boundConnections, boundedServerOptions } from './connection-bounds.js';
 import { addHealthRoutes } from './health-routes.js';
 import { addEventRoutes, type EventFeed } from './event-routes.js';
+import { addUiRoutes } from './ui-routes.js';
 import { guardRoutes, type RouteAccess } from './access.js';
 import { addAdminRoutes } from './admin-routes.js';
 import type { TokenStore } from './tokens.js';
@@ -150,6 +151,7 @@ export class ApiServer {
     addMetricsRoutes(this.app, options.replication, options.control);
     addHealthRoutes(this.app, options.replication);
     addEventRoutes(this.app, options.events);
+    addUiRoutes(this.app);
     addAdminRoutes(this.app, () => this.tokens, options.reload);
   }
 
