@@ -52,7 +52,7 @@ export class Copier {
   }
 
   private async copyVolume(pvol: Pvol): Promise<void> {
-    const { sender, now, stopped, meta } = this.options;
+    const { sender, now, stopped } = this.options;
     const size = pvol.volume.sizeBytes;
     let lastSeq = -1;
     let paced = now();
@@ -73,11 +73,7 @@ export class Copier {
         await sender.durableThrough(lastSeq);
         await this.options.persist();
       }
-      if (meta.copyPaceBytesPerSecond > 0) {
-        paced += (length / meta.copyPaceBytesPerSecond) * 1000;
-        const wait = paced - now();
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      }
+      paced = await this.pace(paced, length);
     }
     if (pvol.pair.copyOffset >= size && pvol.pair.status === 'COPY') {
       pvol.pair.copyLastSeq = lastSeq;
@@ -94,7 +90,8 @@ export class Copier {
    * carries it), so a restart goes on with what is left.
    */
   private async resyncVolume(pvol: Pvol): Promise<void> {
-    const { sender, stopped } = this.options;
+    const { sender, stopped, now } = this.options;
+    let paced = now();
     const regionBytes = pvol.bitmap.regionBytes;
     const size = pvol.volume.sizeBytes;
     const regions = pvol.bitmap.values().sort((a, b) => a - b);
@@ -120,8 +117,10 @@ export class Copier {
       if (seq < 0) return;
       lastSeq = seq;
       done.push(...regions.slice(first, i));
-      pvol.pair.copyDoneBytes = (pvol.pair.copyDoneBytes ?? 0) + chunks.reduce((n, [, l]) => n + l, 0);
+      const length = chunks.reduce((n, [, l]) => n + l, 0);
+      pvol.pair.copyDoneBytes = (pvol.pair.copyDoneBytes ?? 0) + length;
       if (done.length >= resyncCommitRegions) await commit();
+      paced = await this.pace(paced, length);
     }
     if (stopped() || pvol.pair.status !== 'COPY') return;
     await commit();
@@ -129,6 +128,19 @@ export class Copier {
     pvol.pair.copyLastSeq = lastSeq >= 0 ? lastSeq : sender.journal.nextSeq - 1;
     this.options.log.info({ pvol: pvol.pair.pvolName, bytes: pvol.pair.copyDoneBytes }, 'resync: every marked region queued');
     await this.queued();
+  }
+
+  /**
+   * `copyPaceBytesPerSecond` (pair create --copy-pace), for the initial copy and a resync alike:
+   * `length` more bytes were queued; waits until the pace allows them. Returns the paced clock.
+   */
+  private async pace(paced: number, length: number): Promise<number> {
+    const { meta, now } = this.options;
+    if (meta.copyPaceBytesPerSecond <= 0) return paced;
+    const next = paced + (length / meta.copyPaceBytesPerSecond) * 1000;
+    const wait = next - now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    return next;
   }
 
   /** The copy's last record is queued (copyLastSeq, durable): persisted; the pair is done once B applied it. */
