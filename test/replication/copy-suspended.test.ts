@@ -2,7 +2,8 @@
 // volume: `pair resync` must not reach PAIR until the S-VOL holds all of the
 // P-VOL, also when A dies during that resync. Method: two real arrays; the
 // P-VOL holds data only in its second half before pair create; the copy is
-// paced (4 MiB/s), restore is paused on B, and host writes to the first 16 MiB
+// paced (8 MiB/s: 16 s to reach the data, well past the host writes; the resync
+// is paced too), restore is paused on B, and host writes to the first 16 MiB
 // fill the journal, so the group suspends (PSUE journal-full) with the copy
 // still in the first half (base records stop at 75% of the 132 MiB journal,
 // the part they leave to host writes, while B applies nothing). Then resume, `pair resync`, PAIR, lag 0 and
@@ -26,7 +27,7 @@ function fillSecondHalf(site: Site): void {
 
 /** A site whose initial copy was suspended (journal-full) before it reached the P-VOL's data. */
 async function suspendedMidCopy(t: TestContext): Promise<Site> {
-  const site = await startSite(t, { volumes: 1, volumeSize: '256MiB', journalSize: '132MiB', copyPace: '4MiB', waitForPair: false, beforePair: fillSecondHalf });
+  const site = await startSite(t, { volumes: 1, volumeSize: '256MiB', journalSize: '132MiB', copyPace: '8MiB', waitForPair: false, beforePair: fillSecondHalf });
   await setRestorePaused(site.b, true);
   // 160 MiB of host writes over the first 16 MiB: more than the journal holds.
   const fill = Array.from({ length: 10 }, (_, i) => ['-c', `write -P ${0x10 + i} 0 16M`]).flat();
