@@ -47,8 +47,15 @@ export function isChanging(method: string): boolean {
   return !readMethods.has(method.toUpperCase());
 }
 
-/** Registers the hooks; call before any route is added. Returns the routes as they are registered, with their access. */
-export function guardRoutes(app: FastifyInstance, tokens: () => TokenStore, log: Logger): RouteAccess[] {
+/** The header that carries an injected request's one-call key (ApiServer.inject). */
+export const INJECTED_HEADER = 'x-twinstore-injected';
+
+/**
+ * Registers the hooks; call before any route is added. `via` names who sent a request run here
+ * on another's behalf (the peer array, a command device), else null. Returns the routes as they
+ * are registered, with their access.
+ */
+export function guardRoutes(app: FastifyInstance, tokens: () => TokenStore, log: Logger, via: (request: FastifyRequest) => string | null): RouteAccess[] {
   const routes: RouteAccess[] = [];
   const audit = log.child({ component: 'audit' });
   app.decorateRequest('caller', null);
@@ -67,6 +74,7 @@ export function guardRoutes(app: FastifyInstance, tokens: () => TokenStore, log:
     audit.info({
       token: request.caller?.name ?? null,
       role: request.caller?.role ?? null,
+      via: via(request),
       method: request.method,
       route: request.routeOptions.url ?? request.url.split('?')[0],
       params: request.params,

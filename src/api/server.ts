@@ -9,6 +9,7 @@
 // error answers {"error": {"code", "message", "field"?}} with a code from the
 // catalogue in errors.ts.
 
+import crypto from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type tls from 'node:tls';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
@@ -28,7 +29,7 @@ import { boundConnections, boundedServerOptions } from './connection-bounds.js';
 import { addHealthRoutes } from './health-routes.js';
 import { addEventRoutes, type EventFeed } from './event-routes.js';
 import { addUiRoutes } from './ui-routes.js';
-import { guardRoutes, type RouteAccess } from './access.js';
+import { INJECTED_HEADER, guardRoutes, type RouteAccess } from './access.js';
 import { addAdminRoutes } from './admin-routes.js';
 import type { TokenStore } from './tokens.js';
 
@@ -124,6 +125,8 @@ export class ApiServer {
   private readonly tokens: TokenStore;
   private readonly tls: ApiTlsConfig | undefined;
   private readonly log: Logger;
+  /** Requests run here for the peer or a command device (inject), by their one-call key: who sent them. */
+  private readonly injected = new Map<string, string>();
   /** Every route with its access (public, monitor or admin), as registered. */
   readonly routeAccess: RouteAccess[];
 
@@ -136,7 +139,10 @@ export class ApiServer {
     // Fastify's types tie the instance to http or https at compile time; both serve the same routes here.
     this.app = Fastify({ logger: false, ...bounded, ...(https === undefined ? {} : { https }) } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
     boundConnections(this.app);
-    this.routeAccess = guardRoutes(this.app, () => this.tokens, options.log);
+    this.routeAccess = guardRoutes(this.app, () => this.tokens, options.log, (request) => {
+      const key = request.headers[INJECTED_HEADER];
+      return typeof key === 'string' ? this.injected.get(key) ?? null : null;
+    });
     this.app.setErrorHandler((error, request, reply) => {
       const failure = toTwinstoreError(error);
       request.errorCode = failure.code;
@@ -156,13 +162,16 @@ export class ApiServer {
   }
 
   /** Runs a request forwarded by the peer array (already authenticated by the link) as if it came in here, as the first admin token. */
-  async inject(method: string, url: string, body: unknown): Promise<{ status: number; json: unknown }> {
+  async inject(method: string, url: string, body: unknown, via: string): Promise<{ status: number; json: unknown }> {
+    // The audit line names who sent it: a key made for this one call, which no outside caller can know.
+    const key = crypto.randomUUID();
+    this.injected.set(key, via);
     const response = await this.app.inject({
       method: method as 'GET',
       url,
-      headers: { authorization: `Bearer ${this.tokens.firstToken}` },
+      headers: { authorization: `Bearer ${this.tokens.firstToken}`, [INJECTED_HEADER]: key },
       ...(body === undefined ? {} : { payload: body as object }),
-    });
+    }).finally(() => this.injected.delete(key));
     let json: unknown;
     try {
       json = response.json();

@@ -51,7 +51,7 @@ export class TwinstoreArray implements ArrayControl {
     private readonly token: string,
     readonly log: Logger,
   ) {
-    replication.injector = (method, url, body) => api.inject(method, url, body);
+    replication.injector = (method, url, body, via) => api.inject(method, url, body, via);
     replication.manager.openSessions = (name) => registry.sessionCount(name);
     replication.manager.closeSessions = (name, reason) => registry.closeSessions(name, reason);
     engine.on('sync-failed', (failure: EngineSyncFailure) => {
@@ -232,7 +232,7 @@ export class TwinstoreArray implements ArrayControl {
       volume,
       token: Buffer.from(this.token, 'utf8'),
       remote: doc?.remote ?? null,
-      local: (method, url, body) => this.api.inject(method, url, body),
+      local: (method, url, body) => this.api.inject(method, url, body, `command device ${volume.name}`),
       forward: (array, method, url, body) => this.replication.forward(array, method, url, body),
     });
   }

@@ -18,7 +18,8 @@ import type { Logger } from '../util/log.js';
 import { tokenPath } from './run-files.js';
 import { warnExposedSecrets, type SecretFile } from './secret-files.js';
 
-export type ApiInjector = (method: string, url: string, body: unknown) => Promise<{ status: number; json: unknown }>;
+/** Runs an API request here; `via` names who sent it (the audit line says so). */
+export type ApiInjector = (method: string, url: string, body: unknown, via: string) => Promise<{ status: number; json: unknown }>;
 
 /** Parts the seeded simulator (test/sim) swaps in: its network, its journal device faults. */
 export interface ReplicationParts {
@@ -160,7 +161,7 @@ export class ArrayReplication implements ReplicationControl {
     },
     'group.hello': async (body) => ({ body: await this.manager.hello(body) }),
     'pair.display': async (body) => ({ body: { pairs: this.manager.display(body.group) } }),
-    'api.forward': async (body) => ({ body: await this.injector(body.method, body.url, body.body) }),
+    'api.forward': async (body, peer) => ({ body: await this.injector(body.method, body.url, body.body, `peer ${peer}`) }),
   };
 
   /** Runs an API request on a peer array and returns its answer (ARRAY:NAME commands). */

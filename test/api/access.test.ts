@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pino } from 'pino';
-import { projectRoot, run, startArray, tempDir, type CommandResult, type RunningArray } from '../helpers/array.js';
+import { auditLines, projectRoot, run, startArray, tempDir, type CommandResult, type RunningArray } from '../helpers/array.js';
 import { apiFetch } from '../helpers/http.js';
 import { makeX509, x509Config } from '../helpers/tls.js';
 import { waitFor } from '../helpers/replication.js';
@@ -39,10 +39,6 @@ function idleServer(): ApiServer {
 /** The routes as the server registers them, with their access (fastify's HEAD twins of GETs left out). */
 function registeredRoutes(): ApiServer['routeAccess'] {
   return idleServer().routeAccess.filter((r) => r.method !== 'HEAD');
-}
-
-function auditLines(array: RunningArray): Array<Record<string, unknown>> {
-  return array.stderr.split('\n').filter((l) => l.includes('"component":"audit"')).map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 test('a changing route that claims less than admin stops the server at registration', () => {

@@ -120,6 +120,11 @@ export class RunningArray {
 
 }
 
+/** The array's audit log lines (`component: audit`) so far, parsed. */
+export function auditLines(array: RunningArray): Array<Record<string, unknown>> {
+  return array.stderr.split('\n').filter((l) => l.includes('"component":"audit"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
 export function writeConfig(dir: string, options: ArrayOptions): string {
   const id = options.id ?? 'site-a';
   const drives = options.drives ?? ['2GiB'];

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { run, runOk } from '../helpers/array.js';
+import { auditLines, run, runOk, type RunningArray } from '../helpers/array.js';
 import {
   cliOk, compareAll, display, journalShow, readVolume, setRestorePaused, sleep, startSite, waitFor, waitForPairAndLag0, type Site,
 } from '../helpers/replication.js';
@@ -76,6 +76,11 @@ test('split --rw, writes on both sides, resync: only changed regions are copied 
   const split = response.json as { splitSeq: number; consistencySeq: number; atSplitPoint: boolean; svolWritable: boolean };
   t.diagnostic(`split: ${JSON.stringify(split)}`);
   assert.ok(split.atSplitPoint && split.svolWritable);
+  // A audits the split it ran for B: as forwarded by the peer, not as an admin call of its own.
+  const splitLine = (array: RunningArray): Record<string, unknown> | undefined => auditLines(array).find((l) => l.route === '/v1/pairs/split' && l.status === 200);
+  await waitFor('the audit lines of the split on A (forwarded) and on B', () => splitLine(site.a) !== undefined && splitLine(site.b) !== undefined);
+  assert.equal(splitLine(site.a)!.via, 'peer site-b');
+  assert.equal(splitLine(site.b)!.via, null, 'B\'s own line: the caller called B');
   assert.equal(await readOnlySession.closed, true, 'split --rw closes the S-VOL\'s read-only sessions so hosts reconnect');
   const writableSession = watchSession(site.b.uri('svol0'));
   assert.equal(await writableSession.connected, false, 'after split --rw the S-VOL is exported writable');
