@@ -110,6 +110,7 @@ export async function demo(dir: string): Promise<void> {
     `  P-VOL  ${pvol.nbdUri}   (site-a, read-write)`,
     `  S-VOL  ${svol.nbdUri}   (site-b, read-only while paired)`,
     `  APIs   http://${ra!.api} (site-a), http://${rb!.api} (site-b)`,
+    `  Dashboard http://${ra!.api}/ui/ (site-a; its token: cat ${path.resolve(dir, 'site-a', 'api-token')})`,
     '',
     'Try:',
     `  qemu-io -f raw -c 'write -P 0xab 0 1M' ${pvol.nbdUri}`,
