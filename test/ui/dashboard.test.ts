@@ -6,7 +6,8 @@
 // under fio load through a slow link and falls when the link is fast again (in
 // the table and the chart); the host's writes show in the throughput chart (GET
 // /v1/history); split and resync from the buttons, whose confirm dialog shows
-// the CLI line, bring PSUS, then COPY (through a slow link) and PAIR; no
+// the CLI line, bring PSUS, then COPY (through a slow link; no consistency
+// point shown while the S-VOL is mid-copy) and PAIR (a consistency point); no
 // request URL holds the token. Screenshots go to test-output/dashboard/ (the
 // paths are printed).
 
@@ -115,8 +116,10 @@ test('the dashboard shows a pair and drives split and resync', { skip: fs.exists
     return seen.startsWith('COPY ');
   }, 15_000, 100);
   await shot(page, 'copy');
+  assert.match(await text(page, 'pair-consistency'), /^none/, 'no consistency point is shown while the S-VOL is mid-copy');
   site.proxy.setMode('pass');
   await waitFor('PAIR on the page after resync', async () => (await text(page, 'pair-status')) === 'PAIR', 20_000, 200);
+  assert.match(await text(page, 'pair-consistency'), /^seq \d+/, 'a consistency point again in PAIR');
   await shot(page, 'resync');
 
   assert.deepEqual(pageErrors, [], 'no script error and no CSP violation on the page');

@@ -33,7 +33,9 @@ function PairRow(props: { pair: Pair; now: number }) {
       <td>{p.svol}</td>
       <td class={`status status-${p.status}`} data-testid="pair-status">{status}</td>
       <td>{p.statusReason ?? ''}{p.recovery && <div class="recovery">{p.recovery}</div>}</td>
-      <td>seq {p.consistencySeq}<div class="muted">{age(p.consistencyTime, props.now)}</div></td>
+      {p.svolConsistent === false
+        ? <td data-testid="pair-consistency">none<div class="muted">S-VOL mid-copy</div></td>
+        : <td data-testid="pair-consistency">seq {p.consistencySeq}<div class="muted">{age(p.consistencyTime, props.now)}</div></td>}
       <td data-testid="pair-copy">{copyCell(p)}</td>
       <td data-testid="pair-lag-seconds">{duration(p.lagSeconds)}</td>
       <td data-testid="pair-lag-bytes" data-value={String(p.lagBytes)}>{bytes(p.lagBytes)}</td>
