@@ -68,8 +68,16 @@ function holds(data: Buffer, byte: number, offsetMiB: number, lengthMiB: number)
 }
 
 async function waitForReason(site: Site, pattern: RegExp): Promise<void> {
-  await waitFor(`PSUE matching ${pattern} on A`, async () => (await display(site.a)).every((p) => p.status === 'PSUE' && pattern.test(p.statusReason ?? '')), 30_000, 100);
-  await waitFor(`PSUE matching ${pattern} shown on B`, async () => (await display(site.b)).every((p) => p.status === 'PSUE' && pattern.test(p.statusReason ?? '')), 30_000, 100);
+  for (const [name, array] of [['A', site.a], ['B', site.b]] as const) {
+    let seen = '';
+    await waitFor(`PSUE matching ${pattern} on ${name}`, async () => {
+      const rows = await display(array);
+      seen = rows.map((p) => `${p.status} (${p.statusReason ?? ''})`).join(', ');
+      return rows.every((p) => p.status === 'PSUE' && pattern.test(p.statusReason ?? ''));
+    }, 30_000, 100).catch((error: Error) => {
+      throw new Error(`${error.message}; ${name} shows ${seen}`);
+    });
+  }
 }
 
 /** `pair resync` (again until taken: after a restart the link comes back first), PAIR, lag 0, compare. */
